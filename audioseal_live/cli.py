@@ -1,0 +1,54 @@
+"""The `audioseal-live` command line: one subcommand per job, each defined in its own module.
+
+Each command module exposes ``register(subparsers)``; the module is imported only when listed
+here so that `audioseal-live --help` stays fast (no torch import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from audioseal_live.errors import AudioSealLiveError
+
+# Each module's register(subparsers) adds its subcommands.
+COMMAND_MODULES: list[str] = [
+    "audioseal_live.bench",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audioseal-live",
+        description="Real-time neural audio watermarking with a live detector.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except AudioSealLiveError as exc:
+        print(f"audioseal-live: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
