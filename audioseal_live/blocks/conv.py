@@ -1,0 +1,158 @@
+"""Causal convolution and transposed convolution that stream exactly.
+
+Offline (not streaming) both follow the SEANet padding rules of audiocraft/moshi, so that
+official checkpoints give the same outputs as the reference implementation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from audioseal_live.blocks.streaming import StreamingModule
+
+PAD_MODES = ("constant", "reflect", "replicate", "zeros")
+
+
+def pad1d(x: torch.Tensor, left: int, right: int, mode: str = "constant") -> torch.Tensor:
+    """F.pad that also reflects inputs shorter than the padding (zeros appended first)."""
+    if mode == "zeros":
+        mode = "constant"
+    if mode == "reflect":
+        length = x.shape[-1]
+        extra = max(left, right) - length + 1 if length <= max(left, right) else 0
+        if extra:
+            x = F.pad(x, (0, extra))
+        padded = F.pad(x, (left, right), mode)
+        return padded[..., : padded.shape[-1] - extra]
+    return F.pad(x, (left, right), mode)
+
+
+class StreamingConv1d(StreamingModule):
+    """Conv1d with SEANet padding; while streaming it caches the left context it still needs.
+
+    Streaming emits every output frame that the samples seen so far determine: for stride 1
+    that is one frame per input sample, for stride s one frame per s samples once the kernel
+    is filled. The cache holds the samples from the next frame's start.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        causal: bool = True,
+        pad_mode: str = "constant",
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        if stride > kernel_size:
+            raise ValueError("stride must not exceed kernel_size")
+        self.conv = nn.Conv1d(
+            in_channels, out_channels, kernel_size, stride, dilation=dilation, bias=bias
+        )
+        self.causal = causal
+        self.pad_mode = pad_mode
+        self.stride = stride
+        self.effective_kernel = (kernel_size - 1) * dilation + 1
+        self.padding_total = self.effective_kernel - stride
+        self._cache: torch.Tensor | None = None
+
+    def _reset_state(self) -> None:
+        self._cache = None
+
+    def _extra_padding(self, length: int) -> int:
+        """Right padding so that the last window is full (audiocraft's pad_for_conv1d)."""
+        k, s, p = self.effective_kernel, self.stride, self.padding_total
+        n_frames = (length - k + p) / s + 1
+        ideal_length = (math.ceil(n_frames) - 1) * s + (k - p)
+        return ideal_length - length
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.is_streaming:
+            extra = self._extra_padding(x.shape[-1])
+            if self.causal:
+                x = pad1d(x, self.padding_total, extra, self.pad_mode)
+            else:
+                right = self.padding_total // 2
+                x = pad1d(x, self.padding_total - right, right + extra, self.pad_mode)
+            return self.conv(x)
+
+        self._check_batch(x)
+        if self._cache is None:
+            # First chunk: the same left padding as offline (zeros for the official cards).
+            if x.shape[-1] == 0:
+                return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
+            x = pad1d(x, self.padding_total, 0, self.pad_mode)
+        else:
+            x = torch.cat([self._cache, x], dim=-1)
+        n_frames = (x.shape[-1] - self.effective_kernel) // self.stride + 1
+        if n_frames <= 0:
+            self._cache = x
+            return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
+        self._cache = x[..., n_frames * self.stride :]
+        return self.conv(x)
+
+
+class StreamingConvTranspose1d(StreamingModule):
+    """ConvTranspose1d with SEANet trimming; while streaming it carries the overlap.
+
+    Each input frame yields ``stride`` finished samples; the last ``kernel - stride`` samples
+    of every call are partial sums that the next call completes (causal, all trimming on the
+    right, as in every official card).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        causal: bool = True,
+        trim_right_ratio: float = 1.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= trim_right_ratio <= 1.0:
+            raise ValueError("trim_right_ratio must lie in [0, 1]")
+        if not causal and trim_right_ratio != 1.0:
+            raise ValueError("trim_right_ratio != 1.0 only makes sense for causal convolutions")
+        self.convtr = nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride, bias=bias)
+        self.causal = causal
+        self.trim_right_ratio = trim_right_ratio
+        self.stride = stride
+        self.padding_total = kernel_size - stride
+        self._partial: torch.Tensor | None = None
+
+    def _reset_state(self) -> None:
+        self._partial = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.is_streaming:
+            y = self.convtr(x)
+            if self.causal:
+                right = math.ceil(self.padding_total * self.trim_right_ratio)
+            else:
+                right = self.padding_total // 2
+            left = self.padding_total - right
+            return y[..., left : y.shape[-1] - right]
+
+        self._check_batch(x)
+        n_ready = x.shape[-1] * self.stride
+        if n_ready == 0:
+            return x.new_zeros(x.shape[0], self.convtr.out_channels, 0)
+        y = F.conv_transpose1d(x, self.convtr.weight, None, self.stride)
+        if self._partial is not None:
+            y[..., : self.padding_total] += self._partial
+        self._partial = y[..., n_ready:]
+        y = y[..., :n_ready]
+        if self.convtr.bias is not None:
+            y = y + self.convtr.bias[:, None]
+        return y

@@ -1,0 +1,101 @@
+"""Any chunk size in, the same size out: a fixed delay of ``hop - 1`` samples.
+
+The models stream exactly on whole hops (320 samples at 16 kHz). Live sources deliver other
+sizes (1, 7, 511 samples …). :class:`ChunkedStream` buffers input until whole hops are there,
+and returns, for every call, exactly as many samples as it was given: the model output delayed
+by ``delay = hop - 1`` samples (zeros before the first). ``flush()`` pads the last partial hop
+with zeros and returns the remaining ``delay`` (+ padding) samples, so that the concatenation
+of all outputs, minus its first ``delay`` samples, equals the offline output.
+
+    with ChunkedStream(gen, message=msg) as stream:
+        out = [stream(chunk) for chunk in chunks] + [stream.flush()]
+    marked = torch.cat(out, -1)[..., stream.delay:]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from audioseal_live.models.detector import AudioSealDetector
+from audioseal_live.models.generator import AudioSealWM
+
+
+class ChunkedStream:
+    def __init__(
+        self,
+        model: AudioSealWM | AudioSealDetector,
+        batch_size: int = 1,
+        fn: Callable[[Tensor], Tensor] | None = None,
+        **call_kwargs: Any,
+    ) -> None:
+        """``fn`` maps whole hops to outputs; by default the generator's watermarked audio
+        (``model(x, **call_kwargs)``) or the detector's raw per-sample logits."""
+        self.model = model
+        self.batch_size = batch_size
+        self.hop = model.hop_length
+        self.delay = self.hop - 1
+        if fn is None:
+            if isinstance(model, AudioSealDetector):
+                fn = model.logits
+            else:
+                def fn(x: Tensor) -> Tensor:
+                    return model(x, **call_kwargs)
+        self.fn = fn
+        self._ctx: Any = None
+        self._pending: Tensor | None = None  # input not yet a whole hop
+        self._ready: Tensor | None = None  # output not yet returned
+        self._count = 0
+
+    def __enter__(self) -> ChunkedStream:
+        self._ctx = self.model.streaming(self.batch_size)
+        self._ctx.__enter__()
+        self._pending = None
+        self._ready = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            ctx.__exit__(*exc)
+
+    def _push(self, x: Tensor) -> None:
+        if self._ctx is None:
+            raise RuntimeError("use ChunkedStream inside a 'with' block")
+        buf = x if self._pending is None else torch.cat([self._pending, x], dim=-1)
+        n = buf.shape[-1] - buf.shape[-1] % self.hop
+        self._pending = buf[..., n:]
+        if n:
+            y = self.fn(buf[..., :n])
+            if self._ready is None:  # the fixed delay: zeros ahead of the first output
+                self._ready = y.new_zeros(*y.shape[:-1], self.delay)
+            self._ready = torch.cat([self._ready, y], dim=-1)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Output of the same length as x, ``delay`` samples behind."""
+        self._push(x)
+        length = x.shape[-1]
+        self._count += length
+        if self._ready is None:
+            # No whole hop yet: the first `length` (< hop) output samples are delay zeros.
+            return x.new_zeros(*self._shape_out(x), length)
+        out, self._ready = self._ready[..., :length], self._ready[..., length:]
+        return out
+
+    def _shape_out(self, x: Tensor) -> tuple[int, ...]:
+        if isinstance(self.model, AudioSealDetector):
+            return (x.shape[0], 2 + self.model.nbits)
+        return tuple(x.shape[:-1])
+
+    def flush(self) -> Tensor:
+        """Pad the last partial hop with zeros; return every output sample still held."""
+        pending = self._pending
+        if pending is not None and pending.shape[-1]:
+            self._push(pending.new_zeros(*pending.shape[:-1], self.hop - pending.shape[-1]))
+        if self._ready is None:
+            return torch.zeros(self.batch_size, 1, 0)
+        out, self._ready = self._ready, None
+        return out

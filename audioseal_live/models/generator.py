@@ -1,0 +1,151 @@
+"""The watermark generator: SEANet encoder → message embedding → SEANet decoder."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from audioseal_live.blocks import StreamingRoot
+from audioseal_live.models.cards import STREAMING_CARD_NAMES, ModelCard
+from audioseal_live.models.messages import MessageLike, random_message, to_message_tensor
+from audioseal_live.models.seanet import SEANetDecoder, SEANetEncoder
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(8)
+def _warn_once(msg: str) -> None:
+    log.warning(msg)
+
+
+def check_audio(x: Tensor, sample_rate: int | None, model_rate: int) -> None:
+    """Shape, dtype and finiteness of an audio batch; warn (once) about a foreign rate."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"audio must be a torch.Tensor shaped (batch, 1, samples), got {type(x).__name__}")
+    if x.ndim != 3 or x.shape[1] != 1:
+        raise ValueError(f"audio must be shaped (batch, 1, samples), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"audio must be floating point, got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError("audio contains NaN or infinite samples")
+    if sample_rate is not None and sample_rate != model_rate:
+        _warn_once(
+            f"sample_rate={sample_rate} given, but the model works at {model_rate} Hz and does "
+            f"not resample: resample the audio to {model_rate} Hz first"
+        )
+
+
+def streaming_not_supported(card: ModelCard) -> NotImplementedError:
+    return NotImplementedError(
+        f"{card.name!r} is a non-causal (non-streaming) model: its convolutions look ahead "
+        f"into future samples, so chunk-by-chunk output cannot equal the whole-signal output. "
+        f"Use a streaming card ({', '.join(STREAMING_CARD_NAMES)}) or the embedded default."
+    )
+
+
+class MsgProcessor(nn.Module):
+    """Embeds each bit as one of two learned vectors; their sum is added to every frame."""
+
+    def __init__(self, nbits: int, hidden_size: int) -> None:
+        super().__init__()
+        self.nbits = nbits
+        self.msg_processor = nn.Embedding(2 * nbits, hidden_size)  # name kept for checkpoints
+
+    def embed(self, message: Tensor) -> Tensor:
+        """(B, nbits) bits → (B, hidden, 1)."""
+        index = 2 * torch.arange(self.nbits, device=message.device) + message
+        return self.msg_processor(index).sum(dim=-2).unsqueeze(-1)
+
+    def forward(self, hidden: Tensor, message: Tensor) -> Tensor:
+        return hidden + self.embed(message)
+
+
+class AudioSealWM(StreamingRoot):
+    """Generator with the reference's API: ``gen(x, sample_rate, message, alpha)``."""
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__()
+        card.validate()
+        self.card = card
+        self.encoder = SEANetEncoder(card.seanet)
+        self.decoder = SEANetDecoder(
+            card.seanet, card.final_activation, card.final_activation_params, card.trim_right_ratio
+        )
+        self.msg_processor = MsgProcessor(card.nbits, card.seanet.dimension) if card.nbits else None
+        self._stream_message: Tensor | None = None
+        self.last_message: Tensor | None = None
+
+    @property
+    def nbits(self) -> int:
+        return self.card.nbits
+
+    @property
+    def hop_length(self) -> int:
+        return self.card.hop_length
+
+    @property
+    def sample_rate(self) -> int:
+        return self.card.sample_rate
+
+    def _check_streamable(self) -> None:
+        if not self.card.streamable:
+            raise streaming_not_supported(self.card)
+
+    def _on_stream_start(self) -> None:
+        self._stream_message = None
+
+    def _on_stream_stop(self) -> None:
+        self._stream_message = None
+
+    def random_message(self, batch_size: int) -> Tensor:
+        return random_message(batch_size, self.nbits)
+
+    def _resolve_message(self, message: MessageLike | None, batch_size: int) -> Tensor:
+        """None → a random message, kept for the whole stream while streaming."""
+        if message is not None:
+            msg = to_message_tensor(message, batch_size, self.nbits)
+        elif self.is_streaming and self._stream_message is not None:
+            msg = self._stream_message
+        else:
+            msg = self.random_message(batch_size)
+        if self.is_streaming:
+            self._stream_message = msg
+        self.last_message = msg
+        return msg
+
+    def get_watermark(
+        self,
+        x: Tensor,
+        sample_rate: int | None = None,
+        message: MessageLike | None = None,
+    ) -> Tensor:
+        """The watermark alone (B, 1, T) for audio x (B, 1, T) at the model's rate.
+
+        While streaming, T must be a multiple of the hop (320 samples at 16 kHz); for other
+        chunk sizes use :class:`audioseal_live.ChunkedStream`.
+        """
+        check_audio(x, sample_rate, self.sample_rate)
+        length = x.shape[-1]
+        if self.is_streaming and length % self.hop_length:
+            raise ValueError(
+                f"while streaming, chunks must be a multiple of {self.hop_length} samples "
+                f"(got {length}); wrap the model in audioseal_live.ChunkedStream for any size"
+            )
+        hidden = self.encoder(x)
+        if self.msg_processor is not None:
+            msg = self._resolve_message(message, x.shape[0]).to(x.device)
+            hidden = self.msg_processor(hidden, msg)
+        return self.decoder(hidden)[..., :length]
+
+    def forward(
+        self,
+        x: Tensor,
+        sample_rate: int | None = None,
+        message: MessageLike | None = None,
+        alpha: float = 1.0,
+    ) -> Tensor:
+        """Watermarked audio: ``x + alpha * watermark``."""
+        return x + alpha * self.get_watermark(x, sample_rate=sample_rate, message=message)
