@@ -1,8 +1,8 @@
 """audioseal-live: real-time neural audio watermarking with exact streaming.
 
-    from audioseal_live import AudioSeal
-    gen = AudioSeal.load_generator()
-    det = AudioSeal.load_detector()
+from audioseal_live import AudioSeal
+gen = AudioSeal.load_generator()
+det = AudioSeal.load_detector()
 """
 
 from audioseal_live.chunking import ChunkedStream
@@ -11,4 +11,11 @@ from audioseal_live.models.loader import AudioSeal
 
 __version__ = "0.1.0"
 
-__all__ = ["AudioSeal", "AudioSealDetector", "AudioSealWM", "ChunkedStream", "ModelCard", "__version__"]
+__all__ = [
+    "AudioSeal",
+    "AudioSealDetector",
+    "AudioSealWM",
+    "ChunkedStream",
+    "ModelCard",
+    "__version__",
+]

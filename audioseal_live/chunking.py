@@ -42,8 +42,10 @@ class ChunkedStream:
             if isinstance(model, AudioSealDetector):
                 fn = model.logits
             else:
+
                 def fn(x: Tensor) -> Tensor:
                     return model(x, **call_kwargs)
+
         self.fn = fn
         self._ctx: Any = None
         self._pending: Tensor | None = None  # input not yet a whole hop

@@ -91,8 +91,15 @@ class ModelCard:
             problems.append(f"final_activation {self.final_activation!r} is not allowed")
         if not s.ratios or any(r < 1 for r in s.ratios):
             problems.append(f"ratios must be positive integers, not {s.ratios}")
-        for name in ("channels", "dimension", "n_filters", "kernel_size", "last_kernel_size",
-                     "residual_kernel_size", "compress"):
+        for name in (
+            "channels",
+            "dimension",
+            "n_filters",
+            "kernel_size",
+            "last_kernel_size",
+            "residual_kernel_size",
+            "compress",
+        ):
             if getattr(s, name) < 1:
                 problems.append(f"seanet.{name} must be >= 1")
         if s.channels != 1:
@@ -129,7 +136,9 @@ class ModelCard:
         return dataclasses.replace(self, **changes)
 
 
-def _official(name: str, kind: Literal["generator", "detector"], causal: bool, ckpt: str) -> ModelCard:
+def _official(
+    name: str, kind: Literal["generator", "detector"], causal: bool, ckpt: str
+) -> ModelCard:
     return ModelCard(
         name=name,
         kind=kind,
@@ -147,7 +156,9 @@ OFFICIAL_CARDS: dict[str, ModelCard] = {
     "audioseal_detector_streaming": _official(
         "audioseal_detector_streaming", "detector", True, "detector_streaming.pth"
     ),
-    "audioseal_wm_16bits": _official("audioseal_wm_16bits", "generator", False, "generator_base.pth"),
+    "audioseal_wm_16bits": _official(
+        "audioseal_wm_16bits", "generator", False, "generator_base.pth"
+    ),
     "audioseal_detector_16bits": _official(
         "audioseal_detector_16bits", "detector", False, "detector_base.pth"
     ),
@@ -156,7 +167,9 @@ OFFICIAL_CARDS: dict[str, ModelCard] = {
 STREAMING_CARD_NAMES = ("audioseal_wm_streaming", "audioseal_detector_streaming")
 
 
-def small_card(kind: Literal["generator", "detector"], name: str | None = None, **seanet: Any) -> ModelCard:
+def small_card(
+    kind: Literal["generator", "detector"], name: str | None = None, **seanet: Any
+) -> ModelCard:
     """A CPU-real-time card: the official architecture with smaller widths."""
     params: dict[str, Any] = {"n_filters": 16, "dimension": 64, "lstm": 1}
     params.update(seanet)

@@ -31,7 +31,7 @@ Kind = Literal["generator", "detector"]
 
 # --- where official checkpoints live -------------------------------------------------------
 def cache_dir() -> Path:
-    """The reference's cache: $AUDIOSEAL_CACHE_DIR, else $XDG_CACHE_HOME, else ~/.cache; /audioseal."""
+    """The reference's cache: $AUDIOSEAL_CACHE_DIR, $XDG_CACHE_HOME or ~/.cache, then /audioseal."""
     for env in ("AUDIOSEAL_CACHE_DIR", "XDG_CACHE_HOME"):
         value = os.environ.get(env)
         if value:
@@ -129,7 +129,9 @@ def card_from_config(cfg: dict[str, Any], kind: Kind, name: str) -> ModelCard:
         card.seanet.ratios = [int(r) for r in card.seanet.ratios]
         return card.validate()
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{name}: the checkpoint config does not describe a model: {exc}") from None
+        raise CheckpointError(
+            f"{name}: the checkpoint config does not describe a model: {exc}"
+        ) from None
 
 
 # --- key layouts and weight norm -------------------------------------------------------------
@@ -139,8 +141,10 @@ _RENAMES = [
     (re.compile(r"reverse_convolution\.(?!convtr\.)"), "reverse_convolution.convtr."),
 ]
 _WN = {
-    "weight_g": "g", "weight_v": "v",
-    "parametrizations.weight.original0": "g", "parametrizations.weight.original1": "v",
+    "weight_g": "g",
+    "weight_v": "v",
+    "parametrizations.weight.original0": "g",
+    "parametrizations.weight.original1": "v",
 }
 
 
@@ -243,5 +247,7 @@ def read_own(path: Path) -> tuple[ModelCard, dict[str, Tensor]]:
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights}: not a readable safetensors file (truncated?): {exc}") from None
+        raise CheckpointError(
+            f"{weights}: not a readable safetensors file (truncated?): {exc}"
+        ) from None
     return card, state

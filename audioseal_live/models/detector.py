@@ -70,7 +70,7 @@ class AudioSealDetector(StreamingRoot):
         return torch.softmax(out[:, :2], dim=1)[:, 1], out[:, 2:]
 
     def forward(self, x: Tensor, sample_rate: int | None = None) -> tuple[Tensor, Tensor]:
-        """Per-sample probabilities (B, 2, T) [unmarked, marked] and bit probabilities (B, nbits)."""
+        """Per-sample probabilities (B, 2, T) [unmarked, marked], bit probabilities (B, nbits)."""
         out = self.logits(x, sample_rate)
         return torch.softmax(out[:, :2], dim=1), torch.sigmoid(out[:, 2:].mean(dim=-1))
 

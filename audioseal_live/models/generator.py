@@ -24,7 +24,9 @@ def _warn_once(msg: str) -> None:
 def check_audio(x: Tensor, sample_rate: int | None, model_rate: int) -> None:
     """Shape, dtype and finiteness of an audio batch; warn (once) about a foreign rate."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"audio must be a torch.Tensor shaped (batch, 1, samples), got {type(x).__name__}")
+        raise TypeError(
+            f"audio must be a torch.Tensor shaped (batch, 1, samples), got {type(x).__name__}"
+        )
     if x.ndim != 3 or x.shape[1] != 1:
         raise ValueError(f"audio must be shaped (batch, 1, samples), got {tuple(x.shape)}")
     if not x.is_floating_point():

@@ -78,7 +78,9 @@ def load_model(name_or_path: str | Path | None, kind: Kind, nbits: int | None = 
         # The official card's own settings win over the file's xp.cfg, as in the reference.
         if cfg.get("seanet"):
             file_card = card_from_config(cfg, kind, card.name)
-            card = file_card.replace(seanet=card.seanet, nbits=card.nbits, checkpoint=card.checkpoint)
+            card = file_card.replace(
+                seanet=card.seanet, nbits=card.nbits, checkpoint=card.checkpoint
+            )
         return _finish(_build(kind, card), convert_state_dict(state), str(path), kind)
 
     path = Path(name_or_path).expanduser()

@@ -11,7 +11,9 @@ from audioseal_live.errors import MessageError
 MessageLike = torch.Tensor | int | Sequence[int] | str
 
 
-def random_message(batch_size: int, nbits: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_message(
+    batch_size: int, nbits: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     return torch.randint(0, 2, (batch_size, nbits), generator=generator)
 
 
@@ -24,7 +26,7 @@ def int_to_bits(value: int, nbits: int) -> torch.Tensor:
 
 def bits_to_int(bits: torch.Tensor | Sequence[int]) -> int:
     value = 0
-    for b in (bits.tolist() if isinstance(bits, torch.Tensor) else bits):
+    for b in bits.tolist() if isinstance(bits, torch.Tensor) else bits:
         value = (value << 1) | int(b)
     return value
 
@@ -75,5 +77,7 @@ def to_message_tensor(message: MessageLike, batch_size: int, nbits: int) -> torc
     if msg.shape[0] != batch_size:
         raise MessageError(f"message batch {msg.shape[0]} does not match audio batch {batch_size}")
     if not torch.all((msg == 0) | (msg == 1)):
-        raise MessageError(f"message bits must be 0 or 1, got values {sorted(set(msg.flatten().tolist()))}")
+        raise MessageError(
+            f"message bits must be 0 or 1, got values {sorted(set(msg.flatten().tolist()))}"
+        )
     return msg.long()

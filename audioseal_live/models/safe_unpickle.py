@@ -38,7 +38,15 @@ class _Metadata(_Inert):
     pass
 
 
-_NODE_NAMES = ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode", "PathNode")
+_NODE_NAMES = (
+    "AnyNode",
+    "StringNode",
+    "IntegerNode",
+    "FloatNode",
+    "BooleanNode",
+    "BytesNode",
+    "PathNode",
+)
 
 # The whole allowlist: stand-ins named as omegaconf's classes, plus the harmless stdlib objects
 # that DictConfig metadata refers to as type tags (typing.Any, dict, list, scalar types) and

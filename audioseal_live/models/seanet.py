@@ -34,7 +34,9 @@ class ResnetBlock(nn.Module):
         for cin, cout, k, d in specs:
             layers += [
                 make_activation(card.activation, card.activation_params),
-                StreamingConv1d(cin, cout, k, dilation=d, causal=card.causal, pad_mode=card.pad_mode),
+                StreamingConv1d(
+                    cin, cout, k, dilation=d, causal=card.causal, pad_mode=card.pad_mode
+                ),
             ]
         self.block = nn.Sequential(*layers)
         self.shortcut: nn.Module = (
@@ -57,11 +59,15 @@ class SEANetEncoder(nn.Module):
         c = card
         mult = 1
         layers: list[nn.Module] = [
-            StreamingConv1d(c.channels, c.n_filters, c.kernel_size, causal=c.causal, pad_mode=c.pad_mode)
+            StreamingConv1d(
+                c.channels, c.n_filters, c.kernel_size, causal=c.causal, pad_mode=c.pad_mode
+            )
         ]
         for ratio in reversed(c.ratios):
             width = mult * c.n_filters
-            layers += [ResnetBlock(width, c, c.dilation_base**j) for j in range(c.n_residual_layers)]
+            layers += [
+                ResnetBlock(width, c, c.dilation_base**j) for j in range(c.n_residual_layers)
+            ]
             layers += [
                 make_activation(c.activation, c.activation_params),
                 StreamingConv1d(
@@ -74,7 +80,11 @@ class SEANetEncoder(nn.Module):
         layers += [
             make_activation(c.activation, c.activation_params),
             StreamingConv1d(
-                mult * c.n_filters, c.dimension, c.last_kernel_size, causal=c.causal, pad_mode=c.pad_mode
+                mult * c.n_filters,
+                c.dimension,
+                c.last_kernel_size,
+                causal=c.causal,
+                pad_mode=c.pad_mode,
             ),
         ]
         self.model = nn.Sequential(*layers)
@@ -97,7 +107,9 @@ class SEANetDecoder(nn.Module):
         c = card
         mult = 2 ** len(c.ratios)
         layers: list[nn.Module] = [
-            StreamingConv1d(c.dimension, mult * c.n_filters, c.kernel_size, causal=c.causal, pad_mode=c.pad_mode)
+            StreamingConv1d(
+                c.dimension, mult * c.n_filters, c.kernel_size, causal=c.causal, pad_mode=c.pad_mode
+            )
         ]
         if c.lstm:
             layers.append(StreamingLSTM(mult * c.n_filters, num_layers=c.lstm))
@@ -106,15 +118,23 @@ class SEANetDecoder(nn.Module):
             layers += [
                 make_activation(c.activation, c.activation_params),
                 StreamingConvTranspose1d(
-                    width, width // 2, ratio * 2, stride=ratio, causal=c.causal,
+                    width,
+                    width // 2,
+                    ratio * 2,
+                    stride=ratio,
+                    causal=c.causal,
                     trim_right_ratio=trim_right_ratio,
                 ),
             ]
-            layers += [ResnetBlock(width // 2, c, c.dilation_base**j) for j in range(c.n_residual_layers)]
+            layers += [
+                ResnetBlock(width // 2, c, c.dilation_base**j) for j in range(c.n_residual_layers)
+            ]
             mult //= 2
         layers += [
             make_activation(c.activation, c.activation_params),
-            StreamingConv1d(c.n_filters, c.channels, c.last_kernel_size, causal=c.causal, pad_mode=c.pad_mode),
+            StreamingConv1d(
+                c.n_filters, c.channels, c.last_kernel_size, causal=c.causal, pad_mode=c.pad_mode
+            ),
         ]
         if final_activation is not None:
             layers.append(make_activation(final_activation, final_activation_params))
