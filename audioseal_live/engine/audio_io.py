@@ -1,0 +1,363 @@
+"""Audio I/O with sounddevice (PortAudio): devices, streams, and real-time-safe callbacks.
+
+Callbacks only copy between PortAudio's buffers and preallocated rings and bump counters: no
+allocation beyond numpy views, no locks, no logging, no torch, no file I/O. Every callback body
+is guarded: an exception would silently stop a PortAudio stream, so it is counted, remembered
+and the output is filled with zeros instead.
+
+Channel policy: the model is mono. Input: the mean of all channels (or one chosen channel).
+Output: the marked mono signal on every output channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from audioseal_live.engine.ring import RingBuffer
+from audioseal_live.errors import DeviceError
+
+log = logging.getLogger(__name__)
+
+MAX_BLOCK = 1 << 16  # largest callback block we preallocate for
+
+
+class IOStats:
+    """Counters written by the callbacks (plain int stores, read by the worker)."""
+
+    def __init__(self) -> None:
+        self.input_overflows = 0
+        self.output_underflows = 0
+        self.underruns = 0  # output callbacks that found the ring short
+        self.underrun_samples = 0
+        self.callbacks_in = 0
+        self.callbacks_out = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.max_block = 0
+        self.callback_errors = 0
+        self.last_error = ""
+        self.input_latency = 0.0  # seconds, as PortAudio reports
+        self.output_latency = 0.0
+
+
+class CallbackIO:
+    """The callback bodies, free of sounddevice so fakes can drive them."""
+
+    def __init__(
+        self,
+        in_ring: RingBuffer,
+        out_ring: RingBuffer,
+        input_channel: int | None = None,
+        stats: IOStats | None = None,
+        started: bool = True,
+    ) -> None:
+        self.in_ring = in_ring
+        self.out_ring = out_ring
+        self.input_channel = input_channel
+        self.stats = stats or IOStats()
+        self._scratch = np.zeros(MAX_BLOCK, dtype=np.float32)
+        # Underruns are only counted once audio has flowed (the first callback may race start).
+        self.started = started
+
+    def _report(self, exc: BaseException) -> None:
+        self.stats.callback_errors += 1
+        self.stats.last_error = f"audio callback: {exc!r}"
+
+    def on_input(self, indata: np.ndarray, frames: int, input_overflow: bool) -> None:
+        try:
+            st = self.stats
+            st.callbacks_in += 1
+            st.frames_in += frames
+            if input_overflow:
+                st.input_overflows += 1
+            ch = indata.shape[1]
+            if self.input_channel is not None:
+                self.in_ring.write(indata[:frames, self.input_channel])
+            elif ch == 1:
+                self.in_ring.write(indata[:frames, 0])
+            else:
+                self.in_ring.write_scaled_sum(indata[:frames], 1.0 / ch)
+        except Exception as exc:
+            self._report(exc)
+
+    def on_output(self, outdata: np.ndarray, frames: int, output_underflow: bool) -> None:
+        try:
+            st = self.stats
+            st.callbacks_out += 1
+            st.frames_out += frames
+            if frames > st.max_block:
+                st.max_block = frames
+            if output_underflow:
+                st.output_underflows += 1
+            buf = self._scratch[:frames]
+            n = self.out_ring.read_into(buf)
+            if n < frames:
+                buf[n:] = 0.0  # always fill the whole output
+                if self.started:
+                    st.underruns += 1
+                    st.underrun_samples += frames - n
+            outdata[:frames] = buf[:, None]  # mono to every channel (broadcast, no copy)
+        except Exception as exc:
+            outdata.fill(0)
+            self._report(exc)
+
+
+# ----- devices -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: int
+    name: str
+    hostapi: str
+    max_input_channels: int
+    max_output_channels: int
+    default_samplerate: float
+    default_low_input_latency: float
+    default_low_output_latency: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _sd() -> Any:
+    try:
+        import sounddevice as sd
+    except OSError as exc:  # PortAudio library missing
+        raise DeviceError(f"PortAudio is not available ({exc}); install libportaudio2") from None
+    return sd
+
+
+def rescan_devices() -> None:
+    """Re-initialise PortAudio so devices (or a JACK server) that appeared later are seen."""
+    sd = _sd()
+    sd._terminate()
+    sd._initialize()
+
+
+def list_devices() -> list[DeviceInfo]:
+    sd = _sd()
+    apis = sd.query_hostapis()
+    out = []
+    for i, d in enumerate(sd.query_devices()):
+        out.append(
+            DeviceInfo(
+                index=i,
+                name=str(d["name"]),
+                hostapi=str(apis[d["hostapi"]]["name"]),
+                max_input_channels=int(d["max_input_channels"]),
+                max_output_channels=int(d["max_output_channels"]),
+                default_samplerate=float(d["default_samplerate"]),
+                default_low_input_latency=float(d["default_low_input_latency"]),
+                default_low_output_latency=float(d["default_low_output_latency"]),
+            )
+        )
+    return out
+
+
+def resolve_device(spec: str | int | None, kind: str) -> int:
+    """Device index from an index, a name (exact, then case-insensitive substring) or None
+    (the default). Names survive re-plugging; indices do not."""
+    sd = _sd()
+    key = "max_input_channels" if kind == "input" else "max_output_channels"
+    devices = list_devices()
+    if spec is None or spec == "":
+        idx = sd.default.device[0 if kind == "input" else 1]
+        if idx is None or idx < 0:
+            cands = [d for d in devices if getattr(d, key) > 0]
+            if not cands:
+                raise DeviceError(f"no {kind} device found (see `audioseal-live devices`)")
+            return cands[0].index
+        return int(idx)
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
+        idx = int(spec)
+        if not 0 <= idx < len(devices):
+            raise DeviceError(f"no device with index {idx} (see `audioseal-live devices`)")
+        if getattr(devices[idx], key) <= 0:
+            raise DeviceError(f"device {idx} ({devices[idx].name!r}) has no {kind} channels")
+        return idx
+    usable = [d for d in devices if getattr(d, key) > 0]
+    exact = [d for d in usable if d.name == spec]
+    if exact:
+        return exact[0].index
+    sub = [d for d in usable if spec.lower() in d.name.lower()]
+    if not sub:
+        names = ", ".join(repr(d.name) for d in usable) or "none"
+        raise DeviceError(f"no {kind} device matches {spec!r}; {kind} devices: {names}")
+    if len(sub) > 1:
+        log.info("%s device %r matches %d devices; using %r", kind, spec, len(sub), sub[0].name)
+    return sub[0].index
+
+
+# ----- streams -------------------------------------------------------------------------------
+class SoundDeviceBackend:
+    """Opens PortAudio streams: one duplex stream when input and output are the same device,
+    otherwise separate input and output streams (each on its own clock: drift is handled by
+    the worker)."""
+
+    def __init__(
+        self,
+        io: CallbackIO,
+        input_device: int,
+        output_device: int,
+        sample_rate: int,
+        block_size: int = 0,
+        latency: str | float = "low",
+    ) -> None:
+        self.io = io
+        self.stats = io.stats
+        self.input_device = input_device
+        self.output_device = output_device
+        self.sample_rate = int(sample_rate)
+        self.block_size = int(block_size)
+        self.latency = latency
+        self._streams: list[Any] = []
+        sd = _sd()
+        dev_in = sd.query_devices(input_device)
+        dev_out = sd.query_devices(output_device)
+        self.in_channels = int(dev_in["max_input_channels"])
+        self.out_channels = int(dev_out["max_output_channels"])
+        # Up to 2 channels each way: enough for mono/stereo, cheap for 64-channel interfaces.
+        self.in_channels = max(1, min(self.in_channels, 2))
+        self.out_channels = max(1, min(self.out_channels, 2))
+        if io.input_channel is not None:
+            self.in_channels = max(self.in_channels, io.input_channel + 1)
+        self._check(sd)
+
+    def _check(self, sd: Any) -> None:
+        try:
+            sd.check_input_settings(
+                device=self.input_device,
+                channels=self.in_channels,
+                dtype="float32",
+                samplerate=self.sample_rate,
+            )
+            sd.check_output_settings(
+                device=self.output_device,
+                channels=self.out_channels,
+                dtype="float32",
+                samplerate=self.sample_rate,
+            )
+        except Exception as exc:
+            raise DeviceError(f"device settings not supported: {exc}") from None
+
+    @property
+    def duplex(self) -> bool:
+        return self.input_device == self.output_device
+
+    def open(self) -> None:
+        sd = _sd()
+        io = self.io
+
+        def cb_in(indata: np.ndarray, frames: int, time: Any, status: Any) -> None:
+            io.on_input(indata, frames, bool(status.input_overflow))
+
+        def cb_out(outdata: np.ndarray, frames: int, time: Any, status: Any) -> None:
+            io.on_output(outdata, frames, bool(status.output_underflow))
+
+        def cb_duplex(
+            indata: np.ndarray, outdata: np.ndarray, frames: int, time: Any, status: Any
+        ) -> None:
+            io.on_input(indata, frames, bool(status.input_overflow))
+            io.on_output(outdata, frames, bool(status.output_underflow))
+
+        common = dict(
+            samplerate=self.sample_rate,
+            blocksize=self.block_size,
+            dtype="float32",
+            latency=self.latency,
+        )
+        try:
+            if self.duplex:
+                s = sd.Stream(
+                    device=(self.input_device, self.output_device),
+                    channels=(self.in_channels, self.out_channels),
+                    callback=cb_duplex,
+                    **common,
+                )
+                self._streams = [s]
+                self.stats.input_latency, self.stats.output_latency = map(float, s.latency)
+            else:
+                si = sd.InputStream(
+                    device=self.input_device, channels=self.in_channels, callback=cb_in, **common
+                )
+                so = sd.OutputStream(
+                    device=self.output_device,
+                    channels=self.out_channels,
+                    callback=cb_out,
+                    **common,
+                )
+                self._streams = [so, si]
+                self.stats.input_latency = float(si.latency)
+                self.stats.output_latency = float(so.latency)
+        except Exception as exc:
+            self.close()
+            raise DeviceError(f"cannot open audio streams: {exc}") from None
+
+    def start(self) -> None:
+        for s in self._streams:
+            s.start()
+
+    def stop(self) -> None:
+        for s in self._streams:
+            try:
+                s.stop()
+            except Exception:  # already stopped or device vanished; closing will follow
+                log.debug("stream stop failed", exc_info=True)
+
+    def close(self) -> None:
+        for s in self._streams:
+            try:
+                s.close()
+            except Exception:
+                log.debug("stream close failed", exc_info=True)
+        self._streams = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self._streams) and all(s.active for s in self._streams)
+
+    def block_estimate(self) -> int:
+        """Callback block size: fixed if asked for, else what the output latency implies."""
+        if self.block_size:
+            return self.block_size
+        est = round(self.stats.output_latency * self.sample_rate)
+        return int(min(max(est, 64), 2048)) if est > 0 else 512
+
+
+class CaptureStream:
+    """A second input (loopback or room mic) that feeds the detector monitor's ring."""
+
+    def __init__(self, device: int, sample_rate: int, ring: RingBuffer) -> None:
+        self.device = device
+        self.ring = ring
+        self.stats = IOStats()
+        self._io = CallbackIO(ring, RingBuffer(1), stats=self.stats)
+        sd = _sd()
+        ch = max(1, min(int(sd.query_devices(device)["max_input_channels"]), 2))
+
+        def cb(indata: np.ndarray, frames: int, time: Any, status: Any) -> None:
+            self._io.on_input(indata, frames, bool(status.input_overflow))
+
+        try:
+            self._stream = sd.InputStream(
+                device=device, channels=ch, samplerate=sample_rate, dtype="float32", callback=cb
+            )
+        except Exception as exc:
+            raise DeviceError(f"cannot open monitor input: {exc}") from None
+
+    def start(self) -> None:
+        self._stream.start()
+
+    def close(self) -> None:
+        try:
+            self._stream.stop()
+            self._stream.close()
+        except Exception:
+            log.debug("monitor stream close failed", exc_info=True)
+
+
+BackendFactory = Callable[[CallbackIO, int], Any]

@@ -1,0 +1,288 @@
+"""The ``Engine`` facade: what the CLI and the window use. Configure, start, read, stop.
+
+eng = Engine(EngineConfig(input="USB Mic", output="CABLE Input", message=0x1A2B))
+eng.start()
+snap = eng.snapshot()          # never blocks the audio path
+eng.set_alpha(0.8)             # read by the worker once per chunk
+eng.stop()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from audioseal_live.engine.audio_io import (
+    CallbackIO,
+    CaptureStream,
+    IOStats,
+    SoundDeviceBackend,
+    list_devices,
+    resolve_device,
+)
+from audioseal_live.engine.metrics import Detection, Snapshot
+from audioseal_live.engine.model import NBITS, FrameDetector, Marker
+from audioseal_live.engine.monitor import DetectorMonitor
+from audioseal_live.engine.recorder import Recorder
+from audioseal_live.engine.ring import RingBuffer
+from audioseal_live.engine.worker import Controls, OverloadPolicy, Worker, chunk_samples_16k
+from audioseal_live.errors import DeviceError, MessageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineConfig:
+    input: str | int | None = None  # device name (substring) or index; None = default
+    output: str | int | None = None
+    monitor: str | int | None = "output"  # "output" (digital), a capture device, or None
+    sample_rate: int | None = None  # None = the output device's default rate
+    block_size: int = 0  # PortAudio block; 0 = let the host API choose
+    latency: str | float = "low"
+    chunk_ms: float = 20.0  # 20-200, multiple of 20 (the model hop)
+    device: str = "cpu"  # torch device: cpu | cuda
+    threads: int = 2  # torch intra-op threads
+    model: str | None = None  # generator card name or path; None = shipped default
+    detector: str | None = None
+    message: Sequence[int] | None = None  # 16 bits; None = random, kept for the session
+    alpha: float = 1.0
+    input_channel: int | None = None  # None = mix all input channels
+    overload: OverloadPolicy = "pass"  # when the worker falls behind: pass original or mute
+    safety_ms: float = 5.0  # output-ring margin on top of one chunk + one block
+    record: str | None = None  # marked output to WAV/FLAC
+    record_input: str | None = None
+
+
+def random_message(nbits: int = NBITS) -> tuple[int, ...]:
+    v = secrets.randbits(nbits)
+    return tuple((v >> (nbits - 1 - i)) & 1 for i in range(nbits))
+
+
+def check_message(bits: Sequence[int], nbits: int = NBITS) -> tuple[int, ...]:
+    out = tuple(int(b) for b in bits)
+    if len(out) != nbits or any(b not in (0, 1) for b in out):
+        raise MessageError(f"message must be {nbits} bits of 0/1, got {list(bits)}")
+    return out
+
+
+class Backend:
+    """What the engine needs from an audio backend (SoundDeviceBackend or a test fake)."""
+
+    sample_rate: int
+    stats: IOStats
+
+    def open(self) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+    def block_estimate(self) -> int: ...
+
+
+BackendFactory = Callable[[CallbackIO, "EngineConfig"], Any]
+
+
+def sounddevice_backend(io: CallbackIO, cfg: EngineConfig) -> SoundDeviceBackend:
+    in_dev = resolve_device(cfg.input, "input")
+    out_dev = resolve_device(cfg.output, "output")
+    rate = cfg.sample_rate or int(list_devices()[out_dev].default_samplerate)
+    return SoundDeviceBackend(io, in_dev, out_dev, rate, cfg.block_size, cfg.latency)
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        marker: Marker | None = None,
+        detector: FrameDetector | None = None,
+        backend_factory: BackendFactory | None = None,
+    ) -> None:
+        self.config = cfg = config or EngineConfig()
+        chunk_samples_16k(cfg.chunk_ms)  # validate early
+        self._marker = marker
+        self._detector = detector
+        self._backend_factory = backend_factory or sounddevice_backend
+        msg = check_message(cfg.message) if cfg.message is not None else random_message()
+        self._controls = Controls(message=msg, alpha=float(cfg.alpha), overload=cfg.overload)
+        self.worker: Worker | None = None
+        self.monitor: DetectorMonitor | None = None
+        self.backend: Any = None
+        self._capture: CaptureStream | None = None
+        self._recorders: list[Recorder] = []
+        self._final: Snapshot | None = None
+        self._threads_started = False
+
+    # ----- live controls (read by the worker once per chunk) ---------------------------
+    @property
+    def message(self) -> tuple[int, ...]:
+        return self._controls.message
+
+    def _set(self, **changes: Any) -> None:
+        self._controls = dataclasses.replace(self._controls, **changes)
+        if self.worker is not None:
+            self.worker.controls = self._controls
+
+    def set_message(self, bits: Sequence[int]) -> None:
+        self._set(message=check_message(bits))
+
+    def set_alpha(self, alpha: float) -> None:
+        self._set(alpha=float(alpha))
+
+    def set_bypass(self, bypass: bool) -> None:
+        self._set(bypass=bool(bypass))
+
+    def set_overload_policy(self, policy: OverloadPolicy) -> None:
+        self._set(overload=policy)
+
+    # ----- lifecycle ---------------------------------------------------------------------
+    def _load_models(self) -> None:
+        cfg = self.config
+        need_det = cfg.monitor not in (None, "off", "none") and self._detector is None
+        if self._marker is None or need_det:
+            import torch
+
+            torch.set_num_threads(max(1, cfg.threads))  # before any torch work
+            from audioseal_live.engine.model import load_models
+
+            marker, det = load_models(cfg.model, cfg.device, cfg.detector, need_detector=need_det)
+            self._marker = self._marker or marker
+            self._detector = self._detector or det
+        elif "torch" in sys.modules:
+            import torch
+
+            torch.set_num_threads(max(1, cfg.threads))
+
+    def start(self, threads: bool = True) -> None:
+        """Load + warm up the model, prefill, open streams, start the worker (and monitor).
+
+        ``threads=False`` (tests) skips the worker/monitor threads: call ``pump()`` instead.
+        """
+        cfg = self.config
+        self._load_models()
+        assert self._marker is not None
+        in_ring = RingBuffer(1 << 16)
+        out_ring = RingBuffer(1 << 16)
+        io = CallbackIO(in_ring, out_ring, cfg.input_channel, started=False)
+        self.backend = backend = self._backend_factory(io, cfg)
+        rate = int(backend.sample_rate)
+        backend.open()  # opened (latency known) but not started
+        try:
+            block = int(backend.block_estimate())
+            w = Worker(
+                self._marker,
+                in_ring,
+                out_ring,
+                rate,
+                self._controls,
+                cfg.chunk_ms,
+                block_size=block,
+                io=backend.stats,
+                threads=cfg.threads,
+                device=cfg.device,
+            )
+            compute_s = w.warm_up()
+            # Margin: the configured safety, or twice the measured p90 compute, whichever is
+            # larger, so a slow machine gets a bit more latency rather than unmarked spans.
+            safety = max(cfg.safety_ms / 1000, 2 * compute_s)
+            target = w.default_target(safety)
+            if not getattr(backend, "duplex", True):
+                # Two clocks: the fill wanders within the drift dead band; keep margin for it.
+                target += w.drift.dead_band
+            w.set_out_target(target)
+            self.worker = w
+            if cfg.monitor not in (None, "off", "none") and self._detector is not None:
+                src = "output" if cfg.monitor == "output" else str(cfg.monitor)
+                mon = DetectorMonitor(
+                    self._detector, rate, lambda: self._controls.message, source=src
+                )
+                if src == "output":
+                    w.monitor_ring = mon.ring
+                else:
+                    dev = resolve_device(cfg.monitor, "input")
+                    self._capture = CaptureStream(dev, rate, mon.ring)
+                self.monitor = mon
+                w.detection_source = lambda: mon.detection
+            if cfg.record:
+                self._recorders.append(Recorder(cfg.record, rate))
+                w.sinks.append(self._recorders[-1])
+            if cfg.record_input:
+                self._recorders.append(Recorder(cfg.record_input, rate))
+                w.input_sinks.append(self._recorders[-1])
+            w.prefill()
+            if threads:
+                w.start()
+                if self.monitor is not None:
+                    self.monitor.start()
+                self._threads_started = True
+            elif self.monitor is not None:
+                self.monitor.reset()
+            io.started = True
+            backend.start()
+            if self._capture is not None:
+                self._capture.start()
+        except BaseException:
+            self._teardown()
+            raise
+        log.info(
+            "engine running: %d Hz, chunk %.0f ms, block %d, target %d samples, budget %.1f ms",
+            rate,
+            w.chunk_ms,
+            block,
+            w.out_target,
+            1000 * w.latency_budget_s(),
+        )
+
+    def pump(self) -> None:
+        """Single-threaded step for tests: worker then monitor."""
+        if self.worker is not None:
+            while self.worker.step():
+                pass
+        if self.monitor is not None:
+            self.monitor.step()
+
+    def snapshot(self) -> Snapshot:
+        if self._final is not None:
+            return self._final
+        if self.worker is None:
+            return Snapshot()
+        return self.worker.snapshot
+
+    def detection(self) -> Detection:
+        return self.monitor.detection if self.monitor is not None else Detection()
+
+    def _teardown(self) -> None:
+        if self.backend is not None:
+            self.backend.stop()
+            self.backend.close()
+        if self._capture is not None:
+            self._capture.close()
+        if self.worker is not None:
+            self.worker.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
+        for r in self._recorders:
+            r.close()
+        self._recorders = []
+        if self._marker is not None:
+            self._marker.close()
+
+    def stop(self) -> Snapshot:
+        """Stop streams, threads and recorders; returns the final snapshot."""
+        if self._final is not None:
+            return self._final
+        if self.worker is None:
+            raise DeviceError("engine was not started")
+        self._teardown()
+        self._final = self.worker.final_snapshot()
+        return self._final
+
+    def __enter__(self) -> Engine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,148 @@
+"""What the engine needs from the models, and adapters from the real generator/detector.
+
+The engine talks to two small protocols so that its logic can be tested with fakes and so
+that importing the engine does not import torch. ``TorchMarker``/``TorchDetector`` wrap an
+``AudioSealWM``/``AudioSealDetector`` in streaming mode; torch is imported when they are built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+HOP = 320  # model hop at 16 kHz (20 ms); every chunk is a multiple of it
+MODEL_RATE = 16000
+NBITS = 16
+
+
+class Marker(Protocol):
+    """Streaming watermark generator at 16 kHz."""
+
+    nbits: int
+
+    def reset(self) -> None:
+        """Start a new stream (drop the carried state)."""
+
+    def process(self, x16k: np.ndarray, message: Sequence[int]) -> np.ndarray:
+        """Watermark only, same length as ``x16k`` (a multiple of 320)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class FrameDetector(Protocol):
+    """Streaming detector at 16 kHz on a batch of signals (the engine uses x and -x)."""
+
+    nbits: int
+
+    def reset(self, batch_size: int) -> None: ...
+
+    def process(self, x16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``x16k`` (B, T) -> P(marked) per sample (B, T), raw bit logits (B, nbits, T)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _torch_device(device: str) -> Any:
+    import torch
+
+    from audioseal_live.errors import DeviceError
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+class TorchMarker:
+    """Adapter: ``AudioSealWM`` (or anything with ``streaming`` and ``get_watermark``)."""
+
+    def __init__(self, generator: Any, device: str = "cpu") -> None:
+        import torch
+
+        self._torch = torch
+        self.device = _torch_device(device)
+        self.gen = generator.to(self.device).eval()
+        self.nbits = int(getattr(generator, "nbits", NBITS))
+        self._stack = contextlib.ExitStack()
+        self._msg_key: tuple[int, ...] | None = None
+        self._msg: Any = None
+
+    def reset(self) -> None:
+        self._stack.close()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(self.gen.streaming(batch_size=1))
+
+    def process(self, x16k: np.ndarray, message: Sequence[int]) -> np.ndarray:
+        torch = self._torch
+        key = tuple(int(b) for b in message)
+        if key != self._msg_key:  # tensor built only when the message changes
+            self._msg = torch.tensor([key], dtype=torch.long, device=self.device)
+            self._msg_key = key
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(x16k, dtype=np.float32))
+            wm = self.gen.get_watermark(x.view(1, 1, -1).to(self.device), message=self._msg)
+            return wm.reshape(-1).float().cpu().numpy()
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+class TorchDetector:
+    """Adapter: ``AudioSealDetector.frame_outputs`` in streaming mode."""
+
+    def __init__(self, detector: Any, device: str = "cpu") -> None:
+        import torch
+
+        self._torch = torch
+        self.device = _torch_device(device)
+        self.det = detector.to(self.device).eval()
+        self.nbits = int(getattr(detector, "nbits", NBITS))
+        self._stack = contextlib.ExitStack()
+
+    def reset(self, batch_size: int) -> None:
+        self._stack.close()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(self.det.streaming(batch_size=batch_size))
+
+    def process(self, x16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(x16k, dtype=np.float32))
+            p, logits = self.det.frame_outputs(x.unsqueeze(1).to(self.device))
+            return p.float().cpu().numpy(), logits.float().cpu().numpy()
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def load_models(
+    model: str | None, device: str = "cpu", detector: str | None = None, need_detector: bool = True
+) -> tuple[TorchMarker, TorchDetector | None]:
+    """Load generator (and detector) by card name or path; ``None`` = the shipped default.
+
+    A generator path/name ``X`` is paired with a detector found the same way: ``detector`` if
+    given, else the loader's default pairing.
+    """
+    from audioseal_live import AudioSeal  # type: ignore[attr-defined]
+
+    gen = AudioSeal.load_generator(model) if model else AudioSeal.load_generator()
+    marker = TorchMarker(gen, device)
+    det = None
+    if need_detector:
+        name = detector or _paired_detector(model)
+        det_model = AudioSeal.load_detector(name) if name else AudioSeal.load_detector()
+        det = TorchDetector(det_model, device)
+    return marker, det
+
+
+def _paired_detector(model: str | None) -> str | None:
+    if not model:
+        return None
+    for a, b in (("_wm_", "_detector_"), ("generator", "detector")):
+        if a in model:
+            return model.replace(a, b)
+    return model

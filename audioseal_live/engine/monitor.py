@@ -1,0 +1,152 @@
+"""Live detector monitor: is the mark there, and which 16 bits does it carry?
+
+Fed through its own SPSC ring, either by the worker (the marked output, a digital monitor) or
+by a capture callback (a loopback or room mic, to verify the mark after the real chain). Runs
+on its own thread so that detection never delays the output; if it falls behind it drops
+audio (counted), never the output. The detector runs on a batch of two, the signal and its
+inverse, because real chains flip polarity.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from audioseal_live.engine.metrics import Detection
+from audioseal_live.engine.model import MODEL_RATE, FrameDetector
+from audioseal_live.engine.resample import live_resampler
+from audioseal_live.engine.ring import Fifo, RingBuffer
+
+log = logging.getLogger(__name__)
+
+
+class DetectorMonitor:
+    def __init__(
+        self,
+        detector: FrameDetector,
+        sample_rate: int,
+        message: Callable[[], Sequence[int]],
+        chunk16: int = 320 * 5,  # 100 ms: detection needs no low latency, batching is cheaper
+        smooth_s: float = 1.0,
+        vote_s: float = 3.0,
+        history_s: float = 10.0,
+        threshold: float = 0.5,
+        source: str = "output",
+    ) -> None:
+        self.det = detector
+        self.rate = int(sample_rate)
+        self.message = message
+        self.chunk16 = int(chunk16)
+        self.threshold = threshold
+        self.source = source
+        self.nbits = int(detector.nbits)
+        self.ring = RingBuffer(4 * self.rate)  # 4 s of slack before dropping
+        self.down = live_resampler(self.rate, MODEL_RATE)
+        self.fifo16 = Fifo(2 * self.chunk16)
+        chunk_s = self.chunk16 / MODEL_RATE
+        self._n_smooth = max(1, round(smooth_s / chunk_s))
+        self._n_vote = max(1, round(vote_s / chunk_s))
+        self._probs = np.zeros((2, self._n_smooth))
+        self._vote_sum = np.zeros((2, self._n_vote, self.nbits))
+        self._vote_cnt = np.zeros((2, self._n_vote))
+        self._hist: deque[float] = deque(maxlen=max(1, round(history_s / chunk_s)))
+        self.chunks = 0
+        self.errors = 0
+        self._detection = Detection(source=source)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def detection(self) -> Detection:
+        return self._detection
+
+    def reset(self) -> None:
+        self.det.reset(batch_size=2)
+
+    def step(self) -> bool:
+        avail = self.ring.fill
+        if avail <= 0:
+            return False
+        self.fifo16.push(self.down.process(self.ring.read(avail)))
+        while len(self.fifo16) >= self.chunk16:
+            self._process(self.fifo16.pop(self.chunk16))
+        return True
+
+    def _process(self, block: np.ndarray) -> None:
+        p, logits = self.det.process(np.stack([block, -block]))  # (2,T), (2,nbits,T)
+        i = self.chunks % self._n_smooth
+        v = self.chunks % self._n_vote
+        self.chunks += 1
+        self._probs[:, i] = p.mean(axis=1)
+        detected = p > self.threshold  # vote over detected samples only
+        self._vote_cnt[:, v] = detected.sum(axis=1)
+        self._vote_sum[:, v] = np.einsum("bkt,bt->bk", logits, detected.astype(logits.dtype))
+        n = min(self.chunks, self._n_smooth)
+        smoothed = self._probs[:, :n].mean(axis=1)
+        b = int(smoothed[1] > smoothed[0])  # polarity that looks more marked
+        cnt = self._vote_cnt[b].sum()
+        bits: tuple[int, ...] = ()
+        conf: tuple[float, ...] = ()
+        match: bool | None = None
+        if cnt > 0:
+            mean_logit = self._vote_sum[b].sum(axis=0) / cnt
+            prob = 1.0 / (1.0 + np.exp(-mean_logit))
+            bits = tuple(int(x) for x in (prob > 0.5))
+            conf = tuple(float(c) for c in np.abs(2 * prob - 1))
+            expected = tuple(int(x) for x in self.message())
+            match = bits == expected if expected else None
+        self._hist.append(float(smoothed[b]))
+        self._detection = Detection(
+            prob_chunk=float(self._probs[b, i]),
+            prob_smoothed=float(smoothed[b]),
+            bits=bits,
+            bit_confidence=conf,
+            match=match,
+            inverted=bool(b),
+            source=self.source,
+            chunks=self.chunks,
+            history=tuple(self._hist),
+            dropped_samples=self.ring.overflow_samples,
+        )
+
+    def run(self) -> None:
+        ctx: Any = None
+        if "torch" in sys.modules:
+            import torch
+
+            ctx = torch.inference_mode()
+            ctx.__enter__()
+        idle = min(0.02, 0.25 * self.chunk16 / MODEL_RATE)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if not self.step():
+                        time.sleep(idle)
+                except Exception:  # detection is advisory: log, keep the audio running
+                    self.errors += 1
+                    if self.errors <= 3:
+                        log.exception("detector monitor failed")
+                    time.sleep(0.1)
+        finally:
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+
+    def start(self) -> None:
+        self.reset()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="audioseal-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.det.close()

@@ -1,0 +1,345 @@
+"""Engine logic with fake model, fake backend and fake clock (no audio device, no torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from engine_fakes import FakeClock, FakeDetector, FakeMarker, fake_factory
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audioseal_live.engine import Engine, EngineConfig
+from audioseal_live.engine.audio_io import CallbackIO
+from audioseal_live.engine.delay import DelayLine
+from audioseal_live.engine.limiter import SoftLimiter
+from audioseal_live.engine.recorder import Recorder
+from audioseal_live.engine.resample import PolyphaseResampler
+from audioseal_live.engine.ring import RingBuffer
+from audioseal_live.engine.worker import Controls, Worker, chunk_samples_16k
+from audioseal_live.errors import AudioFileError, MessageError
+
+MSG = (1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0)
+
+
+def noise(seconds: float, rate: int = 48000, level: float = 0.1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (level * rng.standard_normal(int(seconds * rate))).astype(np.float32)
+
+
+# ----- ring ------------------------------------------------------------------------------
+def test_ring_wraparound_and_overflow() -> None:
+    r = RingBuffer(10)
+    out = np.zeros(10, dtype=np.float32)
+    data = np.arange(100, dtype=np.float32)
+    pos = 0
+    got = []
+    for n_w, n_r in [(7, 5), (6, 8), (9, 4), (3, 8), (10, 10)]:
+        pos += r.write(data[pos : pos + n_w])
+        k = r.read_into(out[:n_r])
+        got.extend(out[:k].tolist())
+    got.extend(r.read(10).tolist())
+    assert got == data[:pos].tolist()  # FIFO order across wraparounds
+    assert r.fill == 0
+    r.write(np.ones(8, dtype=np.float32))
+    assert r.write(np.ones(5, dtype=np.float32)) == 2
+    assert (r.overflow_events, r.overflow_samples) == (1, 3)
+
+
+def test_ring_mixes_channels_without_losing_order() -> None:
+    r = RingBuffer(7)
+    x = np.stack([np.arange(5.0), 3 * np.arange(5.0)], axis=1).astype(np.float32)
+    r.write(np.zeros(4, dtype=np.float32))
+    r.discard(4)  # next write wraps
+    r.write_scaled_sum(x, 0.5)
+    np.testing.assert_allclose(r.read(5), 2 * np.arange(5.0))
+
+
+# ----- resampling ------------------------------------------------------------------------
+@pytest.mark.parametrize("rate", [48000, 44100])
+def test_resampler_round_trip_is_delayed_identity(rate: int) -> None:
+    t = np.arange(rate) / rate
+    x = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.3 * np.sin(2 * np.pi * 3100 * t)).astype(np.float32)
+    down, up = PolyphaseResampler(rate, 16000), PolyphaseResampler(16000, rate)
+    rng = np.random.default_rng(1)
+    ys, i = [], 0
+    while i < x.shape[0]:  # random chunk schedule: streaming must not care
+        n = int(rng.integers(1, 700))
+        ys.append(up.process(down.process(x[i : i + n])))
+        i += n
+    y = np.concatenate(ys)
+    delay = down.delay * rate / 16000 + up.delay
+    d = round(delay)
+    assert abs(y.shape[0] - x.shape[0]) <= 3
+    err = y[d + 500 : -500] - x[500 : y.shape[0] - d - 500]
+    tol = 2e-3 if d == delay else 2e-2  # 44.1 kHz: alignment rounded by < 0.15 sample
+    assert np.max(np.abs(err)) < tol
+
+
+def test_resampler_chunking_is_exact() -> None:
+    x = noise(0.5, 44100)
+    whole = PolyphaseResampler(44100, 16000).process(x)
+    r = PolyphaseResampler(44100, 16000)
+    parts = np.concatenate([r.process(x[i : i + 333]) for i in range(0, x.shape[0], 333)])
+    np.testing.assert_allclose(parts, whole, atol=1e-6)
+
+
+def test_resampler_rejects_aliases() -> None:
+    t = np.arange(48000) / 48000
+    x = np.sin(2 * np.pi * 12000 * t).astype(np.float32)  # above 16 kHz Nyquist
+    y = PolyphaseResampler(48000, 16000).process(x)
+    assert np.sqrt(np.mean(y[200:] ** 2)) < 1e-3  # < -60 dB
+
+
+# ----- limiter and delay -----------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.floats(-20, 20) | st.sampled_from([np.nan, np.inf, -np.inf]), min_size=1, max_size=400
+    ),
+    st.integers(1, 5),
+)
+def test_limiter_never_exceeds_full_scale(samples: list[float], chunks: int) -> None:
+    lim = SoftLimiter(48000)
+    x = np.array(samples, dtype=np.float32)
+    for part in np.array_split(x, chunks):
+        y = lim.process(part)
+        assert np.all(np.isfinite(y))
+        assert np.max(np.abs(y), initial=0.0) <= lim.ceiling
+
+
+def test_limiter_leaves_quiet_audio_bit_exact() -> None:
+    x = noise(0.2, level=0.1)
+    np.testing.assert_array_equal(SoftLimiter(48000).process(x), x)
+
+
+def test_delay_line() -> None:
+    d = DelayLine(3)
+    d.push(np.arange(1, 6, dtype=np.float32))
+    assert d.pop(5).tolist() == [0, 0, 0, 1, 2]
+
+
+# ----- engine with a fake backend -------------------------------------------------------
+def run_engine(
+    eng: Engine, seconds: float, block: int = 256, out_block: int | None = None, slow_every: int = 0
+) -> None:
+    """Interleave callbacks and worker steps like real time would."""
+    b = eng.backend
+    n = int(seconds * b.sample_rate / block)
+    for i in range(n):
+        b.feed(block)
+        if not slow_every or i % slow_every == 0:
+            eng.pump()
+        b.drain(out_block or block)
+
+
+def make_engine(marker: FakeMarker | None = None, **cfg: object) -> Engine:
+    config = EngineConfig(message=MSG, monitor=None, **cfg)  # type: ignore[arg-type]
+    eng = Engine(config, marker=marker or FakeMarker(), backend_factory=fake_factory())
+    eng.start(threads=False)
+    return eng
+
+
+def test_output_is_delayed_input_plus_watermark() -> None:
+    eng = make_engine(FakeMarker(scale=0.0))
+    eng.backend.source = x = noise(2.0)
+    run_engine(eng, 2.0)
+    snap = eng.stop()
+    y = eng.backend.output()
+    lag = eng.worker.out_target + eng.worker.path_delay
+    # Zero watermark -> the untouched original, exactly, after a fixed latency.
+    np.testing.assert_array_equal(y[lag:], x[: y.shape[0] - lag])
+    assert snap.underruns == 0 and snap.xruns == 0 and snap.unmarked_spans == 0
+    assert abs(snap.latency_ms - (1000 * lag / 48000 + snap.output_latency_ms)) < 6
+    assert snap.latency_ms <= snap.latency_budget_ms
+
+
+def test_watermark_is_added_and_aligned() -> None:
+    eng = make_engine(FakeMarker(scale=0.01))
+    t = np.arange(96000) / 48000
+    eng.backend.source = x = (0.2 * np.sin(2 * np.pi * 500 * t)).astype(np.float32)
+    run_engine(eng, 2.0)
+    eng.stop()
+    y = eng.backend.output()
+    lag = eng.worker.out_target + eng.worker.path_delay
+    wm = y[lag + 4800 : 90000] - x[4800 : 90000 - lag]
+    # The fake watermark is 1% of the (band-limited) input: aligned means in phase.
+    np.testing.assert_allclose(wm, 0.01 * x[4800 : 90000 - lag], atol=2e-4)
+
+
+def test_gc_pause_passes_audio_through_and_counts() -> None:
+    marker = FakeMarker(scale=0.01)
+    eng = make_engine(marker)
+    marker.calls = 0  # forget the warm-up
+    eng.backend.source = noise(4.0)
+    run_engine(eng, 1.0)
+    for _ in range(40):  # a 200 ms stall: audio keeps flowing, the worker does not run
+        eng.backend.feed(256)
+        eng.backend.drain(256)
+    run_engine(eng, 2.0)
+    snap = eng.stop()
+    assert snap.unmarked_spans >= 1 and snap.unmarked_s > 0
+    assert marker.calls < snap.chunks  # some chunks skipped the model
+    assert not snap.overloaded  # recovered
+    assert np.all(np.isfinite(eng.backend.output()))
+
+
+@pytest.mark.parametrize("policy", ["pass", "mute"])
+def test_slow_model_is_detected_with_fake_clock(policy: str) -> None:
+    clock = FakeClock()
+    marker = FakeMarker(scale=0.0, clock=clock, cost_s=0.050)  # 50 ms per 20 ms chunk
+    eng = Engine(
+        EngineConfig(message=MSG, monitor=None, overload=policy),  # type: ignore[arg-type]
+        marker=marker,
+        backend_factory=fake_factory(),
+    )
+    eng.start(threads=False)
+    eng.worker.clock = clock
+    eng.worker._est_compute_s = 0.050  # as measured by the (real-clock) warm-up
+    b = eng.backend
+    b.source = noise(3.0, level=0.1) + 0.1
+    busy_until = 0.0
+    for i in range(int(3.0 * 48000 / 256)):
+        now = (i + 1) * 256 / 48000
+        b.feed(256)
+        if now >= busy_until:  # the worker is blocked while the slow model runs
+            clock.t = now
+            eng.pump()
+            busy_until = clock.t
+        b.drain(256)
+    snap = eng.stop()
+    assert snap.unmarked_spans >= 1 and snap.unmarked_s > 1.0
+    assert snap.ms_per_chunk_p99 >= 49
+    y = b.output()[48000:]
+    if policy == "mute":
+        assert np.mean(y == 0) > 0.5  # overload muted
+    else:
+        assert np.mean(np.abs(y) > 0) > 0.9  # original passed through
+
+
+def test_drift_corrections_keep_fill_bounded() -> None:
+    # Output clock ~500 ppm off (5x a poor sound card): one sample more/less every 8 blocks.
+    for out_block, kind in [(257, "inserts"), (255, "drops")]:
+        eng = make_engine(FakeMarker(scale=0.0))
+        eng.backend.source = noise(40.0)
+        fills = []
+        b = eng.backend
+        for i in range(int(30 * 48000 / 256)):
+            b.feed(256)
+            eng.pump()
+            b.drain(out_block if i % 8 == 0 else 256)
+            fills.append(eng.worker.out_ring.fill)
+        snap = eng.stop()
+        drift = eng.worker.drift
+        assert getattr(drift, kind) > 300, kind  # ~440 needed over 30 s
+        assert snap.drift_corrections == drift.corrections
+        late = np.array(fills[len(fills) // 2 :])
+        lo, hi = late.min(), late.max()
+        assert lo > 0 and hi < eng.worker.out_target + 2 * drift.dead_band
+        assert snap.underruns == 0
+
+
+def test_same_clock_needs_no_drift_correction() -> None:
+    eng = make_engine(FakeMarker(scale=0.0))
+    eng.backend.source = noise(10.0)
+    run_engine(eng, 10.0)
+    assert eng.stop().drift_corrections == 0
+
+
+def test_callback_exceptions_are_caught_and_reported() -> None:
+    io = CallbackIO(RingBuffer(1024), RingBuffer(1024))
+    io.on_input(None, 256, False)  # type: ignore[arg-type]
+    out = np.full((256, 2), 5.0, dtype=np.float32)
+    io.out_ring = None  # type: ignore[assignment]
+    io.on_output(out, 256, True)
+    assert io.stats.callback_errors == 2
+    assert "audio callback" in io.stats.last_error
+    assert np.all(out == 0)  # output still filled
+
+
+def test_underrun_gives_zeros_and_is_counted() -> None:
+    io = CallbackIO(RingBuffer(1024), RingBuffer(1024))
+    io.out_ring.write(np.ones(100, dtype=np.float32))
+    out = np.full((256, 2), 7.0, dtype=np.float32)
+    io.on_output(out, 256, False)
+    assert np.all(out[:100] == 1) and np.all(out[100:] == 0)
+    assert (io.stats.underruns, io.stats.underrun_samples) == (1, 156)
+
+
+def test_model_failure_passes_through_and_is_reported() -> None:
+    marker = FakeMarker(scale=0.0)
+    eng = make_engine(marker)
+    marker.fail = True
+    eng.backend.source = x = noise(1.0)
+    run_engine(eng, 1.0)
+    snap = eng.stop()
+    assert snap.callback_errors > 0 and "model exploded" in snap.last_error
+    y = eng.backend.output()
+    lag = eng.worker.out_target + eng.worker.path_delay
+    np.testing.assert_array_equal(y[lag:], x[: y.shape[0] - lag])
+
+
+def test_controls_are_read_per_chunk() -> None:
+    eng = make_engine(FakeMarker(scale=0.0))
+    eng.set_alpha(0.5)
+    eng.set_bypass(True)
+    assert eng.worker.controls.alpha == 0.5 and eng.worker.controls.bypass
+    with pytest.raises(MessageError):
+        eng.set_message([0, 1, 2])
+    eng.stop()
+
+
+def test_chunk_sizes() -> None:
+    assert chunk_samples_16k(20) == 320 and chunk_samples_16k(200) == 3200
+    for bad in (10, 30, 220):
+        with pytest.raises(ValueError):
+            chunk_samples_16k(bad)
+
+
+def test_worker_chunk_of_100ms_at_44k() -> None:
+    w = Worker(
+        FakeMarker(0.0),
+        RingBuffer(1 << 16),
+        RingBuffer(1 << 16),
+        44100,
+        Controls(message=MSG),
+        chunk_ms=100,
+    )
+    w.in_ring.write(noise(1.0, 44100))
+    while w.step():
+        pass
+    assert w.chunks == 10 and w.out_ring.fill > 0.85 * 44100
+
+
+# ----- monitor ---------------------------------------------------------------------------
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_monitor_detects_bits_and_polarity(sign: float) -> None:
+    eng = Engine(
+        EngineConfig(message=MSG, monitor="output"),
+        marker=FakeMarker(0.0),
+        detector=FakeDetector(MSG, level=0.05),
+        backend_factory=fake_factory(),
+    )
+    eng.start(threads=False)
+    eng.backend.source = np.full(48000 * 3, 0.2 * sign, dtype=np.float32)
+    run_engine(eng, 3.0)
+    det = eng.stop().detection
+    assert det.prob_smoothed > 0.85
+    assert det.bits == MSG and det.match
+    assert det.inverted == (sign < 0)
+    assert min(det.bit_confidence) > 0.7  # sigmoid(2) -> 0.76
+
+
+# ----- recorder --------------------------------------------------------------------------
+def test_recorder_is_atomic(tmp_path) -> None:
+    import soundfile as sf
+
+    path = tmp_path / "rec.flac"
+    rec = Recorder(path, 48000)
+    rec.push(noise(0.5))
+    assert not path.exists()  # only a hidden temp file while recording
+    rec.close()
+    data, sr = sf.read(path)
+    assert sr == 48000 and data.shape[0] == 24000
+    assert [p.name for p in tmp_path.iterdir()] == ["rec.flac"]
+    with pytest.raises(AudioFileError):
+        Recorder(tmp_path / "x.mp3", 48000)
