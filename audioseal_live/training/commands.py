@@ -1,0 +1,147 @@
+"""`audioseal-live corpus | train | export | eval`: build data, train, ship and measure a model.
+
+Heavy modules (torch, the trainer) are imported inside the handlers so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+from pathlib import Path
+
+from audioseal_live.errors import AudioSealLiveError
+
+
+class TrainingSetupError(AudioSealLiveError, ValueError):
+    """A training/eval option the user can fix (device, paths)."""
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingSetupError("--device cuda asked for, but torch sees no CUDA GPU here")
+
+
+def _corpus(args: argparse.Namespace) -> int:
+    from audioseal_live.training import corpus
+
+    return int(corpus.run(args) or 0)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from audioseal_live.training.trainer import TrainConfig, run_training
+
+    _check_device(args.device)
+    logging.getLogger("audioseal_live").setLevel(logging.INFO)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    trainer = run_training(cfg, resume=not args.fresh)
+    if args.export:
+        _do_export(Path(cfg.run_dir) / "best.pt", Path(args.export), trainer.run_dir)
+    return 0
+
+
+def _do_export(checkpoint: Path, out: Path, run_dir: Path | None = None) -> None:
+    from audioseal_live.training.trainer import export
+
+    if not checkpoint.is_file() and run_dir is not None:
+        checkpoint = run_dir / "last.pt"
+    g, d = export(checkpoint, out)
+    print(f"exported {checkpoint} -> {g}, {d}")
+
+
+def _export(args: argparse.Namespace) -> int:
+    ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.run_dir) / "best.pt"
+    _do_export(ckpt, Path(args.out), Path(args.run_dir))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from audioseal_live.training.evaluate import run_eval
+
+    _check_device(args.device)
+    run_eval(args)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    # corpus: the builder module owns its options
+    from audioseal_live.training import corpus
+
+    p = subparsers.add_parser("corpus", help="build the offline training corpus (16 kHz FLAC)")
+    corpus.add_arguments(p)
+    p.set_defaults(func=_corpus)
+
+    d = _train_defaults()
+    p = subparsers.add_parser(
+        "train", help="train a generator + detector (resumes RUN_DIR/last.pt)",
+        description="Curriculum: detect -> message -> quality (masks, attacks, SNR towards "
+        "26 dB). Resumes from RUN_DIR/last.pt unless --fresh.")
+    p.add_argument("--corpus", default=d["corpus"], help="corpus folder with manifest.jsonl")
+    p.add_argument("--run-dir", default=d["run_dir"], help="checkpoints and log.jsonl go here")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (leave a core free)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--n-filters", type=int, default=d["n_filters"])
+    p.add_argument("--dimension", type=int, default=d["dimension"])
+    p.add_argument("--lstm", type=int, default=d["lstm"])
+    p.add_argument("--max-steps", type=int, default=d["max_steps"])
+    p.add_argument("--max-hours", type=float, default=d["max_hours"],
+                   help="stop after this many training hours (counted over resumes)")
+    p.add_argument("--ckpt-minutes", type=float, default=d["ckpt_minutes"])
+    p.add_argument("--val-every", type=int, default=d["val_every"])
+    p.add_argument("--log-every", type=int, default=d["log_every"])
+    p.add_argument("--max-clips", type=int, default=None, help="read at most N clips (smoke)")
+    p.add_argument("--snr-start", type=float, default=d["snr_start"])
+    p.add_argument("--snr-final", type=float, default=d["snr_final"])
+    p.add_argument("--bit-switch", type=float, default=d["bit_switch"],
+                   help="running bit accuracy that starts the quality stage")
+    p.add_argument("--start-stage", choices=("detect", "message", "quality"),
+                   default=d["start_stage"])
+    p.add_argument("--fresh", action="store_true", help="ignore RUN_DIR/last.pt")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="when done, export best.pt to DIR (e.g. assets/model)")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("export", help="write a run's weights as the shipped format")
+    p.add_argument("--run-dir", default=d["run_dir"])
+    p.add_argument("--checkpoint", default=None, help="default RUN_DIR/best.pt")
+    p.add_argument("--out", default="assets/model")
+    p.set_defaults(func=_export)
+
+    p = subparsers.add_parser("eval", help="evaluate a model on the held-out test split")
+    p.add_argument("--corpus", default="data/corpus")
+    p.add_argument("--model", default=None,
+                   help="folder with generator/detector .json+.safetensors, or a training "
+                   "checkpoint (.pt); default: the shipped model")
+    p.add_argument("--out", default="runs/eval", help="writes eval.json and eval.md here")
+    p.add_argument("--windows", type=int, default=400, help="1 s test windows (max)")
+    p.add_argument("--attacks", default="all", help="comma list of attack names, 'all' or 'none'")
+    p.add_argument("--attack-windows", type=int, default=100,
+                   help="windows per attack (marked + as many unmarked)")
+    p.add_argument("--localization", type=int, default=10, help="10 s localization examples")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_eval)
+
+
+def _train_defaults() -> dict:
+    # TrainConfig's defaults, read from its source so `--help` does not import torch
+    import ast
+
+    src = (Path(__file__).with_name("trainer.py")).read_text()
+    tree = ast.parse(src)
+    out: dict = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "TrainConfig":
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    with contextlib.suppress(ValueError, TypeError):
+                        out[item.target.id] = ast.literal_eval(item.value)
+    return out

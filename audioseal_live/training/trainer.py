@@ -1,0 +1,494 @@
+"""Our own AudioSeal-style trainer, with a curriculum built so it cannot collapse silently.
+
+Stages (switched by measured metrics, every switch logged):
+
+1. ``detect``  – balanced whole clips (half marked, half not), no masks, no attacks; the only
+   pressure on the generator is a two-sided SNR target (~15 dB). A pure SNR floor lets the
+   watermark sink below what an untrained detector can see, and the run never starts
+   (shared/DATA.md). If detection does not start, the target is lowered (louder watermark).
+2. ``message`` – adds the per-sample message loss (BCE on every marked sample's bit logits).
+3. ``quality`` – adds the perceptual terms (mel, TF-loudness), localization masks and the
+   attack suite (attacks drawn in inverse proportion to the detector's accuracy on them),
+   and raises the SNR target in small steps towards 26 dB while detection and bits hold;
+   it steps back when they do not.
+
+Everything random draws from generators whose state is in the checkpoint, so a resumed run
+repeats exactly the steps the interrupted run would have made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from audioseal_live.errors import CheckpointError
+from audioseal_live.models.cards import ModelCard, small_card
+from audioseal_live.models.detector import AudioSealDetector
+from audioseal_live.models.generator import AudioSealWM
+from audioseal_live.training import losses as L
+from audioseal_live.training.data import Batch, SegmentPool, make_batch
+
+log = logging.getLogger(__name__)
+
+STAGES = ("detect", "message", "quality")
+
+
+@dataclass
+class TrainConfig:
+    corpus: str = "data/corpus"
+    run_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 1
+    batch_size: int = 8
+    segment: int = 16000
+    lr: float = 3e-4
+    grad_clip: float = 5.0
+    # model card widths (the default is the CPU real-time card)
+    n_filters: int = 8  # 16 trains ~2x slower per step on 2 CPU cores
+    dimension: int = 64
+    lstm: int = 1
+    # stopping: whichever comes first
+    max_steps: int = 1_000_000
+    max_hours: float = 1e9
+    # bookkeeping
+    log_every: int = 25
+    val_every: int = 500
+    val_clips: int = 32
+    ckpt_minutes: float = 3.0
+    snapshot_every: int = 5000
+    max_clips: int | None = None  # cap on clips read (tests, smoke runs)
+    # curriculum
+    window: int = 100  # steps in the running metrics that drive stage switches
+    snr_start: float = 15.0
+    snr_final: float = 26.0
+    snr_step: float = 0.5
+    snr_every: int = 200  # steps between SNR target moves in the quality stage
+    snr_min: float = 6.0
+    detect_switch: float = 0.98  # running per-sample detection accuracy to leave `detect`
+    detect_patience: int = 1500  # steps without detection before the watermark gets louder
+    bit_switch: float = 0.90  # running bit accuracy to leave `message`
+    mask_prob: float = 0.5
+    attack_prob: float = 0.5
+    # loss weights
+    w_loc: float = 1.0
+    w_msg: float = 1.0
+    w_snr: float = 0.1
+    w_mel: float = 0.5
+    w_loud: float = 0.05
+    w_l1: float = 0.1
+    start_stage: str = "detect"
+
+
+@dataclass
+class Curriculum:
+    """State of the curriculum; saved in every checkpoint."""
+
+    stage: str = "detect"
+    stage_step: int = 0  # steps spent in this stage
+    snr_target: float = 15.0
+    since_snr_move: int = 0
+    bit_floor: float = 0.0  # bit accuracy to keep while the SNR rises
+    attack_acc: dict[str, float] = field(default_factory=dict)
+    det_hist: list[float] = field(default_factory=list)
+    bit_hist: list[float] = field(default_factory=list)
+    best_score: float = -math.inf
+
+
+def build_models(cfg: TrainConfig) -> tuple[AudioSealWM, AudioSealDetector]:
+    widths = dict(n_filters=cfg.n_filters, dimension=cfg.dimension, lstm=cfg.lstm)
+    gen = AudioSealWM(small_card("generator", name="audioseal_live_generator", **widths))
+    det = AudioSealDetector(small_card("detector", name="audioseal_live_detector", **widths))
+    return gen, det
+
+
+def straight_through(x: Tensor, y: Tensor) -> Tensor:
+    """Gradient of identity for attacks that are not differentiable (codecs)."""
+    if y.requires_grad or not x.requires_grad:
+        return y
+    return x + (y - x).detach()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, pool: SegmentPool | None = None,
+                 valid: SegmentPool | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(max(1, cfg.threads))
+        torch.manual_seed(cfg.seed)
+        self.device = torch.device(cfg.device)
+        self.gen, self.det = build_models(cfg)
+        self.gen.to(self.device).train()
+        self.det.to(self.device).train()
+        self.opt = torch.optim.Adam([*self.gen.parameters(), *self.det.parameters()], lr=cfg.lr,
+                                    betas=(0.9, 0.999))
+        self.step = 0
+        self.cur = Curriculum(stage=cfg.start_stage, snr_target=cfg.snr_start)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.tgen = torch.Generator().manual_seed(cfg.seed)
+        self.pool = pool if pool is not None else SegmentPool.from_corpus(
+            cfg.corpus, "train", cfg.segment, max_clips=cfg.max_clips)
+        self.valid_pool = valid
+        self._val: tuple[Tensor, Tensor] | None = None
+        self.log_path = self.run_dir / "log.jsonl"
+        self.elapsed = 0.0  # wall seconds trained, over all resumes
+        self._acc: dict[str, list[float]] = {}
+        self._stop = False
+
+    # --- logging ---------------------------------------------------------------------------
+    def event(self, kind: str, **fields: Any) -> None:
+        rec = {"t": round(time.time(), 1), "step": self.step, "stage": self.cur.stage,
+               "kind": kind, **fields}
+        with open(self.log_path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        if kind != "train":
+            log.info("%s %s", kind, json.dumps(fields))
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": "audioseal-live-train-1",
+            "config": dataclasses.asdict(self.cfg),
+            "generator_card": self.gen.card.to_dict(),
+            "detector_card": self.det.card.to_dict(),
+            "generator": self.gen.state_dict(),
+            "detector": self.det.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "curriculum": dataclasses.asdict(self.cur),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_gen": self.tgen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save(self, name: str = "last.pt") -> Path:
+        path = self.run_dir / name
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)  # atomic: a crash mid-save never leaves a half checkpoint
+        return path
+
+    def load(self, path: str | Path) -> None:
+        state = load_checkpoint(path)
+        self.gen.load_state_dict(state["generator"])
+        self.det.load_state_dict(state["detector"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self.cur = Curriculum(**state["curriculum"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.tgen.set_state(state["torch_gen"])
+        torch.set_rng_state(state["torch_rng"])
+
+    # --- one step --------------------------------------------------------------------------
+    def attack_weights(self) -> dict[str, float]:
+        from audioseal_live.training.attacks import TRAINING_ATTACKS
+
+        # inverse proportion to accuracy: the attacks the detector fails come up most
+        return {n: max(1.0 - self.cur.attack_acc.get(n, 0.5), 0.05) for n in TRAINING_ATTACKS}
+
+    def train_step(self) -> dict[str, float]:
+        cfg, cur = self.cfg, self.cur
+        batch: Batch = make_batch(self.pool, self.rng, self.tgen, cfg.batch_size,
+                                  self.gen.nbits)
+        quality = cur.stage == "quality"
+        x = batch.audio.to(self.device)
+        other = batch.other.to(self.device)
+        msg = batch.message.to(self.device)
+        n_marked = int(batch.marked.sum())
+        bsz, _, length = x.shape
+        # Draw every random decision before the forward pass, in a fixed order (exact resume).
+        draws = torch.rand(2, generator=self.tgen)
+        if quality:
+            modes = L.random_mask_modes(bsz, length, self.tgen, prob=cfg.mask_prob)
+        else:
+            modes = torch.full((bsz, length), L.KEEP, dtype=torch.long)
+        modes[n_marked:] = L.REVERT  # unmarked whole clips: every sample is the original
+        modes = modes.to(self.device)
+
+        wm = self.gen.get_watermark(x[:n_marked], message=msg[:n_marked])
+        watermarked = torch.cat([x[:n_marked] + wm, x[n_marked:]], dim=0)
+        audio, labels = L.apply_masks(watermarked, x, other, modes)
+        attack = "none"
+        if quality and float(draws[0]) < cfg.attack_prob:
+            from audioseal_live.training.attacks import random_attack
+
+            attacked, attack = random_attack(audio, generator=self.tgen,
+                                             weights=self.attack_weights())
+            audio = straight_through(audio, attacked)
+        logits = self.det.logits(audio)
+
+        host = x[:n_marked]
+        snr = L.snr_db(host, wm)
+        terms: dict[str, Tensor] = {
+            "loc": L.localization_loss(logits, labels),
+            "snr": L.snr_target_loss(snr, cur.snr_target, two_sided=True),
+        }
+        weights = {"loc": cfg.w_loc, "snr": cfg.w_snr}
+        if cur.stage in ("message", "quality"):
+            terms["msg"] = L.message_loss(logits, msg, labels)
+            weights["msg"] = cfg.w_msg
+        if quality:
+            terms["mel"] = L.mel_loss(host, host + wm)
+            terms["loud"] = L.tf_loudness_loss(host, wm)
+            terms["l1"] = L.l1_loss(host, host + wm)
+            weights.update(mel=cfg.w_mel, loud=cfg.w_loud, l1=cfg.w_l1)
+        loss = sum(weights[k] * v for k, v in terms.items())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.step}: "
+                                     f"{ {k: float(v) for k, v in terms.items()} }")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.gen.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.det.parameters(), cfg.grad_clip)
+        self.opt.step()
+
+        with torch.no_grad():
+            p_marked = torch.softmax(logits[:, :2], dim=1)[:, 1]
+            det_acc = float(((p_marked > 0.5).float() == labels).float().mean())
+            # decode the way users do: mean bit logit over the samples still marked
+            keep = labels[:n_marked, None, :]
+            mean_logit = (logits[:n_marked, 2:] * keep).sum(-1) / keep.sum(-1).clamp_min(1)
+            has = keep.sum(-1).squeeze(-1) > 0
+            bits_ok = ((mean_logit > 0).long() == msg[:n_marked]).float()
+            bit_acc = float(bits_ok[has].mean()) if has.any() else float("nan")
+        cur.det_hist = (cur.det_hist + [det_acc])[-cfg.window:]
+        if not math.isnan(bit_acc):
+            cur.bit_hist = (cur.bit_hist + [bit_acc])[-cfg.window:]
+        if attack != "none" or quality:
+            prev = cur.attack_acc.get(attack, 0.5)
+            cur.attack_acc[attack] = 0.95 * prev + 0.05 * det_acc
+        self.step += 1
+        cur.stage_step += 1
+        cur.since_snr_move += 1
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        out.update(loss=float(loss.detach()), det_acc=det_acc, bit_acc=bit_acc,
+                   snr=float(snr.mean()), snr_target=cur.snr_target)
+        out["attack"] = attack  # type: ignore[assignment]
+        self.advance_curriculum()
+        return out
+
+    # --- curriculum ------------------------------------------------------------------------
+    def running(self) -> tuple[float, float]:
+        det = float(np.mean(self.cur.det_hist)) if self.cur.det_hist else 0.0
+        bit = float(np.mean(self.cur.bit_hist)) if self.cur.bit_hist else 0.0
+        return det, bit
+
+    def switch(self, stage: str, why: str) -> None:
+        det, bit = self.running()
+        old = self.cur.stage
+        self.cur.stage = stage
+        self.cur.stage_step = 0
+        self.cur.since_snr_move = 0
+        self.cur.bit_hist = []
+        self.event("stage", old=old, new=stage, why=why, det_acc=det, bit_acc=bit,
+                   snr_target=self.cur.snr_target)
+
+    def advance_curriculum(self) -> None:
+        cfg, cur = self.cfg, self.cur
+        full = len(cur.det_hist) >= cfg.window and cur.stage_step >= cfg.window
+        det, bit = self.running()
+        if cur.stage == "detect":
+            if full and det >= cfg.detect_switch:
+                self.switch("message", f"detection accuracy {det:.3f} >= {cfg.detect_switch}")
+            elif cur.stage_step >= cfg.detect_patience and cur.snr_target > cfg.snr_min:
+                # not starting: a louder watermark is easier to find (logged, never silent)
+                cur.snr_target = max(cfg.snr_min, cur.snr_target - 3.0)
+                cur.stage_step = 0
+                self.event("detect_not_starting", det_acc=det, new_snr_target=cur.snr_target)
+        elif cur.stage == "message":
+            if full and len(cur.bit_hist) >= cfg.window and bit >= cfg.bit_switch:
+                cur.bit_floor = bit - 0.05
+                self.switch("quality", f"bit accuracy {bit:.3f} >= {cfg.bit_switch}")
+        elif cur.stage == "quality" and cur.since_snr_move >= cfg.snr_every:
+            cur.since_snr_move = 0
+            if det >= 0.95 and bit >= cur.bit_floor and cur.snr_target < cfg.snr_final:
+                cur.snr_target = min(cfg.snr_final, cur.snr_target + cfg.snr_step)
+                self.event("snr_up", snr_target=cur.snr_target, det_acc=det, bit_acc=bit)
+            elif det < 0.85 or bit < cur.bit_floor - 0.1:
+                cur.snr_target = max(cfg.snr_min, cur.snr_target - cfg.snr_step)
+                self.event("snr_down", snr_target=cur.snr_target, det_acc=det, bit_acc=bit)
+
+    # --- validation ------------------------------------------------------------------------
+    def validation_set(self) -> tuple[Tensor, Tensor] | None:
+        if self._val is None:
+            if self.valid_pool is None:
+                try:
+                    self.valid_pool = SegmentPool.from_corpus(
+                        self.cfg.corpus, "valid", self.cfg.segment,
+                        max_clips=self.cfg.max_clips)
+                except Exception as err:  # noqa: BLE001 - validation is optional
+                    log.warning("no validation split: %s", err)
+                    return None
+            rng = np.random.default_rng(1234)  # fixed: the same clips at every validation
+            audio = self.valid_pool.draw(rng, self.cfg.val_clips)
+            msg = torch.from_numpy(rng.integers(0, 2, (self.cfg.val_clips, self.gen.nbits)))
+            self._val = (audio, msg)
+        return self._val
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float] | None:
+        val = self.validation_set()
+        if val is None:
+            return None
+        audio, msg = val
+        audio, msg = audio.to(self.device), msg.to(self.device)
+        self.gen.eval()
+        self.det.eval()
+        try:
+            wm = self.gen.get_watermark(audio, message=msg)
+            p_m, bits_m = self.det(audio + wm)
+            p_u, _ = self.det(audio)
+        finally:
+            self.gen.train()
+            self.det.train()
+        score_m = p_m[:, 1].mean(-1)
+        score_u = p_u[:, 1].mean(-1)
+        bits = (bits_m > 0.5).long()
+        res = {
+            "tpr": float((score_m > 0.5).float().mean()),
+            "fpr": float((score_u > 0.5).float().mean()),
+            "bit_acc": float((bits == msg).float().mean()),
+            "exact": float((bits == msg).all(-1).float().mean()),
+            "si_snr": float(L.si_snr_db(audio, audio + wm).mean()),
+        }
+        res["det_acc"] = 0.5 * (res["tpr"] + 1 - res["fpr"])
+        # best = detects, then decodes, then quiet; SI-SNR capped at the target
+        res["score"] = res["det_acc"] + res["bit_acc"] + res["exact"] + 0.02 * min(
+            res["si_snr"], self.cfg.snr_final)
+        return res
+
+    # --- loop ------------------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def fit(self) -> None:
+        cfg = self.cfg
+        self.event("start", config=dataclasses.asdict(cfg),
+                   params_generator=sum(p.numel() for p in self.gen.parameters()),
+                   params_detector=sum(p.numel() for p in self.det.parameters()),
+                   train_seconds=self.pool.seconds, threads=torch.get_num_threads())
+        last_ckpt = time.monotonic()
+        window: list[dict[str, float]] = []
+        t_window = time.monotonic()
+        seg_start = time.monotonic()
+        elapsed0 = self.elapsed
+        while not self._stop and self.step < cfg.max_steps:
+            self.elapsed = elapsed0 + time.monotonic() - seg_start
+            if self.elapsed >= cfg.max_hours * 3600:
+                break
+            window.append(self.train_step())
+            if self.step % cfg.log_every == 0:
+                rec = summarize(window)
+                rec["sec_per_step"] = (time.monotonic() - t_window) / len(window)
+                rec["snr_target"] = self.cur.snr_target
+                rec["stage_step"] = self.cur.stage_step
+                self.event("train", **rec)
+                log.info("step %d %s loss %.3f det %.3f bits %.3f snr %.1f/%.1f %.2fs/step",
+                         self.step, self.cur.stage, rec["loss"], rec["det_acc"],
+                         rec.get("bit_acc", float("nan")), rec["snr"], self.cur.snr_target,
+                         rec["sec_per_step"])
+                window, t_window = [], time.monotonic()
+            if cfg.val_every and self.step % cfg.val_every == 0:
+                res = self.validate()
+                if res is not None:
+                    self.event("valid", **res)
+                    if res["score"] > self.cur.best_score:
+                        self.cur.best_score = res["score"]
+                        self.save("best.pt")
+            if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
+                self.save(f"step_{self.step:07d}.pt")
+            if time.monotonic() - last_ckpt >= cfg.ckpt_minutes * 60:
+                self.save()
+                last_ckpt = time.monotonic()
+        self.elapsed = elapsed0 + time.monotonic() - seg_start
+        self.save()
+        self.event("stop", elapsed_hours=self.elapsed / 3600)
+
+
+def summarize(records: list[dict[str, float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    keys = {k for r in records for k in r if k != "attack"}
+    for k in sorted(keys):
+        vals = [r[k] for r in records if k in r and not math.isnan(r[k])]
+        if vals:
+            out[k] = float(np.mean(vals))
+    attacks: dict[str, int] = {}
+    for r in records:
+        attacks[str(r.get("attack", "none"))] = attacks.get(str(r.get("attack", "none")), 0) + 1
+    out["attacks"] = attacks
+    return out
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no training checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise CheckpointError(f"{path}: not a readable training checkpoint: {err}") from None
+    if not isinstance(state, dict) or state.get("format") != "audioseal-live-train-1":
+        raise CheckpointError(f"{path}: not an audioseal-live training checkpoint")
+    return state
+
+
+def models_from_checkpoint(path: str | Path) -> tuple[AudioSealWM, AudioSealDetector]:
+    """Generator and detector (eval mode, CPU) from a training checkpoint."""
+    state = load_checkpoint(path)
+    gen = AudioSealWM(ModelCard.from_dict(state["generator_card"]))
+    det = AudioSealDetector(ModelCard.from_dict(state["detector_card"]))
+    gen.load_state_dict(state["generator"])
+    det.load_state_dict(state["detector"])
+    return gen.eval(), det.eval()
+
+
+def export(checkpoint: str | Path, out_dir: str | Path = "assets/model") -> tuple[Path, Path]:
+    """Write generator/detector safetensors + JSON cards (the shipped format) from a run."""
+    from audioseal_live.models.checkpoint import fold_weight_norm, save_model
+
+    state = load_checkpoint(checkpoint)
+    gen, det = models_from_checkpoint(checkpoint)
+    out = Path(out_dir)
+    step = state["step"]
+    hours = state.get("elapsed", 0.0) / 3600
+    note = f"trained {step} steps ({hours:.2f} h) by audioseal-live train"
+    g = save_model(fold_weight_norm(gen), gen.card.replace(description=note), out / "generator")
+    d = save_model(fold_weight_norm(det), det.card.replace(description=note), out / "detector")
+    return g, d
+
+
+def run_training(cfg: TrainConfig, resume: bool = True) -> Trainer:
+    """Start a run, or continue it from RUN_DIR/last.pt when one is there."""
+    last = Path(cfg.run_dir) / "last.pt"
+    if resume and last.is_file():
+        saved = load_checkpoint(last)["config"]
+        # the architecture and seed come from the run; stopping limits and threads from now
+        for key in ("n_filters", "dimension", "lstm", "seed", "batch_size", "segment"):
+            setattr(cfg, key, saved[key])
+    trainer = Trainer(cfg)
+    if resume and last.is_file():
+        trainer.load(last)
+        trainer.event("resume", checkpoint=str(last))
+    signal.signal(signal.SIGTERM, trainer.request_stop)
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        trainer.save()
+        trainer.event("interrupted")
+        raise
+    return trainer
