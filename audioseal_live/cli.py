@@ -16,6 +16,7 @@ from audioseal_live.errors import AudioSealLiveError
 # Each module's register(subparsers) adds its subcommands.
 COMMAND_MODULES: list[str] = [
     "audioseal_live.bench",
+    "audioseal_live.training.commands",
 ]
 
 
