@@ -1,0 +1,1 @@
+"""Training: corpus building, attacks, losses and the training loop."""
