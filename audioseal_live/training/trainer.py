@@ -277,7 +277,7 @@ class Trainer:
         cur.since_snr_move += 1
         out = {k: float(v.detach()) for k, v in terms.items()}
         out.update(loss=float(loss.detach()), det_acc=det_acc, bit_acc=bit_acc,
-                   snr=float(snr.mean()), snr_target=cur.snr_target)
+                   snr=float(snr.detach().mean()), snr_target=cur.snr_target)
         out["attack"] = attack  # type: ignore[assignment]
         self.advance_curriculum()
         return out

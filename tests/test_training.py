@@ -1,0 +1,217 @@
+"""Losses, masks, trainer (loss goes down, exact resume), export and eval on a tiny corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audioseal_live.training import losses as L
+from audioseal_live.training.trainer import TrainConfig, Trainer, export, summarize
+
+SR = 16000
+
+
+def _clip(rng: np.random.Generator, kind: str, seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    if kind == "noise":
+        x = rng.standard_normal(len(t))
+    else:  # harmonic tones with a syllable-rate envelope: speech/music-like enough
+        f0 = rng.uniform(100, 400)
+        x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 6))
+        x = x * (0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(2, 6) * t))
+    return (0.1 * x / np.sqrt(np.mean(x**2))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    lines = []
+    for split, n in (("train", 6), ("valid", 2), ("test", 4)):
+        for i in range(n):
+            for kind in ("speech", "music", "noise"):
+                rel = f"{split}/{kind}/{kind}_{i}.flac"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                seconds = 10.0 if split == "test" and kind != "noise" else 3.0
+                sf.write(root / rel, _clip(rng, kind, seconds), SR, subtype="PCM_16")
+                lines.append({"path": rel, "split": split, "kind": kind, "source": "synth",
+                              "voice": f"{kind}{i}", "duration": seconds})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
+    return root
+
+
+def tiny_config(corpus: Path, run_dir: Path, **kw) -> TrainConfig:
+    base = dict(corpus=str(corpus), run_dir=str(run_dir), batch_size=4, segment=4000,
+                n_filters=4, dimension=16, lr=1e-3, val_every=0, log_every=5, val_clips=4,
+                window=5, ckpt_minutes=1e9, snapshot_every=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# --- losses ------------------------------------------------------------------------------
+
+
+def test_localization_loss_lower_for_correct_predictions() -> None:
+    labels = torch.zeros(2, 100)
+    labels[:, 40:70] = 1
+    good = torch.zeros(2, 18, 100)
+    good[:, 1] = 4 * (2 * labels - 1)  # marked logit high exactly where marked
+    bad = good.clone()
+    bad[:, 1] = -bad[:, 1]
+    assert L.localization_loss(good, labels) < 0.05 < 0.5 < L.localization_loss(bad, labels)
+
+
+def test_message_loss_ignores_unmarked_samples() -> None:
+    torch.manual_seed(0)
+    msg = torch.randint(0, 2, (2, 16))
+    marked = torch.zeros(2, 50)
+    marked[:, :20] = 1
+    logits = torch.randn(2, 18, 50)
+    base = L.message_loss(logits, msg, marked)
+    changed = logits.clone()
+    changed[:, 2:, 20:] = 100 * torch.randn(2, 16, 30)  # garbage where nothing is marked
+    assert torch.allclose(L.message_loss(changed, msg, marked), base)
+    right = logits.clone()
+    right[:, 2:, :20] = 5 * (2 * msg[..., None].float() - 1)
+    assert L.message_loss(right, msg, marked) < 0.01 < base
+
+
+def test_masks_revert_zero_swap_the_right_windows() -> None:
+    wm = torch.full((1, 1, 40), 2.0)
+    orig = torch.full((1, 1, 40), 1.0)
+    other = torch.full((1, 1, 40), 3.0)
+    modes = torch.full((1, 40), L.KEEP)
+    modes[0, 5:10] = L.REVERT
+    modes[0, 15:20] = L.ZERO
+    modes[0, 25:30] = L.SWAP
+    out, labels = L.apply_masks(wm, orig, other, modes)
+    assert torch.equal(out[0, 0, 5:10], orig[0, 0, 5:10])
+    assert torch.equal(out[0, 0, 15:20], torch.zeros(5))
+    assert torch.equal(out[0, 0, 25:30], other[0, 0, 25:30])
+    keep = modes[0] == L.KEEP
+    assert torch.equal(out[0, 0, keep], wm[0, 0, keep])
+    assert torch.equal(labels[0], keep.float())
+
+
+def test_random_masks_cover_windows_only_when_drawn() -> None:
+    g = torch.Generator().manual_seed(0)
+    modes = L.random_mask_modes(64, 1000, g, prob=0.5)
+    masked_rows = (modes != L.KEEP).any(-1)
+    assert 10 < int(masked_rows.sum()) < 54  # about half the rows
+    assert float((modes != L.KEEP).float().mean()) < 0.5  # windows, not whole clips
+    assert set(modes.unique().tolist()) <= {L.KEEP, L.REVERT, L.ZERO, L.SWAP}
+
+
+def test_snr_and_perceptual_terms() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 8000)
+    wm = 0.1 * torch.randn(3, 1, 8000)  # 20 dB below
+    assert torch.allclose(L.snr_db(x, wm), torch.full((3,), 20.0), atol=0.3)
+    assert torch.allclose(L.si_snr_db(x, x + wm), torch.full((3,), 20.0), atol=0.3)
+    snr = L.snr_db(x, wm)
+    assert L.snr_target_loss(snr, 20.0) < 0.05 < L.snr_target_loss(snr, 26.0)
+    assert L.snr_target_loss(snr, 10.0, two_sided=False) == 0  # a floor: quieter is fine
+    assert L.snr_target_loss(snr, 10.0, two_sided=True) > 5  # two-sided: too quiet costs
+    small, large = 0.01 * torch.randn(3, 1, 8000), torch.randn(3, 1, 8000)
+    assert L.mel_loss(x, x + small) < L.mel_loss(x, x + large)
+    assert L.multires_stft_loss(x, x + small) < L.multires_stft_loss(x, x + large)
+    assert L.tf_loudness_loss(x, small) < L.tf_loudness_loss(x, large)
+
+
+# --- trainer -----------------------------------------------------------------------------
+
+
+def test_training_steps_lower_the_loss(corpus: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trainer = Trainer(tiny_config(corpus, tmp_path, start_stage="message"))
+    first = [trainer.train_step()["loss"] for _ in range(3)]
+    for _ in range(20):
+        trainer.train_step()
+    last = [trainer.train_step()["loss"] for _ in range(3)]
+    assert np.mean(last) < np.mean(first)
+
+
+def test_resume_reproduces_the_next_steps_exactly(corpus: Path, tmp_path: Path) -> None:
+    # the quality stage draws masks and attacks too: all of it must come back on resume
+    cfg = tiny_config(corpus, tmp_path / "a", start_stage="quality", mask_prob=1.0,
+                      attack_prob=1.0)
+    a = Trainer(cfg)
+    for _ in range(2):
+        a.train_step()
+    ckpt = a.save("mid.pt")
+    expected = [a.train_step() for _ in range(3)]
+    b = Trainer(tiny_config(corpus, tmp_path / "b", start_stage="quality", mask_prob=1.0,
+                            attack_prob=1.0), pool=a.pool)
+    b.load(ckpt)
+    got = [b.train_step() for _ in range(3)]
+    for e, g in zip(expected, got, strict=True):
+        assert e["attack"] == g["attack"]
+        assert e["loss"] == g["loss"]
+    for pa, pb in zip(a.gen.parameters(), b.gen.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_fit_logs_checkpoints_and_exports(corpus: Path, tmp_path: Path) -> None:
+    from audioseal_live.models.loader import load_model
+
+    cfg = tiny_config(corpus, tmp_path / "run", max_steps=6, val_every=3, log_every=3)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    kinds = {r["kind"] for r in records}
+    assert {"start", "train", "valid", "stop"} <= kinds
+    assert (tmp_path / "run" / "last.pt").is_file()
+    export(tmp_path / "run" / "last.pt", tmp_path / "model")
+    gen = load_model(tmp_path / "model", "generator")
+    x = torch.randn(1, 1, 3200) * 0.1
+    msg = torch.randint(0, 2, (1, 16))
+    trainer.gen.eval()
+    with torch.no_grad():
+        assert torch.allclose(gen.get_watermark(x, message=msg),
+                              trainer.gen.get_watermark(x, message=msg), atol=1e-6)
+    assert summarize([{"loss": 1.0, "attack": "none"}])["loss"] == 1.0
+
+
+def test_eval_prints_a_table(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+                             ) -> None:
+    from audioseal_live.cli import main
+
+    trainer = Trainer(tiny_config(corpus, tmp_path / "run"))
+    ckpt = trainer.save()
+    rc = main(["eval", "--corpus", str(corpus), "--model", str(ckpt), "--out",
+               str(tmp_path / "eval"), "--windows", "40", "--attack-windows", "8",
+               "--attacks", "none,polarity,lowpass_3500", "--localization", "2",
+               "--threads", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| polarity |" in out and "tpr_at_fpr1" in out and "Localization" in out
+    res = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert set(res["attacks"]) == {"none", "polarity", "lowpass_3500"}
+    assert (tmp_path / "eval" / "eval.md").is_file()
+
+
+def test_eval_metrics() -> None:
+    from audioseal_live.training.evaluate import auc, tpr_at_fpr
+
+    pos = np.linspace(0.5, 1.0, 100)
+    neg = np.linspace(0.0, 0.6, 100)
+    assert auc(np.ones(5), np.zeros(5)) == 1.0
+    assert auc(np.zeros(5), np.ones(5)) == 0.0
+    tpr, thr = tpr_at_fpr(pos, neg, 0.01)
+    assert (neg > thr).mean() <= 0.01
+    assert 0.0 < tpr < 1.0
+
+
+def test_cli_train_reports_a_missing_corpus(tmp_path: Path, capsys: pytest.CaptureFixture
+                                            ) -> None:
+    from audioseal_live.cli import main
+
+    rc = main(["train", "--corpus", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r"),
+               "--max-steps", "1"])
+    assert rc == 2
+    assert "manifest" in capsys.readouterr().err
