@@ -1,0 +1,294 @@
+"""CLI commands of the engine: devices, run, demo, embed, detect.
+
+``register(subparsers)`` is called by ``audioseal_live.cli``; heavy imports (torch, models,
+sounddevice) happen inside the command functions so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from audioseal_live.errors import AudioSealLiveError, DeviceError, MessageError
+
+log = logging.getLogger(__name__)
+NBITS = 16
+
+
+def parse_message(text: str | None) -> tuple[int, ...] | None:
+    """hex (0x1a2b), decimal (6699) or 16 binary digits; None = random."""
+    if text is None:
+        return None
+    from audioseal_live.models.messages import parse_message_text
+
+    return tuple(int(b) for b in parse_message_text(text, NBITS).tolist())
+
+
+def bits_hex(bits: Sequence[int]) -> str:
+    v = 0
+    for b in bits:
+        v = (v << 1) | int(b)
+    return f"0x{v:0{(len(bits) + 3) // 4}x}"
+
+
+def _device_arg(text: str | None) -> str | int | None:
+    if text is None:
+        return None
+    return int(text) if text.strip().isdigit() else text
+
+
+# ----- devices ---------------------------------------------------------------------------
+def cmd_devices(args: argparse.Namespace) -> int:
+    from audioseal_live.engine.audio_io import _sd, list_devices
+
+    devices = list_devices()
+    sd = _sd()
+    default_in, default_out = sd.default.device
+    if args.json:
+        print(json.dumps([d.to_dict() for d in devices], indent=2))
+        return 0
+    if not devices:
+        print("no audio devices found")
+        return 0
+    for d in devices:
+        mark = ("<" if d.index == default_in else " ") + (">" if d.index == default_out else " ")
+        print(
+            f"{mark} {d.index:3d} {d.name}  [{d.hostapi}]  in {d.max_input_channels}, "
+            f"out {d.max_output_channels}, {d.default_samplerate:.0f} Hz"
+        )
+    print("(< default input, > default output; pick devices by name or index)")
+    return 0
+
+
+# ----- run / demo ------------------------------------------------------------------------
+def _engine_config(args: argparse.Namespace, **over: Any) -> Any:
+    from audioseal_live.engine.engine import EngineConfig
+
+    monitor: str | int | None = args.monitor
+    if isinstance(monitor, str) and monitor.lower() in ("off", "none"):
+        monitor = None
+    elif isinstance(monitor, str) and monitor != "output":
+        monitor = _device_arg(monitor)
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DeviceError("--device cuda was asked for but torch sees no CUDA GPU")
+    cfg = dict(
+        input=_device_arg(args.input),
+        output=_device_arg(args.output),
+        monitor=monitor,
+        sample_rate=args.rate,
+        block_size=args.block,
+        chunk_ms=args.chunk_ms,
+        device=args.device,
+        threads=args.threads,
+        model=args.model,
+        detector=args.detector,
+        message=parse_message(args.message),
+        alpha=args.alpha,
+        record=args.record,
+        record_input=args.record_input,
+        overload=args.overload,
+    )
+    cfg.update(over)
+    try:
+        return EngineConfig(**cfg)
+    except ValueError as exc:
+        raise MessageError(str(exc)) from None
+
+
+def _live(args: argparse.Namespace, engine: Any) -> int:
+    tty = sys.stderr.isatty()
+    try:
+        engine.start()
+    except ValueError as exc:  # bad chunk size and similar settings
+        raise DeviceError(str(exc)) from None
+    msg = engine.message
+    print(
+        f"marking with message {bits_hex(msg)} ({''.join(map(str, msg))}); Ctrl-C stops",
+        file=sys.stderr,
+    )
+    t0 = time.monotonic()
+    last_log = t0
+    try:
+        while args.duration is None or time.monotonic() - t0 < args.duration:
+            time.sleep(0.25)
+            snap = engine.snapshot()
+            if tty:
+                print("\r" + snap.status_line(), end="", file=sys.stderr, flush=True)
+            elif time.monotonic() - last_log >= 10:
+                last_log = time.monotonic()
+                print(snap.status_line(), file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        snap = engine.stop()
+        if tty:
+            print(file=sys.stderr)
+    print(snap.status_line(), file=sys.stderr)
+    if args.stats_json:
+        Path(args.stats_json).write_text(json.dumps(snap.to_dict(), indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from audioseal_live.engine.engine import Engine
+
+    return _live(args, Engine(_engine_config(args)))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from audioseal_live.engine.demo import demo_backend_factory
+    from audioseal_live.engine.engine import Engine
+
+    cfg = _engine_config(args, input=None)
+    return _live(args, Engine(cfg, backend_factory=demo_backend_factory(args.source)))
+
+
+# ----- files -----------------------------------------------------------------------------
+def _load_marker(args: argparse.Namespace) -> Any:
+    from audioseal_live.engine.engine import Engine, EngineConfig
+
+    eng = Engine(
+        EngineConfig(model=args.model, monitor=None, device=args.device, threads=args.threads)
+    )
+    eng._load_models()
+    return eng._marker
+
+
+def _load_detector(args: argparse.Namespace) -> Any:
+    import torch
+
+    from audioseal_live import AudioSeal
+    from audioseal_live.engine.model import TorchDetector, _paired_detector
+
+    torch.set_num_threads(max(1, args.threads))
+    name = args.detector or _paired_detector(args.model)
+    return TorchDetector(
+        AudioSeal.load_detector(name) if name else AudioSeal.load_detector(), args.device
+    )
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from audioseal_live.engine.engine import random_message
+    from audioseal_live.engine.files import embed_file
+
+    msg = parse_message(args.message) or random_message()
+    info = embed_file(
+        args.input, args.output, _load_marker(args), msg, args.alpha, progress=sys.stderr.isatty()
+    )
+    print(
+        f"wrote {info['output']} ({info['frames'] / info['sample_rate']:.1f} s, "
+        f"{info['channels']} ch, {info['sample_rate']} Hz) with message {bits_hex(msg)} "
+        f"({info['message']})"
+    )
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from audioseal_live.engine.files import detect_file
+
+    res = detect_file(
+        args.input, _load_detector(args), parse_message(args.message), progress=sys.stderr.isatty()
+    )
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2))
+    else:
+        verdict = "MARKED" if res.marked else "not marked"
+        line = (
+            f"{res.path}: {verdict} (P {res.probability:.2f} of {res.seconds:.1f} s"
+            f"{', inverted polarity' if res.inverted else ''})"
+        )
+        if res.marked:
+            line += f", message {bits_hex(res.bits)} ({''.join(map(str, res.bits))})"
+            line += f", min bit confidence {min(res.bit_confidence):.2f}"
+            if res.match is not None:
+                line += ", matches" if res.match else ", DOES NOT match --message"
+        print(line)
+    return 0 if res.marked else 1
+
+
+# ----- parser ----------------------------------------------------------------------------
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        help="generator card name, checkpoint file or folder (default: the embedded model)",
+    )
+    p.add_argument("--detector", help="detector card/path (default: paired with --model)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+
+
+def _live_args(p: argparse.ArgumentParser, with_input: bool) -> None:
+    if with_input:
+        p.add_argument("--input", help="input device (name or index; default: system default)")
+    p.add_argument("--output", help="output device (name or index; e.g. a virtual cable)")
+    p.add_argument(
+        "--monitor",
+        default="output",
+        help="detector on 'output' (digital), a capture device, or 'off'",
+    )
+    p.add_argument(
+        "--message",
+        help="16-bit message: hex 0x1a2b, int 6699 or 16 binary digits (default: random)",
+    )
+    p.add_argument("--alpha", type=float, default=1.0, help="watermark strength (default 1)")
+    p.add_argument(
+        "--chunk-ms",
+        type=float,
+        default=20.0,
+        help="model chunk, 20-200 ms in steps of 20 (default 20)",
+    )
+    p.add_argument("--rate", type=int, help="device sample rate (default: output's default)")
+    p.add_argument("--block", type=int, default=0, help="PortAudio block size (0 = host's)")
+    p.add_argument(
+        "--overload",
+        choices=["pass", "mute"],
+        default="pass",
+        help="when the model falls behind: pass the original through or mute",
+    )
+    p.add_argument("--record", help="record the marked output to a .wav/.flac file")
+    p.add_argument("--record-input", help="also record the input to a .wav/.flac file")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--stats-json", help="write the final statistics to this JSON file")
+    _model_args(p)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("devices", help="list audio devices")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_devices)
+
+    p = subparsers.add_parser("run", help="mark a live input and play it to an output")
+    _live_args(p, with_input=True)
+    p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser("demo", help="like run, with a built-in voice instead of a mic")
+    _live_args(p, with_input=False)
+    p.add_argument("--source", help="a .wav/.flac to loop instead of the built-in voice")
+    p.set_defaults(func=cmd_demo)
+
+    p = subparsers.add_parser("embed", help="watermark an audio file")
+    p.add_argument("input")
+    p.add_argument("output", help=".wav or .flac")
+    p.add_argument("--message", help="16-bit message (hex/int/bits; default random)")
+    p.add_argument("--alpha", type=float, default=1.0)
+    _model_args(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = subparsers.add_parser("detect", help="detect the watermark in an audio file")
+    p.add_argument("input")
+    p.add_argument("--message", help="expected message, to report a match")
+    p.add_argument("--json", action="store_true")
+    _model_args(p)
+    p.set_defaults(func=cmd_detect)
+
+
+__all__ = ["AudioSealLiveError", "register"]

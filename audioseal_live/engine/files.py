@@ -1,0 +1,225 @@
+"""Mark and detect audio files of any length in constant memory, through the same streaming
+models as the live path. Multi-channel: the model sees the mean of the channels; the
+watermark is added to every channel. Files are read and written in blocks; resampling uses
+soxr HQ streams (latency does not matter here, quality does)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from audioseal_live.engine.limiter import SoftLimiter
+from audioseal_live.engine.model import HOP, MODEL_RATE, FrameDetector, Marker
+from audioseal_live.engine.recorder import AtomicSoundFile
+from audioseal_live.engine.resample import SoxrResampler
+from audioseal_live.engine.ring import Fifo
+from audioseal_live.errors import AudioFileError
+
+BLOCK_S = 1.0  # seconds read per step: memory stays O(block), not O(file)
+
+
+def open_audio(path: str | os.PathLike[str]) -> Any:
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.is_file():
+        raise AudioFileError(f"cannot read {p}: no such file")
+    try:
+        f = sf.SoundFile(p)
+    except Exception as exc:  # libsndfile's message says what is wrong
+        raise AudioFileError(f"cannot read {p}: not a readable audio file ({exc})") from None
+    if f.frames == 0:
+        f.close()
+        raise AudioFileError(f"cannot read {p}: the file holds no audio")
+    return f
+
+
+def _blocks(f: Any, path: Path) -> Any:
+    n = int(BLOCK_S * f.samplerate)
+    while True:
+        try:
+            x = f.read(n, dtype="float32", always_2d=True)
+        except Exception as exc:
+            raise AudioFileError(f"cannot read {path}: {exc}") from None
+        if x.shape[0] == 0:
+            return
+        yield x
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="s", unit_scale=True, disable=not enabled or None)
+
+
+def embed_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    marker: Marker,
+    message: Sequence[int],
+    alpha: float = 1.0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        raise AudioFileError("the output must be a different file than the input")
+    with open_audio(src) as f:
+        rate, ch = f.samplerate, f.channels
+        down = SoxrResampler(rate, MODEL_RATE)
+        up = SoxrResampler(MODEL_RATE, rate)
+        limiter = SoftLimiter(rate)
+        fifo16, wm_fifo = Fifo(), Fifo()
+        pending: list[np.ndarray] = []  # original blocks (device rate) awaiting their mark
+        pending_n = 0
+        written = 0
+        marker.reset()
+
+        def mark(x16: np.ndarray) -> None:
+            wm = marker.process(x16, message) * np.float32(alpha)
+            wm_fifo.push(up.process(wm))
+
+        def emit(out: AtomicSoundFile, final: bool = False) -> None:
+            nonlocal pending_n, written
+            n = pending_n if final else min(len(wm_fifo), pending_n)
+            if n <= 0:
+                return
+            orig = np.concatenate(pending)
+            wm = wm_fifo.pop(n)
+            if wm.shape[0] < n:  # soxr's flush can end a sample short
+                wm = np.concatenate([wm, np.zeros(n - wm.shape[0], dtype=np.float32)])
+            y = orig[:n] + wm[:, None]
+            peak = np.max(np.abs(y), axis=1)
+            limited = limiter.process(peak)  # one gain for all channels keeps the balance
+            gain = np.where(peak > 0, limited / np.maximum(peak, 1e-12), 1.0)
+            out.write(y * gain[:, None].astype(np.float32))
+            pending[:] = [orig[n:]]
+            pending_n -= n
+            written += n
+
+        with (
+            AtomicSoundFile(dst, rate, ch) as out,
+            _progress(f.frames / rate, src.name, progress) as bar,
+        ):
+            for x in _blocks(f, src):
+                pending.append(x)
+                pending_n += x.shape[0]
+                fifo16.push(down.process(x.mean(axis=1)))
+                k = len(fifo16) // HOP * HOP
+                if k:
+                    mark(fifo16.pop(k))
+                emit(out)
+                bar.update(x.shape[0] / rate)
+            fifo16.push(down.flush())
+            rest = fifo16.pop(len(fifo16))
+            if rest.shape[0]:
+                pad = (-rest.shape[0]) % HOP
+                mark(np.concatenate([rest, np.zeros(pad, dtype=np.float32)]))
+            wm_fifo.push(up.flush())
+            emit(out, final=True)
+    marker.close()
+    return {
+        "input": str(src),
+        "output": str(dst),
+        "sample_rate": rate,
+        "channels": ch,
+        "frames": written,
+        "message": "".join(map(str, message)),
+    }
+
+
+@dataclass
+class DetectResult:
+    path: str
+    seconds: float
+    probability: float  # fraction of samples judged marked (as AudioSeal's detect_watermark)
+    mean_probability: float
+    bits: tuple[int, ...]
+    bit_confidence: tuple[float, ...]
+    inverted: bool
+    marked: bool
+    match: bool | None = None
+    windows: list[float] = field(default_factory=list)  # P(marked) per second
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["message"] = "".join(map(str, self.bits))
+        return d
+
+
+def detect_file(
+    src: str | os.PathLike[str],
+    detector: FrameDetector,
+    expected: Sequence[int] | None = None,
+    threshold: float = 0.5,
+    progress: bool = False,
+    on_window: Callable[[float], None] | None = None,
+) -> DetectResult:
+    src = Path(src)
+    nb = detector.nbits
+    with open_audio(src) as f:
+        rate = f.samplerate
+        down = SoxrResampler(rate, MODEL_RATE)
+        fifo16 = Fifo()
+        detector.reset(batch_size=2)  # the signal and its inverse
+        n_det = np.zeros(2)
+        p_sum = np.zeros(2)
+        logit_sum = np.zeros((2, nb))
+        total = 0
+        windows: list[float] = []
+        win_acc, win_n = 0.0, 0
+
+        def run(x16: np.ndarray) -> None:
+            nonlocal total, win_acc, win_n
+            p, logits = detector.process(np.stack([x16, -x16]))
+            det = p > threshold
+            n_det[:] += det.sum(axis=1)
+            p_sum[:] += p.sum(axis=1)
+            logit_sum[:] += np.einsum("bkt,bt->bk", logits, det.astype(logits.dtype))
+            total += x16.shape[0]
+            for v in p.max(axis=0).reshape(-1):  # per-second windows for the report
+                win_acc += float(v)
+                win_n += 1
+                if win_n == MODEL_RATE:
+                    windows.append(win_acc / win_n)
+                    if on_window:
+                        on_window(windows[-1])
+                    win_acc, win_n = 0.0, 0
+
+        with _progress(f.frames / rate, src.name, progress) as bar:
+            for x in _blocks(f, src):
+                fifo16.push(down.process(x.mean(axis=1)))
+                k = len(fifo16) // HOP * HOP
+                if k:
+                    run(fifo16.pop(k))
+                bar.update(x.shape[0] / rate)
+            fifo16.push(down.flush())
+            rest = fifo16.pop(len(fifo16))
+            if rest.shape[0] >= HOP:
+                run(rest[: rest.shape[0] // HOP * HOP])
+    detector.close()
+    if total == 0:
+        raise AudioFileError(f"{src}: too short to detect (needs at least 20 ms)")
+    b = int(n_det[1] > n_det[0])
+    cnt = n_det[b]
+    mean_logit = logit_sum[b] / cnt if cnt else np.zeros(nb)
+    prob = 1 / (1 + np.exp(-mean_logit))
+    bits = tuple(int(v) for v in prob > 0.5)
+    frac = float(cnt / total)
+    match = None if expected is None else bits == tuple(int(v) for v in expected)
+    return DetectResult(
+        path=str(src),
+        seconds=total / MODEL_RATE,
+        probability=frac,
+        mean_probability=float(p_sum[b] / total),
+        bits=bits,
+        bit_confidence=tuple(float(c) for c in np.abs(2 * prob - 1)),
+        inverted=bool(b),
+        marked=frac > 0.5,
+        match=match,
+        windows=windows,
+    )

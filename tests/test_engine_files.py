@@ -1,0 +1,139 @@
+"""File embed/detect through the streaming models, and the CLI commands around them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audioseal_live.cli import main
+from audioseal_live.engine import files
+from audioseal_live.engine.files import detect_file, embed_file
+from audioseal_live.engine.model import TorchDetector, TorchMarker
+from audioseal_live.errors import AudioFileError
+from audioseal_live.models.loader import default_model_dir
+
+MSG = (0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0, 1)
+HAVE_DEFAULT = (default_model_dir() / "generator.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def random_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random small generator/detector pair saved in our own format (folder layout)."""
+    from audioseal_live.models import AudioSealDetector, AudioSealWM, small_card
+    from audioseal_live.models.checkpoint import save_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models")
+    for kind, cls in (("generator", AudioSealWM), ("detector", AudioSealDetector)):
+        card = small_card(kind, n_filters=4, dimension=16)  # tiny: these tests check plumbing
+        save_model(cls(card), card, folder / kind)
+    return folder
+
+
+@pytest.fixture
+def stereo_44k(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    t = np.arange(int(2.5 * 44100)) / 44100
+    left = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.02 * rng.standard_normal(t.shape[0])
+    right = 0.2 * np.sin(2 * np.pi * 330 * t)
+    path = tmp_path / "in.wav"
+    sf.write(path, np.stack([left, right], axis=1), 44100, subtype="PCM_16")
+    return path
+
+
+def load(folder: Path) -> tuple[TorchMarker, TorchDetector]:
+    from audioseal_live import AudioSeal
+
+    return (
+        TorchMarker(AudioSeal.load_generator(folder)),
+        TorchDetector(AudioSeal.load_detector(folder)),
+    )
+
+
+def test_embed_44k_stereo_is_block_size_independent(
+    random_models: Path, stereo_44k: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker, _ = load(random_models)
+    info = embed_file(stereo_44k, tmp_path / "a.flac", marker, MSG, alpha=0.05)
+    x, sr = sf.read(stereo_44k, dtype="float32")
+    a, sra = sf.read(tmp_path / "a.flac", dtype="float32")
+    assert (sra, a.shape) == (sr, x.shape) == (44100, x.shape)
+    assert info["frames"] == x.shape[0]
+    d = a - x
+    assert 1e-4 < np.abs(d).max() < 0.5  # a watermark was added ...
+    np.testing.assert_allclose(d[:, 0], d[:, 1], atol=2e-4)  # ... the same on both channels
+    assert np.abs(a).max() <= 1.0
+    # Streaming in constant memory: a different block size gives the same file.
+    monkeypatch.setattr(files, "BLOCK_S", 0.37)
+    embed_file(stereo_44k, tmp_path / "b.flac", load(random_models)[0], MSG, alpha=0.05)
+    b, _ = sf.read(tmp_path / "b.flac", dtype="float32")
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.flac", "b.flac", "in.wav"]
+
+
+def test_detect_reports_well_formed_result(random_models: Path, stereo_44k: Path) -> None:
+    _, det = load(random_models)
+    res = detect_file(stereo_44k, det, expected=MSG)
+    assert abs(res.seconds - 2.5) < 0.05
+    assert 0 <= res.probability <= 1 and len(res.bits) == 16 and len(res.windows) == 2
+    assert res.match in (True, False)
+
+
+@pytest.mark.parametrize("content", [b"", b"RIFF\x00\x00garbage" * 50, b"not audio at all"])
+def test_corrupt_input_gives_clear_error_and_no_output(
+    random_models: Path, tmp_path: Path, content: bytes
+) -> None:
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(content)
+    out = tmp_path / "out.wav"
+    with pytest.raises(AudioFileError, match="cannot read"):
+        embed_file(bad, out, load(random_models)[0], MSG)
+    with pytest.raises(AudioFileError, match="cannot read"):
+        detect_file(bad, load(random_models)[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.wav"]
+
+
+def test_cli_embed_detect_and_errors(
+    random_models: Path, stereo_44k: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "marked.wav"
+    m = str(random_models)
+    assert main(["embed", str(stereo_44k), str(out), "--message", "0x69d1", "--model", m]) == 0
+    assert "0x69d1" in capsys.readouterr().out and out.is_file()
+    rc = main(["detect", str(out), "--model", m, "--json"])
+    assert rc in (0, 1) and '"bits"' in capsys.readouterr().out
+    assert (
+        main(["embed", str(tmp_path / "missing.wav"), str(tmp_path / "o.wav"), "--model", m]) == 2
+    )
+    assert "cannot read" in capsys.readouterr().err
+    assert not (tmp_path / "o.wav").exists()
+    assert (
+        main(
+            [
+                "embed",
+                str(stereo_44k),
+                str(tmp_path / "o.wav"),
+                "--message",
+                "0x1ffff",
+                "--model",
+                m,
+            ]
+        )
+        == 2
+    )
+    assert "does not fit" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAVE_DEFAULT, reason="the trained default model is not in assets/model yet")
+def test_default_model_file_round_trip(stereo_44k: Path, tmp_path: Path) -> None:
+    from audioseal_live import AudioSeal
+
+    out = tmp_path / "marked.flac"
+    embed_file(stereo_44k, out, TorchMarker(AudioSeal.load_generator()), MSG)
+    res = detect_file(out, TorchDetector(AudioSeal.load_detector()), expected=MSG)
+    assert res.marked and res.match
+    assert not detect_file(stereo_44k, TorchDetector(AudioSeal.load_detector())).marked
