@@ -17,6 +17,7 @@ from audioseal_live.errors import AudioSealLiveError
 COMMAND_MODULES: list[str] = [
     "audioseal_live.bench",
     "audioseal_live.training.commands",
+    "audioseal_live.engine.commands",
 ]
 
 
