@@ -50,7 +50,6 @@ class ChunkedStream:
         self._ctx: Any = None
         self._pending: Tensor | None = None  # input not yet a whole hop
         self._ready: Tensor | None = None  # output not yet returned
-        self._count = 0
 
     def __enter__(self) -> ChunkedStream:
         self._ctx = self.model.streaming(self.batch_size)
@@ -71,19 +70,14 @@ class ChunkedStream:
         n = buf.shape[-1] - buf.shape[-1] % self.hop
         self._pending = buf[..., n:]
         if n:
-            y = self.fn(buf[..., :n])
-            if self._ready is None:  # the fixed delay: zeros ahead of the first output
-                self._ready = y.new_zeros(*y.shape[:-1], self.delay)
-            self._ready = torch.cat([self._ready, y], dim=-1)
+            self._ready = torch.cat([self._ready, self.fn(buf[..., :n])], dim=-1)
 
     def __call__(self, x: Tensor) -> Tensor:
         """Output of the same length as x, ``delay`` samples behind."""
+        if self._ready is None:  # the fixed delay: zeros ahead of the first output
+            self._ready = x.new_zeros(*self._shape_out(x), self.delay)
         self._push(x)
         length = x.shape[-1]
-        self._count += length
-        if self._ready is None:
-            # No whole hop yet: the first `length` (< hop) output samples are delay zeros.
-            return x.new_zeros(*self._shape_out(x), length)
         out, self._ready = self._ready[..., :length], self._ready[..., length:]
         return out
 

@@ -39,7 +39,7 @@ def lstm_steps(
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             ys.append(h)
-        x = torch.stack(ys) if steps else x.new_zeros(0, batch, hidden)
+        x = torch.stack(ys)
         h_out.append(h)
         c_out.append(c)
     return x, (torch.stack(h_out), torch.stack(c_out))
@@ -60,6 +60,8 @@ class StreamingLSTM(StreamingModule):
             self._check_batch(x)
         x = rearrange(x, "b c t -> t b c")
         if self.is_streaming:
+            if x.shape[0] == 0:  # nothing determined yet: keep (h, c) as they are
+                return rearrange(x, "t b c -> b c t")
             y, self._state = lstm_steps(self.lstm, x, self._state)
         else:
             y, _ = self.lstm(x)

@@ -1,0 +1,220 @@
+"""`audioseal-live bench`: speed of the streaming models, ours beside the reference's.
+
+Figures are printed, never asserted: machines are shared and noisy. Each chunk size is timed
+in alternating rounds (ours, reference, ours, …) so that both see the same load, and the
+ratio of the two in the same run is the number to trust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SAMPLE_RATE = 16000
+DEFAULT_CHUNKS = (320, 640, 1600, 16000)
+
+
+@dataclass
+class Timing:
+    impl: str
+    model: str
+    chunk: int
+    ms_p50: float
+    ms_mean: float
+    rtf: float
+
+
+def _time_stream(step: Callable[[Any], Any], chunks: list[Any]) -> list[float]:
+    times = []
+    for chunk in chunks:
+        t0 = time.perf_counter()
+        step(chunk)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _models(which: str) -> dict[str, Any]:
+    """Our generator and detector with random weights for a card family."""
+    import torch  # noqa: PLC0415
+
+    from audioseal_live.models import OFFICIAL_CARDS, AudioSealDetector, AudioSealWM  # noqa: PLC0415
+    from audioseal_live.models.loader import AudioSeal  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    if which == "official":
+        return {
+            "generator": AudioSealWM(OFFICIAL_CARDS["audioseal_wm_streaming"]).eval(),
+            "detector": AudioSealDetector(OFFICIAL_CARDS["audioseal_detector_streaming"]).eval(),
+        }
+    return {"generator": AudioSeal.load_generator(), "detector": AudioSeal.load_detector()}
+
+
+def _reference_models() -> dict[str, Any] | None:
+    """The `audioseal` package's streaming models with random weights, if it is installed."""
+    os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    try:
+        import torch  # noqa: PLC0415
+        from audioseal.builder import (  # noqa: PLC0415
+            AudioSealDetectorConfig,
+            AudioSealWMConfig,
+            create_detector,
+            create_generator,
+        )
+        from audioseal.loader import AudioSeal as RefAudioSeal  # noqa: PLC0415
+        from audioseal.loader import load_local_model_config  # noqa: PLC0415
+        from omegaconf import OmegaConf  # noqa: PLC0415
+    except ImportError:
+        return None
+    out = {}
+    for kind, card, cfg_type, create in (
+        ("generator", "audioseal_wm_streaming", AudioSealWMConfig, create_generator),
+        ("detector", "audioseal_detector_streaming", AudioSealDetectorConfig, create_detector),
+    ):
+        cfg = OmegaConf.to_container(load_local_model_config(card))
+        for key in ("checkpoint", "name", "model_type"):
+            cfg.pop(key, None)
+        torch.manual_seed(0)
+        out[kind] = create(RefAudioSeal.parse_config(cfg, cfg_type)).eval()
+    return out
+
+
+def _streaming(model: Any) -> Any:
+    """The reference detector has no streaming(); its encoder does (without any state)."""
+    if hasattr(model, "streaming"):
+        return model.streaming(batch_size=1)
+    return model.detector[0].streaming(batch_size=1)
+
+
+def _step(kind: str, model: Any, msg: Any) -> Callable[[Any], Any]:
+    if kind == "generator":
+        return lambda x: model(x, sample_rate=SAMPLE_RATE, message=msg, alpha=1.0)
+    return lambda x: model(x)
+
+
+def run_bench(
+    which: str = "official",
+    chunks: tuple[int, ...] = DEFAULT_CHUNKS,
+    seconds: float = 4.0,
+    rounds: int = 3,
+    threads: int = 2,
+    reference: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[Timing]:
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    impls: dict[str, dict[str, Any]] = {"audioseal-live": _models(which)}
+    if reference and which == "official":
+        ref = _reference_models()
+        if ref is None:
+            log("(the audioseal package is not installed: no reference figures)")
+        else:
+            impls["audioseal 0.2.0"] = ref
+    gen = torch.Generator().manual_seed(0)
+    audio = 0.1 * torch.randn(1, 1, int(seconds * SAMPLE_RATE), generator=gen)
+    msg = torch.randint(0, 2, (1, 16), generator=gen)
+    results: list[Timing] = []
+    with torch.inference_mode():
+        for kind in ("generator", "detector"):
+            for chunk in chunks:
+                pieces = [
+                    audio[..., i : i + chunk] for i in range(0, audio.shape[-1] - chunk + 1, chunk)
+                ]
+                samples: dict[str, list[float]] = {name: [] for name in impls}
+                for _ in range(rounds):
+                    for name, models in impls.items():
+                        model = models[kind]
+                        step = _step(kind, model, msg)
+                        with _streaming(model):
+                            step(pieces[0])  # warm-up outside the timing
+                            samples[name] += _time_stream(step, pieces[1:])
+                for name, times in samples.items():
+                    mean = statistics.fmean(times)
+                    results.append(
+                        Timing(
+                            name,
+                            kind,
+                            chunk,
+                            1e3 * statistics.median(times),
+                            1e3 * mean,
+                            mean / (chunk / SAMPLE_RATE),
+                        )
+                    )
+    return results
+
+
+def format_table(results: list[Timing]) -> str:
+    ours = {(r.model, r.chunk): r for r in results if r.impl == "audioseal-live"}
+    refs = {(r.model, r.chunk): r for r in results if r.impl != "audioseal-live"}
+    head = f"{'model':<10} {'chunk':>6} {'ms':>6} | {'ours ms/chunk':>13} {'RTF':>6}"
+    if refs:
+        head += f" | {'ref ms/chunk':>12} {'RTF':>6} | {'speed-up':>8}"
+    lines = [head, "-" * len(head)]
+    for (model, chunk), r in ours.items():
+        line = f"{model:<10} {chunk:>6} {chunk / 16:>6.0f} | {r.ms_mean:>13.2f} {r.rtf:>6.3f}"
+        ref = refs.get((model, chunk))
+        if ref:
+            line += f" | {ref.ms_mean:>12.2f} {ref.rtf:>6.3f} | {ref.ms_mean / r.ms_mean:>7.2f}x"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.live:
+        from audioseal_live.engine.bench_live import live_benchmark  # noqa: PLC0415
+
+        report = live_benchmark(seconds=args.seconds_live)
+        for key, value in report.items():
+            print(f"{key:>28}: {value}")
+        return 0
+    chunks = tuple(int(c) for c in args.chunks.split(","))
+    print(
+        f"audioseal-live bench: {args.models} cards, streaming, {args.threads} CPU threads, "
+        f"{args.seconds:.0f} s of audio x {args.rounds} rounds per chunk size"
+    )
+    results = run_bench(
+        args.models,
+        chunks,
+        args.seconds,
+        args.rounds,
+        args.threads,
+        reference=not args.no_reference,
+    )
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) for r in results], f, indent=2)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure streaming speed (RTF, ms per chunk)")
+    p.add_argument(
+        "--models",
+        choices=["official", "default"],
+        default="official",
+        help="official-size cards with random weights, or the embedded default",
+    )
+    p.add_argument(
+        "--chunks",
+        default=",".join(map(str, DEFAULT_CHUNKS)),
+        help="chunk sizes in samples at 16 kHz (comma-separated)",
+    )
+    p.add_argument("--seconds", type=float, default=4.0, help="audio per round")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per chunk size\n")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--no-reference", action="store_true", help="skip the audioseal package")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="run the real-time engine on a JACK loop instead and print its figures",
+    )
+    p.add_argument("--seconds-live", type=float, default=60.0, help="length of the --live run")
+    p.set_defaults(func=run)

@@ -1,0 +1,253 @@
+"""Streamed == offline, for the blocks and both models, over many chunk schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from audioseal_live import AudioSealDetector, AudioSealWM, ChunkedStream
+from audioseal_live.blocks import StreamingConv1d, StreamingConvTranspose1d, StreamingLSTM
+from audioseal_live.blocks.streaming import StreamingRoot
+from audioseal_live.errors import MessageError
+from audioseal_live.models import OFFICIAL_CARDS, small_card
+
+HOP = 320
+TOL = 1e-5
+
+
+class Wrap(StreamingRoot):
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+@pytest.fixture(scope="module")
+def official() -> tuple[AudioSealWM, AudioSealDetector]:
+    torch.manual_seed(0)
+    gen = AudioSealWM(OFFICIAL_CARDS["audioseal_wm_streaming"]).eval()
+    det = AudioSealDetector(OFFICIAL_CARDS["audioseal_detector_streaming"]).eval()
+    return gen, det
+
+
+@pytest.fixture(scope="module")
+def small() -> tuple[AudioSealWM, AudioSealDetector]:
+    torch.manual_seed(1)
+    return AudioSealWM(small_card("generator")).eval(), AudioSealDetector(
+        small_card("detector")
+    ).eval()
+
+
+def split(x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    out, i = [], 0
+    for n in sizes:
+        out.append(x[..., i : i + n])
+        i += n
+    return out
+
+
+def audio(n: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 * torch.randn(batch, 1, n, generator=g)
+
+
+# --- blocks ---------------------------------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 60), min_size=1, max_size=12),
+    kernel=st.integers(1, 7),
+    stride=st.integers(1, 4),
+    dilation=st.integers(1, 3),
+)
+def test_conv1d_streams_exactly(sizes: list[int], kernel: int, stride: int, dilation: int) -> None:
+    stride = min(stride, kernel) if dilation == 1 else 1
+    torch.manual_seed(0)
+    conv = Wrap(StreamingConv1d(3, 4, kernel, stride=stride, dilation=dilation)).eval()
+    x = torch.randn(2, 3, sum(sizes))
+    with torch.no_grad():
+        whole = conv(x)
+        with conv.streaming(2):
+            parts = torch.cat([conv(c) for c in split(x, sizes)], dim=-1)
+    # Streaming emits the frames the input determines; offline pads the last partial window.
+    assert (
+        parts.shape[-1]
+        == (x.shape[-1] + conv.module.padding_total - conv.module.effective_kernel) // stride + 1
+    )
+    torch.testing.assert_close(parts, whole[..., : parts.shape[-1]], atol=TOL, rtol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(0, 9), min_size=1, max_size=10), ratio=st.integers(1, 5))
+def test_convtranspose_streams_exactly(sizes: list[int], ratio: int) -> None:
+    assume(sum(sizes) > 0)  # torch's offline convtr rejects empty input; streaming accepts it
+    torch.manual_seed(0)
+    convtr = Wrap(StreamingConvTranspose1d(3, 2, 2 * ratio, stride=ratio)).eval()
+    x = torch.randn(1, 3, sum(sizes))
+    with torch.no_grad():
+        whole = convtr(x)
+        with convtr.streaming(1):
+            parts = torch.cat([convtr(c) for c in split(x, sizes)], dim=-1)
+    assert parts.shape[-1] == whole.shape[-1] == x.shape[-1] * ratio
+    torch.testing.assert_close(parts, whole, atol=TOL, rtol=0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(sizes=st.lists(st.integers(0, 6), min_size=1, max_size=8), layers=st.integers(1, 2))
+def test_lstm_streams_exactly(sizes: list[int], layers: int) -> None:
+    assume(sum(sizes) > 0)
+    torch.manual_seed(0)
+    lstm = Wrap(StreamingLSTM(8, num_layers=layers)).eval()
+    x = torch.randn(2, 8, sum(sizes))
+    with torch.no_grad():
+        whole = lstm(x)
+        with lstm.streaming(2):
+            parts = torch.cat([lstm(c) for c in split(x, sizes)], dim=-1)
+    torch.testing.assert_close(parts, whole, atol=TOL, rtol=0)
+
+
+# --- whole models on whole hops ---------------------------------------------------------------
+@settings(max_examples=8, deadline=None)
+@given(hops=st.lists(st.integers(1, 12), min_size=1, max_size=8), seed=st.integers(0, 99))
+def test_generator_streams_exactly(official, hops: list[int], seed: int) -> None:
+    gen, _ = official
+    x = audio(HOP * sum(hops), seed=seed)
+    msg = torch.randint(0, 2, (1, 16), generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        whole = gen(x, message=msg)
+        with gen.streaming(1):
+            parts = torch.cat([gen(c, message=msg) for c in split(x, [HOP * h for h in hops])], -1)
+    assert (whole - x).abs().max() > 1e-3  # the watermark is there and not trivial
+    torch.testing.assert_close(parts, whole, atol=TOL, rtol=0)
+
+
+@settings(max_examples=8, deadline=None)
+@given(hops=st.lists(st.integers(1, 12), min_size=1, max_size=8), seed=st.integers(0, 99))
+def test_detector_streams_exactly(official, hops: list[int], seed: int) -> None:
+    _, det = official
+    x = audio(HOP * sum(hops), seed=seed)
+    with torch.inference_mode():
+        whole = det.logits(x)
+        with det.streaming(1):
+            parts = torch.cat([det.logits(c) for c in split(x, [HOP * h for h in hops])], -1)
+    torch.testing.assert_close(parts, whole, atol=TOL, rtol=0)
+
+
+def test_batched_streaming_and_chunks_of_many_sizes(small) -> None:
+    gen, det = small
+    x = audio(HOP * 30, batch=3, seed=5)
+    msg = torch.randint(0, 2, (3, 16))
+    sizes = [HOP * n for n in (1, 2, 5, 1, 10, 3, 8)]
+    with torch.inference_mode():
+        whole, whole_det = gen(x, message=msg), det(x)[0]
+        with gen.streaming(3), det.streaming(3):
+            parts = torch.cat([gen(c, message=msg) for c in split(x, sizes)], -1)
+            parts_det = torch.cat([det(c)[0] for c in split(x, sizes)], -1)
+    torch.testing.assert_close(parts, whole, atol=TOL, rtol=0)
+    torch.testing.assert_close(parts_det, whole_det, atol=TOL, rtol=0)
+
+
+# --- any chunk size through ChunkedStream ---------------------------------------------------
+@settings(max_examples=12, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([1, 7, 64, 319, 320, 321, 511, 1000]), min_size=1, max_size=14)
+)
+def test_chunked_stream_any_sizes(small, sizes: list[int]) -> None:
+    gen, det = small
+    x = audio(sum(sizes), seed=len(sizes))
+    padded = torch.nn.functional.pad(x, (0, -x.shape[-1] % HOP))
+    msg = torch.randint(0, 2, (1, 16), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        whole, whole_det = gen(padded, message=msg), det.logits(padded)
+        with ChunkedStream(gen, message=msg) as stream:
+            outs = [stream(c) for c in split(x, sizes)]
+            assert [o.shape[-1] for o in outs] == sizes  # equal-length blocks
+            outs.append(stream.flush())
+        with ChunkedStream(det) as dstream:
+            douts = [dstream(c) for c in split(x, sizes)] + [dstream.flush()]
+    assert stream.delay == HOP - 1
+    streamed = torch.cat(outs, -1)
+    assert torch.all(streamed[..., : stream.delay] == 0)  # the reported delay, zero-filled
+    torch.testing.assert_close(streamed[..., stream.delay :], whole, atol=TOL, rtol=0)
+    torch.testing.assert_close(
+        torch.cat(douts, -1)[..., dstream.delay :], whole_det, atol=TOL, rtol=0
+    )
+
+
+# --- stream state and messages ---------------------------------------------------------------
+def test_random_message_is_kept_for_the_stream(small) -> None:
+    gen, _ = small
+    x = audio(HOP * 6)
+    with torch.inference_mode(), gen.streaming(1):
+        parts = [gen(c) for c in split(x, [HOP * 2] * 3)]
+        kept = gen.last_message.clone()
+    with torch.inference_mode():
+        whole = gen(x, message=kept)
+    torch.testing.assert_close(torch.cat(parts, -1), whole, atol=TOL, rtol=0)
+
+
+def test_leaving_and_resetting_start_a_fresh_stream(small) -> None:
+    gen, _ = small
+    x = audio(HOP * 4)
+    msg = torch.ones(16, dtype=torch.long)
+    with torch.inference_mode():
+        with gen.streaming(1):
+            first = torch.cat([gen(c, message=msg) for c in split(x, [HOP] * 4)], -1)
+            gen.reset_streaming()
+            after_reset = torch.cat([gen(c, message=msg) for c in split(x, [HOP] * 4)], -1)
+        with gen.streaming(1):
+            second = torch.cat([gen(c, message=msg) for c in split(x, [HOP] * 4)], -1)
+    torch.testing.assert_close(first, after_reset, atol=0, rtol=0)
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+    assert not gen.is_streaming
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        torch.ones(15, dtype=torch.long),
+        torch.full((16,), 2),
+        torch.tensor([0.5] * 16),
+        torch.ones(2, 16, dtype=torch.long),  # batch 2 for audio of batch 1
+        2**16,
+        -1,
+        "0xZZ",
+    ],
+)
+def test_bad_messages_are_rejected(small, message) -> None:
+    gen, _ = small
+    with pytest.raises(ValueError, match="bit|message") as info:
+        gen(audio(HOP), message=message)
+    assert isinstance(info.value, MessageError)
+
+
+@pytest.mark.parametrize(
+    "message", [0xA5A5, "0xa5a5", "1010010110100101", [1, 0, 1, 0, 0, 1, 0, 1] * 2]
+)
+def test_message_forms_agree(small, message) -> None:
+    gen, _ = small
+    x = audio(HOP)
+    expected = torch.tensor([[1, 0, 1, 0, 0, 1, 0, 1] * 2])
+    with torch.inference_mode():
+        torch.testing.assert_close(gen(x, message=message), gen(x, message=expected))
+
+
+def test_non_streaming_card_refuses_to_stream() -> None:
+    gen = AudioSealWM(OFFICIAL_CARDS["audioseal_wm_16bits"])
+    det = AudioSealDetector(OFFICIAL_CARDS["audioseal_detector_16bits"])
+    for model in (gen, det):
+        with pytest.raises(NotImplementedError, match="audioseal_wm_streaming"), model.streaming(1):
+            pass
+
+
+def test_streaming_rejects_partial_hops_and_bad_audio(small) -> None:
+    gen, det = small
+    with gen.streaming(1), pytest.raises(ValueError, match="ChunkedStream"):
+        gen(audio(100))
+    with pytest.raises(ValueError, match="NaN"):
+        det(torch.full((1, 1, HOP), float("nan")))
+    with pytest.raises(ValueError, match=r"\(batch, 1, samples\)"):
+        gen(torch.zeros(HOP))
