@@ -195,7 +195,8 @@ class Engine:
             compute_s = w.warm_up()
             # Margin: the configured safety, or twice the measured p90 compute, whichever is
             # larger, so a slow machine gets a bit more latency rather than unmarked spans.
-            safety = max(cfg.safety_ms / 1000, 2 * compute_s)
+            # (capped at one chunk: slower than that is overload, handled by pass-through).
+            safety = min(max(cfg.safety_ms / 1000, 2 * compute_s), w.chunk_ms / 1000)
             target = w.default_target(safety)
             if not getattr(backend, "duplex", True):
                 # Two clocks: the fill wanders within the drift dead band; keep margin for it.

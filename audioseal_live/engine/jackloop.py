@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +35,8 @@ class JackServer:
     proc: subprocess.Popen[bytes]
     log: Path
     realtime: bool
+    baseline_xruns: int = 0  # xruns of the idle server (no engine) over ``baseline_s``
+    baseline_s: float = 0.0
 
 
 @contextlib.contextmanager
@@ -88,7 +91,9 @@ def jack_dummy_server(
         from audioseal_live.engine.audio_io import rescan_devices
 
         rescan_devices()
-        yield JackServer(name, rate, period, proc, log, realtime)
+        server = JackServer(name, rate, period, proc, log, realtime)
+        server.baseline_xruns, server.baseline_s = idle_xruns(name, 3.0), 3.0
+        yield server
     finally:
         # PortAudio must let go of the server before it dies (its JACK host API asserts
         # otherwise), and rescan once it is gone.
@@ -111,6 +116,24 @@ def jack_dummy_server(
             import sounddevice as sd
 
             sd._initialize()
+
+
+def idle_xruns(server: str, seconds: float) -> int:
+    """Xruns of the server with no audio client: does this machine keep JACK's deadlines?"""
+    import jack
+
+    count = [0]
+    c = jack.Client("asl-xrun-probe", no_start_server=True, servername=server)
+
+    def on_xrun(delay: float) -> None:
+        count[0] += 1
+
+    c.set_xrun_callback(on_xrun)
+    c.activate()
+    time.sleep(seconds)
+    c.deactivate()
+    c.close()
+    return count[0]
 
 
 class Feeder:
@@ -270,23 +293,73 @@ def run_jack_loop(
     sig = speech(seconds + 1, rate) if signal is None else signal
     cfg = EngineConfig(input="system", output="system", sample_rate=rate, **config)
     eng = Engine(cfg, marker=marker, detector=detector)
+    feeder = FeederProcess(server, sig, seconds)
     rss0 = rss_mb()
-    eng.start()
     try:
-        with Feeder(server.name, sig, seconds) as feeder:
-            feeder.connect_to("PortAudio")
-            feeder.start()
-            if not feeder.done.wait(seconds * 3 + 30):
-                raise RuntimeError("JACK feeder did not finish (server stalled?)")
+        eng.start()
+        fed, recorded, feeder_xruns = feeder.result()
         assert eng.worker is not None
         compute = eng.worker.timing.all_ms()
     finally:
-        snap = eng.stop()
+        snap = eng.stop() if eng.worker is not None else None
+        if feeder.proc.poll() is None:
+            feeder.proc.kill()
     rss1 = rss_mb()
-    lag = measured_lag(feeder.fed, feeder.recorded, max_lag=rate // 2)
-    return LoopResult(
-        feeder.fed, feeder.recorded, lag, rate, snap, compute, rss0, rss1, feeder.xruns
-    )
+    lag = measured_lag(fed, recorded, max_lag=rate // 2)
+    return LoopResult(fed, recorded, lag, rate, snap, compute, rss0, rss1, feeder_xruns)
+
+
+class FeederProcess:
+    """The Feeder in its own process, as the user's recording app would be: in ours its
+    Python callback would compete with the engine's callback for the GIL. Started (and its
+    imports paid: numpy and JACK only, run by file path) before the engine opens its streams;
+    it waits for the engine's ports, lets the graph settle, then plays and records."""
+
+    def __init__(self, server: JackServer, signal: np.ndarray, seconds: float) -> None:
+        self._dir = tempfile.TemporaryDirectory()
+        d = Path(self._dir.name)
+        src, self.dst = d / "signal.npy", d / "result.npz"
+        np.save(src, signal.astype(np.float32))
+        self.seconds = seconds
+        cmd = [sys.executable, __file__, server.name, str(src), str(seconds), str(self.dst)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, int]:
+        try:
+            _, err = self.proc.communicate(timeout=3 * self.seconds + 90)
+            if self.proc.returncode != 0 or not self.dst.is_file():
+                raise RuntimeError(f"JACK feeder failed ({self.proc.returncode}): {err[-800:]}")
+            with np.load(self.dst) as z:
+                return z["fed"], z["recorded"], int(z["xruns"])
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._dir.cleanup()
+
+
+def _feeder_main(argv: list[str]) -> int:
+    import jack
+
+    server, src, seconds, dst = argv
+    signal = np.load(src)
+    with Feeder(server, signal, float(seconds)) as feeder:
+        deadline = time.monotonic() + 120  # the engine loads and warms up its model meanwhile
+        while not feeder.client.get_ports("PortAudio", is_audio=True, is_output=True):
+            if time.monotonic() > deadline:
+                return 4
+            time.sleep(0.05)
+        time.sleep(0.5)
+        try:
+            feeder.connect_to("PortAudio")
+        except jack.JackError:
+            return 5
+        feeder.xruns = 0
+        feeder.start()
+        if not feeder.done.wait(3 * float(seconds) + 30):
+            return 3
+    np.savez(dst, fed=feeder.fed, recorded=feeder.recorded, xruns=feeder.xruns)
+    return 0
 
 
 def live_benchmark(
@@ -333,3 +406,7 @@ def live_benchmark(
         "detection_prob": s.detection.prob_smoothed,
         "detection_match": s.detection.match,
     }
+
+
+if __name__ == "__main__":
+    sys.exit(_feeder_main(sys.argv[1:]))
