@@ -41,6 +41,7 @@ class IOStats:
         self.max_block = 0
         self.callback_errors = 0
         self.last_error = ""
+        self.io_balance = 0  # total captured - total played, at the last output callback
         self.input_latency = 0.0  # seconds, as PortAudio reports
         self.output_latency = 0.0
 
@@ -102,6 +103,9 @@ class CallbackIO:
                     st.underruns += 1
                     st.underrun_samples += frames - n
             outdata[:frames] = buf[:, None]  # mono to every channel (broadcast, no copy)
+            # Captured minus played, taken here where no callback can interleave; the worker
+            # adds what it holds to get the samples in flight (its drift measure).
+            st.io_balance = self.in_ring._w - self.out_ring._r
         except Exception as exc:
             outdata.fill(0)
             self._report(exc)

@@ -81,7 +81,7 @@ def _engine_config(args: argparse.Namespace, **over: Any) -> Any:
         if not torch.cuda.is_available():
             raise DeviceError("--device cuda was asked for but torch sees no CUDA GPU")
     cfg = dict(
-        input=_device_arg(args.input),
+        input=_device_arg(getattr(args, "input", None)),
         output=_device_arg(args.output),
         monitor=monitor,
         sample_rate=args.rate,

@@ -192,7 +192,13 @@ class Worker:
         if n:
             # Samples in flight (captured, not yet played): conserved on a single clock,
             # so its drift is the clock drift, whatever the chunk/block phase.
-            self.drift.observe(self.in_ring.fill + len(self.orig) + self.out_ring.fill)
+            # Read the callback side from one value the output callback published: reading
+            # two rings here races the callbacks (a GIL switch between the reads is a block).
+            held = len(self.orig) - self.in_ring.total_read + self.out_ring.total_written
+            if self.io is not None and hasattr(self.io, "io_balance"):
+                self.drift.observe(self.io.io_balance + held)
+            else:
+                self.drift.observe(self.in_ring.fill + len(self.orig) + self.out_ring.fill)
             self._emit(self.orig.pop(n), self.wm.pop(n), self.gain.pop(n), x)
         if produced:
             self._publish()
