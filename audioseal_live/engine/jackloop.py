@@ -294,9 +294,10 @@ def run_jack_loop(
     cfg = EngineConfig(input="system", output="system", sample_rate=rate, **config)
     eng = Engine(cfg, marker=marker, detector=detector)
     feeder = FeederProcess(server, sig, seconds)
-    rss0 = rss_mb()
+    rss0 = 0.0
     try:
         eng.start()
+        rss0 = rss_mb()  # after model load and warm-up: growth from here would be a leak
         fed, recorded, feeder_xruns = feeder.result()
         assert eng.worker is not None
         compute = eng.worker.timing.all_ms()
