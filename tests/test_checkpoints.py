@@ -16,9 +16,9 @@ import torch
 from audioseal_live import AudioSeal
 from audioseal_live.errors import CheckpointError
 from audioseal_live.models import loader
+from audioseal_live.models.cards import small_card
 from audioseal_live.models.checkpoint import cache_dir, save_model
 from audioseal_live.models.generator import AudioSealWM
-from audioseal_live.models.cards import small_card
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 ref_builder = pytest.importorskip("audioseal.builder", reason="the dev extra (audioseal) is needed")

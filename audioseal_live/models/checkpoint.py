@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import re
+import socket
 import zipfile
 from dataclasses import fields
 from pathlib import Path
@@ -43,6 +44,17 @@ def hub_url(filename: str) -> str:
     return f"https://huggingface.co/{HUB_REPO}/resolve/main/{filename}"
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick look before downloading: offline, the hub client retries for ~40 s."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def fetch_official(card: ModelCard) -> Path:
     """The cached file of an official card, downloaded from the hub when possible."""
     assert card.checkpoint is not None
@@ -52,6 +64,9 @@ def fetch_official(card: ModelCard) -> Path:
     reason = "the optional 'hub' extra (huggingface_hub) is not installed"
     try:
         import huggingface_hub  # noqa: PLC0415 - optional dependency
+
+        if not _hub_reachable():
+            raise ConnectionError("huggingface.co cannot be reached (offline?)")
 
         target.parent.mkdir(parents=True, exist_ok=True)
         path = huggingface_hub.hf_hub_download(
