@@ -251,3 +251,14 @@ def test_streaming_rejects_partial_hops_and_bad_audio(small) -> None:
         det(torch.full((1, 1, HOP), float("nan")))
     with pytest.raises(ValueError, match=r"\(batch, 1, samples\)"):
         gen(torch.zeros(HOP))
+
+
+def test_message_edited_in_place_is_seen(small) -> None:
+    gen, _ = small
+    x = audio(HOP)
+    msg = torch.zeros(1, 16, dtype=torch.long)
+    with torch.inference_mode():
+        gen(x, message=msg)
+        msg[0, 0] = 1
+        gen(x, message=msg)
+    assert gen.last_message[0, 0] == 1

@@ -86,6 +86,8 @@ class StreamingConv1d(StreamingModule):
             return self.conv(x)
 
         self._check_batch(x)
+        if self.padding_total == 0 and self.stride == 1:
+            return self.conv(x)  # pointwise in time: nothing to carry over
         if self._cache is None:
             # First chunk: the same left padding as offline (zeros for the official cards).
             if x.shape[-1] == 0:
@@ -99,6 +101,28 @@ class StreamingConv1d(StreamingModule):
             return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
         self._cache = x[..., n_frames * self.stride :]
         return self.conv(x)
+
+
+def conv_transpose_overlap_add(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """F.conv_transpose1d without bias, as one matmul and an overlap-add.
+
+    PyTorch's CPU transposed convolution (slow_conv_transpose2d) takes milliseconds for the
+    few frames of a streaming chunk; the same product as a single GEMM takes microseconds.
+    """
+    cin, cout, kernel = weight.shape
+    if kernel % stride:
+        return F.conv_transpose1d(x, weight, None, stride)
+    batch, _, frames = x.shape
+    parts = kernel // stride
+    # (B, T, Cin) @ (Cin, Cout*K) → (B, T, Cout, parts, stride)
+    z = torch.matmul(x.transpose(1, 2), weight.reshape(cin, cout * kernel))
+    z = z.view(batch, frames, cout, parts, stride).permute(0, 2, 3, 1, 4)
+    y = x.new_zeros(batch, cout, (frames + parts - 1) * stride)
+    for p in range(parts):  # part p of frame t lands at (t + p) * stride
+        y[..., p * stride : (p + frames) * stride] += z[:, :, p].reshape(
+            batch, cout, frames * stride
+        )
+    return y
 
 
 class StreamingConvTranspose1d(StreamingModule):
@@ -148,7 +172,7 @@ class StreamingConvTranspose1d(StreamingModule):
         n_ready = x.shape[-1] * self.stride
         if n_ready == 0:
             return x.new_zeros(x.shape[0], self.convtr.out_channels, 0)
-        y = F.conv_transpose1d(x, self.convtr.weight, None, self.stride)
+        y = conv_transpose_overlap_add(x, self.convtr.weight, self.stride)
         if self._partial is not None:
             y[..., : self.padding_total] += self._partial
         self._partial = y[..., n_ready:]
