@@ -62,7 +62,8 @@ def _export(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from audioseal_live.training.evaluate import run_eval
 
-    _check_device(args.device)
+    if args.device != "cpu":
+        raise TrainingSetupError("eval runs on the CPU only (--device cpu)")
     run_eval(args)
     return 0
 
@@ -77,12 +78,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     d = _train_defaults()
     p = subparsers.add_parser(
-        "train", help="train a generator + detector (resumes RUN_DIR/last.pt)",
+        "train",
+        help="train a generator + detector (resumes RUN_DIR/last.pt)",
         description="Curriculum: detect -> message -> quality (masks, attacks, SNR towards "
-        "26 dB). Resumes from RUN_DIR/last.pt unless --fresh.")
+        "26 dB). Resumes from RUN_DIR/last.pt unless --fresh.",
+    )
     p.add_argument("--corpus", default=d["corpus"], help="corpus folder with manifest.jsonl")
     p.add_argument("--run-dir", default=d["run_dir"], help="checkpoints and log.jsonl go here")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (leave a core free)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: leaves a core free for other work)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
@@ -91,21 +95,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dimension", type=int, default=d["dimension"])
     p.add_argument("--lstm", type=int, default=d["lstm"])
     p.add_argument("--max-steps", type=int, default=d["max_steps"])
-    p.add_argument("--max-hours", type=float, default=d["max_hours"],
-                   help="stop after this many training hours (counted over resumes)")
+    p.add_argument(
+        "--max-hours",
+        type=float,
+        default=d["max_hours"],
+        help="stop after this many training hours (counted over resumes)",
+    )
     p.add_argument("--ckpt-minutes", type=float, default=d["ckpt_minutes"])
     p.add_argument("--val-every", type=int, default=d["val_every"])
     p.add_argument("--log-every", type=int, default=d["log_every"])
     p.add_argument("--max-clips", type=int, default=None, help="read at most N clips (smoke)")
     p.add_argument("--snr-start", type=float, default=d["snr_start"])
     p.add_argument("--snr-final", type=float, default=d["snr_final"])
-    p.add_argument("--bit-switch", type=float, default=d["bit_switch"],
-                   help="running bit accuracy that starts the quality stage")
-    p.add_argument("--start-stage", choices=("detect", "message", "quality"),
-                   default=d["start_stage"])
+    p.add_argument(
+        "--bit-switch",
+        type=float,
+        default=d["bit_switch"],
+        help="running bit accuracy that starts the quality stage",
+    )
+    p.add_argument(
+        "--start-stage", choices=("detect", "message", "quality"), default=d["start_stage"]
+    )
     p.add_argument("--fresh", action="store_true", help="ignore RUN_DIR/last.pt")
-    p.add_argument("--export", default=None, metavar="DIR",
-                   help="when done, export best.pt to DIR (e.g. assets/model)")
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="DIR",
+        help="when done, export best.pt to DIR (e.g. assets/model)",
+    )
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser("export", help="write a run's weights as the shipped format")
@@ -116,17 +133,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("eval", help="evaluate a model on the held-out test split")
     p.add_argument("--corpus", default="data/corpus")
-    p.add_argument("--model", default=None,
-                   help="folder with generator/detector .json+.safetensors, or a training "
-                   "checkpoint (.pt); default: the shipped model")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="folder with generator/detector .json+.safetensors, or a training "
+        "checkpoint (.pt); default: the shipped model",
+    )
     p.add_argument("--out", default="runs/eval", help="writes eval.json and eval.md here")
     p.add_argument("--windows", type=int, default=400, help="1 s test windows (max)")
     p.add_argument("--attacks", default="all", help="comma list of attack names, 'all' or 'none'")
-    p.add_argument("--attack-windows", type=int, default=100,
-                   help="windows per attack (marked + as many unmarked)")
+    p.add_argument(
+        "--attack-windows",
+        type=int,
+        default=100,
+        help="windows per attack (marked + as many unmarked)",
+    )
     p.add_argument("--localization", type=int, default=10, help="10 s localization examples")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--device", default="cpu", help="only cpu for now (the models are small)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_eval)
 
