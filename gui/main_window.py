@@ -1,0 +1,688 @@
+"""The main window: controls on the left, live views on the right, health along the bottom.
+
+Data flows one way: the engine publishes a frozen metrics snapshot; two timers read it (plots
+~30 Hz, numbers ~4 Hz) and hand it to the widgets (``handle_new_data``), which redraw on
+their own. Controls call the ``EngineRunner``; nothing here waits on audio or the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from audioseal_live_gui import settings as st
+from audioseal_live_gui.bits_view import BitsView
+from audioseal_live_gui.device_picker import DevicePicker
+from audioseal_live_gui.engine_runner import EngineRunner
+from audioseal_live_gui.health_strip import HealthStrip
+from audioseal_live_gui.level_meter import LevelMeter
+from audioseal_live_gui.message_editor import MessageEditor, value_to_bits
+from audioseal_live_gui.probability_plot import ProbabilityPlot
+from audioseal_live_gui.settings import DeviceRef, GuiSettings
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QCloseEvent, QColor, QFont, QPalette
+from PySide6.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSlider,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from audioseal_live.engine.audio_io import DeviceInfo, list_devices, rescan_devices
+from audioseal_live.engine.engine import EngineConfig
+from audioseal_live.engine.metrics import Snapshot
+from audioseal_live.errors import AudioSealLiveError
+
+log = logging.getLogger(__name__)
+
+PLOT_MS = 33  # ~30 Hz
+NUMBERS_MS = 250  # ~4 Hz
+OFFICIAL_CARD = "audioseal_wm_streaming"
+SAFETY_MS = 5.0  # the engine's default output-ring margin
+
+
+def assets_dir() -> Path:
+    """Icons and screenshot: the installed data package, else the source tree's assets/."""
+    try:
+        import audioseal_live_assets
+
+        if audioseal_live_assets.__file__:
+            return Path(audioseal_live_assets.__file__).parent
+    except ImportError:
+        pass
+    return Path(__file__).resolve().parent.parent / "assets"
+
+
+class MainWindow(QMainWindow):
+    cudaChecked = Signal(bool)
+
+    def __init__(self, qsettings: QSettings | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("audioseal-live")
+        self.qsettings = qsettings if qsettings is not None else st.qsettings()
+        self.cfg: GuiSettings = st.load(self.qsettings)
+        self.runner = EngineRunner(self)
+        self.runner.started.connect(self._on_started)
+        self.runner.failed.connect(self._on_failed)
+        self.runner.stopped.connect(self._on_stopped)
+        self.errors: list[str] = []  # every message shown to the user (tests read it)
+        self._box: QMessageBox | None = None
+        self._pending_switch: tuple[str, object, EngineConfig] | None = None
+        self._selected: dict[str, object] = {}
+        self._devices: list[DeviceInfo] = []
+        self._build()
+        self._apply_settings(self.cfg)
+        self.refresh_devices(rescan=False)
+        self._update_enabled()
+
+        self.plot_timer = QTimer(self)
+        self.plot_timer.setInterval(PLOT_MS)
+        self.plot_timer.timeout.connect(self._on_plot_tick)
+        self.numbers_timer = QTimer(self)
+        self.numbers_timer.setInterval(NUMBERS_MS)
+        self.numbers_timer.timeout.connect(self._on_numbers_tick)
+        self.plot_timer.start()
+        self.numbers_timer.start()
+        # torch takes a second or two to import: do it off the GUI thread, then offer CUDA.
+        self.cudaChecked.connect(self._on_cuda_checked)
+        threading.Thread(target=self._check_cuda, name="audioseal-gui-cuda", daemon=True).start()
+
+    # ================================================================= layout
+    def _build(self) -> None:
+        central = QWidget(self)
+        self.setCentralWidget(central)
+        root = QHBoxLayout(central)
+        root.setContentsMargins(12, 12, 12, 12)
+        root.setSpacing(14)
+
+        left = QVBoxLayout()
+        left.setSpacing(10)
+        left.addWidget(self._build_devices())
+        left.addWidget(self._build_watermark())
+        left.addWidget(self._build_session())
+        left.addStretch(1)
+        left_w = QWidget()
+        left_w.setLayout(left)
+        left_w.setFixedWidth(390)
+        root.addWidget(left_w)
+
+        right = QVBoxLayout()
+        right.setSpacing(10)
+        self.bits_view = BitsView()
+        right.addWidget(_card(self.bits_view))
+        self.plot = ProbabilityPlot()
+        self.plot.setMinimumHeight(220)
+        right.addWidget(self.plot, 1)
+        meters = QVBoxLayout()
+        meters.setSpacing(2)
+        self.meter_in = LevelMeter("In")
+        self.meter_out = LevelMeter("Out")
+        meters.addWidget(self.meter_in)
+        meters.addWidget(self.meter_out)
+        right.addLayout(meters)
+        self.health = HealthStrip()
+        right.addWidget(self.health)
+        root.addLayout(right, 1)
+
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)  # indeterminate: "loading the model…"
+        self.busy.setMaximumWidth(160)
+        self.busy.setTextVisible(False)
+        self.busy.hide()
+        self.statusBar().addPermanentWidget(self.busy)
+        self.apply_style()
+
+    def _build_devices(self) -> QGroupBox:
+        box = QGroupBox("Audio")
+        form = QFormLayout(box)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.input_picker = DevicePicker("input")
+        self.output_picker = DevicePicker("output")
+        self.monitor_picker = DevicePicker(
+            "monitor",
+            specials=(("Marked output (digital)", st.MONITOR_OUTPUT), ("Off", st.MONITOR_OFF)),
+        )
+        self.input_picker.setToolTip("microphone to watermark")
+        self.output_picker.setToolTip("speakers, or a virtual cable for Zoom / OBS / Discord")
+        self.monitor_picker.setToolTip(
+            "what the detector listens to: the marked output itself, or a capture device "
+            "(loopback / room mic) to verify the mark after the real chain"
+        )
+        for kind, p in (
+            ("input", self.input_picker),
+            ("output", self.output_picker),
+            ("monitor", self.monitor_picker),
+        ):
+            p.deviceChanged.connect(lambda ref, k=kind: self._on_device_changed(k, ref))
+        form.addRow("Input", self.input_picker)
+        form.addRow("Output", self.output_picker)
+        form.addRow("Detector", self.monitor_picker)
+
+        self.rate_combo = QComboBox()
+        for r in st.RATE_CHOICES:
+            self.rate_combo.addItem("device default" if r == 0 else f"{r / 1000:g} kHz", r)
+        self.chunk_combo = QComboBox()
+        for c in st.CHUNK_CHOICES_MS:
+            self.chunk_combo.addItem(f"{c} ms", c)
+        self.chunk_combo.setToolTip(
+            "audio the model processes at once: longer chunks cost less CPU, add latency"
+        )
+        self.chunk_combo.currentIndexChanged.connect(self._update_latency_hint)
+        self.latency_hint = QLabel("")
+        self.latency_hint.setObjectName("caption")
+        self.refresh_button = QPushButton("Refresh devices")
+        self.refresh_button.setToolTip("rescan audio devices (while stopped)")
+        self.refresh_button.clicked.connect(lambda: self.refresh_devices(rescan=True))
+        form.addRow("Sample rate", self.rate_combo)
+        chunk_row = QHBoxLayout()
+        chunk_row.addWidget(self.chunk_combo)
+        chunk_row.addWidget(self.latency_hint, 1)
+        form.addRow("Chunk", chunk_row)
+        form.addRow("", self.refresh_button)
+        return box
+
+    def _build_watermark(self) -> QGroupBox:
+        box = QGroupBox("Watermark")
+        form = QFormLayout(box)
+        self.message_editor = MessageEditor()
+        self.message_editor.messageChanged.connect(self._on_message)
+        form.addRow(self.message_editor)
+
+        self.alpha_slider = QSlider(Qt.Orientation.Horizontal)
+        self.alpha_slider.setRange(0, 200)  # percent
+        self.alpha_slider.setSingleStep(5)
+        self.alpha_slider.setPageStep(10)
+        self.alpha_slider.setToolTip("watermark strength (alpha): 100% is the model's level")
+        self.alpha_label = QLabel("100%")
+        self.alpha_label.setMinimumWidth(44)
+        self.alpha_slider.valueChanged.connect(self._on_alpha)
+        row = QHBoxLayout()
+        row.addWidget(self.alpha_slider, 1)
+        row.addWidget(self.alpha_label)
+        form.addRow("Strength", row)
+
+        self.model_combo = QComboBox()
+        self.model_combo.addItem("Embedded default", ("default", ""))
+        self.model_combo.addItem(f"Official: {OFFICIAL_CARD}", ("card", OFFICIAL_CARD))
+        self.model_combo.addItem("Checkpoint file…", ("file", ""))
+        self.model_combo.setToolTip(
+            "the generator (its detector is paired by name); official cards download once "
+            "when online, or are read from the audioseal cache"
+        )
+        self.model_combo.activated.connect(self._on_model_activated)
+        form.addRow("Model", self.model_combo)
+        self.compute_combo = QComboBox()
+        self.compute_combo.addItem("CPU", "cpu")
+        self.compute_combo.setToolTip("where the model runs (CUDA appears if torch sees a GPU)")
+        form.addRow("Compute", self.compute_combo)
+        return box
+
+    def _build_session(self) -> QGroupBox:
+        box = QGroupBox("Session")
+        lay = QVBoxLayout(box)
+        self.start_button = QPushButton("Start")
+        self.start_button.setObjectName("startButton")
+        self.start_button.setMinimumHeight(46)
+        self.start_button.clicked.connect(self.toggle_start)
+        lay.addWidget(self.start_button)
+        row = QHBoxLayout()
+        self.bypass_button = QPushButton("Bypass (A/B)")
+        self.bypass_button.setCheckable(True)
+        self.bypass_button.setToolTip("hear the unmarked signal; the metrics say so")
+        self.bypass_button.toggled.connect(self._on_bypass)
+        self.record_button = QPushButton("● Record")
+        self.record_button.setObjectName("recordButton")
+        self.record_button.setCheckable(True)
+        self.record_button.toggled.connect(self._on_record)
+        self.record_dir_button = QToolButton()
+        self.record_dir_button.setText("…")
+        self.record_dir_button.clicked.connect(self._choose_record_dir)
+        row.addWidget(self.bypass_button, 1)
+        row.addWidget(self.record_button, 1)
+        row.addWidget(self.record_dir_button)
+        lay.addLayout(row)
+        self.record_label = QLabel("")
+        self.record_label.setObjectName("caption")
+        self.record_label.setWordWrap(True)
+        lay.addWidget(self.record_label)
+        return box
+
+    # ================================================================= look
+    def apply_style(self) -> None:
+        """Sizes for reading at two metres; colours derived from the current palette so dark
+        and light system themes both work."""
+        pal = self.palette()
+        text = pal.color(QPalette.ColorRole.WindowText)
+        win = pal.color(QPalette.ColorRole.Window)
+        cap = _mix(text, win, 0.62)
+        panel = _mix(pal.color(QPalette.ColorRole.Base), win, 0.5)
+        mono = QFont("DejaVu Sans Mono")
+        mono.setStyleHint(QFont.StyleHint.Monospace)
+        self.setStyleSheet(
+            f"""
+            QLabel#caption {{ color: {cap.name()}; font-size: 11px; }}
+            QLabel#bigNumber {{ font-size: 60px; font-weight: 700; }}
+            QLabel#bigState {{ font-size: 44px; font-weight: 800; }}
+            QLabel#healthValue {{ font-size: 17px; font-weight: 600; }}
+            QLabel#mono {{ font-family: "{mono.family()}", monospace; font-size: 15px; }}
+            QFrame#card, QFrame#healthStrip {{ background: {panel.name()};
+                border: 1px solid {_mix(text, win, 0.85).name()}; border-radius: 8px; }}
+            QPushButton#startButton {{ font-size: 18px; font-weight: 700; }}
+            QPushButton#recordButton:checked {{ color: #f85149; font-weight: 700; }}
+            QGroupBox {{ font-weight: 600; }}
+            """
+        )
+        if hasattr(self, "plot"):
+            self.plot.apply_palette()
+
+    def changeEvent(self, e: Any) -> None:
+        from PySide6.QtCore import QEvent
+
+        if e.type() == QEvent.Type.PaletteChange:  # the system switched dark/light
+            self.apply_style()
+        super().changeEvent(e)
+
+    # ================================================================= settings
+    def _apply_settings(self, g: GuiSettings) -> None:
+        self._selected = {"input": g.input, "output": g.output, "monitor": self._monitor_ref(g)}
+        self.rate_combo.setCurrentIndex(max(0, self.rate_combo.findData(g.sample_rate)))
+        self.chunk_combo.setCurrentIndex(max(0, self.chunk_combo.findData(g.chunk_ms)))
+        self.message_editor.set_value(g.message)
+        self.bits_view.set_embedded(value_to_bits(g.message))
+        self.alpha_slider.setValue(round(g.alpha * 100))
+        self._model_file = g.model_file
+        idx = {"default": 0, "card": 1, "file": 2}[g.model_kind]
+        if g.model_kind == "file" and g.model_file:
+            self.model_combo.setItemText(2, f"File: {Path(g.model_file).name}")
+        elif g.model_kind == "file":
+            idx = 0
+        self.model_combo.setCurrentIndex(idx)
+        self._want_device = g.device
+        self._record_dir = g.record_dir
+        self.record_label.setText(f"records to {g.record_dir}")
+        if g.geometry:
+            self.restoreGeometry(g.geometry)
+        else:
+            self.resize(1360, 860)
+        self._update_latency_hint()
+
+    @staticmethod
+    def _monitor_ref(g: GuiSettings) -> object:
+        if g.monitor in (st.MONITOR_OUTPUT, st.MONITOR_OFF):
+            return g.monitor
+        return DeviceRef(g.monitor, g.monitor_hostapi)
+
+    def current_settings(self) -> GuiSettings:
+        mon = self.monitor_picker.current()
+        kind, card = self.model_combo.currentData()
+        return GuiSettings(
+            input=_ref(self.input_picker.current()),
+            output=_ref(self.output_picker.current()),
+            monitor=mon.name if isinstance(mon, DeviceRef) else str(mon or st.MONITOR_OUTPUT),
+            monitor_hostapi=mon.hostapi if isinstance(mon, DeviceRef) else "",
+            sample_rate=int(self.rate_combo.currentData()),
+            chunk_ms=int(self.chunk_combo.currentData()),
+            message=self.message_editor.value(),
+            alpha=self.alpha_slider.value() / 100,
+            device=str(self.compute_combo.currentData()),
+            model_kind=kind,
+            model_card=card or OFFICIAL_CARD,
+            model_file=self._model_file,
+            record_dir=self._record_dir,
+            geometry=bytes(self.saveGeometry().data()),
+        )
+
+    def save_settings(self) -> None:
+        st.save(self.qsettings, self.current_settings())
+
+    # ================================================================= devices
+    def refresh_devices(self, rescan: bool = True) -> None:
+        if self.runner.running or self.runner.starting:
+            return  # PortAudio cannot be re-initialised under open streams
+        try:
+            if rescan:
+                rescan_devices()
+            self._devices = list_devices()
+        except AudioSealLiveError as exc:
+            self._devices = []
+            self.statusBar().showMessage(str(exc))
+        for kind, p in self._pickers():
+            p.set_devices(self._devices, keep=self._selected.get(kind))
+        n_in = sum(d.max_input_channels > 0 for d in self._devices)
+        n_out = sum(d.max_output_channels > 0 for d in self._devices)
+        log.info("devices: %d inputs, %d outputs", n_in, n_out)
+        if rescan:
+            self.statusBar().showMessage(f"{n_in} inputs, {n_out} outputs found", 4000)
+
+    def _pickers(self) -> tuple[tuple[str, DevicePicker], ...]:
+        return (
+            ("input", self.input_picker),
+            ("output", self.output_picker),
+            ("monitor", self.monitor_picker),
+        )
+
+    def select_device(self, kind: str, ref: object) -> None:
+        """Pick a device as the user would (emits the change; switches if running)."""
+        picker = dict(self._pickers())[kind]
+        picker.select(ref)
+        self._on_device_changed(kind, picker.current())
+
+    def pick_device(self, kind: str, name: str) -> None:
+        """Select the listed device called ``name`` (scripts, tests)."""
+        chan = "max_output_channels" if kind == "output" else "max_input_channels"
+        for d in self._devices:
+            if d.name == name and getattr(d, chan) > 0:
+                self.select_device(kind, DeviceRef(d.name, d.hostapi))
+                return
+        self.select_device(kind, DeviceRef(name))
+
+    def _on_device_changed(self, kind: str, ref: object) -> None:
+        previous = self._selected.get(kind)
+        if ref == previous:
+            return
+        self._selected[kind] = ref
+        if not self.runner.running:
+            return
+        # Switch live: stop, start on the new device; on failure roll back (see _on_failed).
+        old_cfg = self.runner.config
+        assert old_cfg is not None
+        log.info("switching %s: %r -> %r", kind, previous, ref)
+        self._pending_switch = (kind, previous, old_cfg)
+        self.runner.stop()
+        self._start_with(self.engine_config())
+
+    # ================================================================= engine config
+    def engine_config(self) -> EngineConfig:
+        mon = self.monitor_picker.current()
+        monitor: str | int | None
+        if mon == st.MONITOR_OFF:
+            monitor = None
+        elif mon == st.MONITOR_OUTPUT or mon is None:
+            monitor = "output"
+        else:
+            monitor = self.monitor_picker.engine_spec()
+        kind, card = self.model_combo.currentData()
+        model = None if kind == "default" else card if kind == "card" else self._model_file
+        rate = int(self.rate_combo.currentData())
+        return EngineConfig(
+            input=self.input_picker.engine_spec(),
+            output=self.output_picker.engine_spec(),
+            monitor=monitor,
+            sample_rate=rate or None,
+            chunk_ms=float(self.chunk_combo.currentData()),
+            device=str(self.compute_combo.currentData()),
+            model=model or None,
+            message=self.message_editor.bits(),
+            alpha=self.alpha_slider.value() / 100,
+        )
+
+    # ================================================================= start / stop
+    def toggle_start(self) -> None:
+        if self.runner.running:
+            self.stop()
+        elif not self.runner.starting:
+            self.start()
+
+    def start(self) -> None:
+        self._pending_switch = None
+        self._start_with(self.engine_config())
+
+    def _start_with(self, cfg: EngineConfig) -> None:
+        self.plot.clear()
+        if self.runner.start(cfg):
+            self.statusBar().showMessage("Loading the model and opening the devices…")
+            self.busy.show()
+            QApplication.setOverrideCursor(Qt.CursorShape.BusyCursor)
+        self._update_enabled()
+
+    def stop(self) -> None:
+        self._pending_switch = None
+        self.runner.stop()
+        self._update_enabled()
+
+    def _end_busy(self) -> None:
+        if self.busy.isVisible():
+            self.busy.hide()
+            QApplication.restoreOverrideCursor()
+
+    def _on_started(self) -> None:
+        self._end_busy()
+        self._pending_switch = None
+        self.runner.set_bypass(self.bypass_button.isChecked())
+        cfg = self.runner.config
+        self.statusBar().showMessage(
+            f"Running: {self.input_picker.currentText().strip()} → "
+            f"{self.output_picker.currentText().strip()}"
+            + (f" at {cfg.sample_rate} Hz" if cfg and cfg.sample_rate else ""),
+        )
+        self.save_settings()  # a configuration that worked is worth keeping
+        self._update_enabled()
+
+    def _on_failed(self, message: str) -> None:
+        self._end_busy()
+        switch, self._pending_switch = self._pending_switch, None
+        if switch is not None:
+            kind, previous, old_cfg = switch
+            picker = dict(self._pickers())[kind]
+            bad = picker.currentText().strip()
+            picker.revert(previous)
+            self._selected[kind] = previous
+            self.show_error(
+                f"Could not switch {kind} to {bad}: {message}. Back on "
+                f"{picker.currentText().strip()}."
+            )
+            self._start_with(old_cfg)  # roll back (a failure here just reports)
+            return
+        self.show_error(message)
+        self._update_enabled()
+
+    def _on_stopped(self, snap: Snapshot) -> None:
+        self.record_button.blockSignals(True)
+        self.record_button.setChecked(False)
+        self.record_button.blockSignals(False)
+        self.statusBar().showMessage(
+            f"Stopped after {snap.time_s:.1f} s · xruns {snap.xruns} · "
+            f"underruns {snap.underruns} · unmarked spans {snap.unmarked_spans}",
+        )
+        self._show_snapshot(Snapshot())
+        self._update_enabled()
+
+    def _update_enabled(self) -> None:
+        running, starting = self.runner.running, self.runner.starting
+        idle = not running and not starting
+        self.start_button.setText("Starting…" if starting else "Stop" if running else "Start")
+        self.start_button.setEnabled(not starting)
+        self.refresh_button.setEnabled(idle)
+        for w in (self.input_picker, self.output_picker, self.monitor_picker):
+            w.setEnabled(not starting)  # switching while running restarts on the new device
+        for w in (self.rate_combo, self.chunk_combo, self.model_combo, self.compute_combo):
+            w.setEnabled(idle)  # these need a fresh engine: change them while stopped
+        self.record_button.setEnabled(running)
+        self.record_dir_button.setEnabled(self.runner.recorder is None)
+
+    # ================================================================= live controls
+    def _on_message(self, value: int) -> None:
+        bits = value_to_bits(value)
+        self.runner.set_message(bits)
+        self.bits_view.set_embedded(bits)
+
+    def _on_alpha(self, v: int) -> None:
+        self.alpha_label.setText(f"{v}%")
+        self.runner.set_alpha(v / 100)
+
+    def _on_bypass(self, on: bool) -> None:
+        self.runner.set_bypass(on)
+        log.info("bypass %s", "on" if on else "off")
+
+    def _on_model_activated(self, idx: int) -> None:
+        kind, _ = self.model_combo.itemData(idx)
+        if kind != "file":
+            return
+        path, _f = QFileDialog.getOpenFileName(
+            self,
+            "Generator checkpoint",
+            str(Path(self._model_file).parent) if self._model_file else str(Path.home()),
+            "Checkpoints (*.pth *.pt *.json *.safetensors);;All files (*)",
+        )
+        if path:
+            self._model_file = path
+            self.model_combo.setItemText(2, f"File: {Path(path).name}")
+        elif not self._model_file:
+            self.model_combo.setCurrentIndex(0)
+
+    def _check_cuda(self) -> None:
+        try:
+            import torch
+
+            ok = bool(torch.cuda.is_available())
+        except Exception:  # no torch / broken driver: CPU only
+            log.debug("CUDA check failed", exc_info=True)
+            ok = False
+        self.cudaChecked.emit(ok)
+
+    def _on_cuda_checked(self, ok: bool) -> None:
+        if ok and self.compute_combo.findData("cuda") < 0:
+            self.compute_combo.addItem("CUDA (GPU)", "cuda")
+        i = self.compute_combo.findData(self._want_device)
+        if i >= 0 and not self.runner.running:
+            self.compute_combo.setCurrentIndex(i)
+
+    def _update_latency_hint(self) -> None:
+        chunk = int(self.chunk_combo.currentData() or 20)
+        snap = self.runner.snapshot()
+        if self.runner.running and snap.latency_budget_ms:
+            self.latency_hint.setText(f"latency budget {snap.latency_budget_ms:.0f} ms")
+        else:
+            # One chunk waits in the output ring plus a safety margin, on top of the devices.
+            self.latency_hint.setText(f"≈ {chunk + SAFETY_MS:.0f} ms + device buffers")
+
+    # ================================================================= recording
+    def _choose_record_dir(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Record to folder", self._record_dir)
+        if d:
+            self._record_dir = d
+            self.record_label.setText(f"records to {d}")
+
+    def record_path(self) -> Path:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return Path(self._record_dir) / f"audioseal-live-{stamp}.wav"
+
+    def _on_record(self, on: bool) -> None:
+        try:
+            if on:
+                path = self.record_path()
+                self.runner.start_recording(path)
+                self.record_label.setText(f"recording to {path}")
+            else:
+                saved = self.runner.stop_recording()
+                if saved:
+                    self.record_label.setText(f"saved {saved[1]:.1f} s to {saved[0]}")
+        except AudioSealLiveError as exc:
+            self.record_button.blockSignals(True)
+            self.record_button.setChecked(False)
+            self.record_button.blockSignals(False)
+            self.show_error(str(exc))
+        self._update_enabled()
+
+    # ================================================================= timers
+    def _live_snapshot(self) -> Snapshot:
+        snap = self.runner.snapshot()
+        if self.runner.running and not snap.running:
+            # Before the worker's first publish: the engine runs, the numbers are not in yet.
+            snap = dataclasses.replace(snap, running=True)
+        return snap
+
+    def _on_plot_tick(self) -> None:
+        if not self.runner.running:
+            return
+        snap = self._live_snapshot()
+        self.plot.handle_new_data(snap)
+        self.plot.canvas_update()
+        self.meter_in.set_level(snap.peak_in, snap.rms_in)
+        self.meter_out.set_level(snap.peak_out, snap.rms_out)
+
+    def _on_numbers_tick(self) -> None:
+        if not self.runner.running:
+            return
+        lost = self.runner.check_device()
+        if lost:
+            log.warning("device lost: %s", lost)
+            self.stop()
+            self.show_error(f"Audio stopped: {lost}. Check the device, then press Start.")
+            return
+        self._show_snapshot(self._live_snapshot())
+
+    def _show_snapshot(self, snap: Snapshot) -> None:
+        self.bits_view.handle_new_data(snap)
+        self.health.handle_new_data(snap)
+        self._update_latency_hint()
+        if not snap.running:
+            self.meter_in.reset()
+            self.meter_out.reset()
+
+    # ================================================================= errors / close
+    def show_error(self, message: str) -> None:
+        """One line, no traceback, non-blocking; a newer message replaces an open one."""
+        line = (message or "unknown error").strip().splitlines()[0]
+        self.errors.append(line)
+        log.warning("shown to user: %s", line)
+        self.statusBar().showMessage(line, 10000)
+        if self._box is not None:
+            self._box.close()
+        box = QMessageBox(QMessageBox.Icon.Warning, "audioseal-live", line, parent=self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.finished.connect(lambda _r: setattr(self, "_box", None))
+        self._box = box
+        box.open()
+
+    def closeEvent(self, e: QCloseEvent) -> None:
+        log.info("closing window")
+        self.plot_timer.stop()
+        self.numbers_timer.stop()
+        try:
+            self.save_settings()
+        except Exception:
+            log.exception("could not save settings")
+        self.runner.shutdown()
+        self._end_busy()
+        super().closeEvent(e)
+
+
+def _ref(x: object) -> DeviceRef:
+    return x if isinstance(x, DeviceRef) else DeviceRef()
+
+
+def _mix(a: QColor, b: QColor, t: float) -> QColor:
+    """a*(1-t) + b*t."""
+    return QColor(
+        round(a.red() * (1 - t) + b.red() * t),
+        round(a.green() * (1 - t) + b.green() * t),
+        round(a.blue() * (1 - t) + b.blue() * t),
+    )
+
+
+def _card(w: QWidget) -> QFrame:
+    f = QFrame()
+    f.setObjectName("card")
+    lay = QVBoxLayout(f)
+    lay.setContentsMargins(16, 10, 16, 12)
+    lay.addWidget(w)
+    f.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+    return f
