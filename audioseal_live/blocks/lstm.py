@@ -2,7 +2,8 @@
 
 Streaming chunks are a handful of frames (one frame per 20 ms chunk). PyTorch's fused CPU LSTM
 (oneDNN) costs ~4 ms per call at that size, mostly set-up; the plain loop below does the same
-arithmetic in ~0.2 ms. Offline (long sequences, training) keeps the fused kernel.
+arithmetic in ~0.2-2 ms. From a few frames on (chunks of 80 ms and more) the fused kernel wins
+again and is used, with the carried (h, c); offline (long sequences, training) always uses it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from audioseal_live.blocks.streaming import StreamingModule
+
+FUSED_MIN_STEPS = 4  # measured crossover on 2 CPU threads (official and small cards)
 
 
 def lstm_steps(
@@ -62,7 +65,10 @@ class StreamingLSTM(StreamingModule):
         if self.is_streaming:
             if x.shape[0] == 0:  # nothing determined yet: keep (h, c) as they are
                 return rearrange(x, "t b c -> b c t")
-            y, self._state = lstm_steps(self.lstm, x, self._state)
+            if x.shape[0] < FUSED_MIN_STEPS:
+                y, self._state = lstm_steps(self.lstm, x, self._state)
+            else:
+                y, self._state = self.lstm(x, self._state)
         else:
             y, _ = self.lstm(x)
         if self.skip:
