@@ -130,7 +130,7 @@ class ExceptionReporter:
             parent=QApplication.activeWindow(),
         )
         box.setInformativeText(f"Details are in the log: {self.log_path}")
-        box.setAttribute(__import__("PySide6.QtCore").QtCore.Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.box = box  # keep it alive: without a parent, Python owns the dialog
         box.open()  # non-blocking: the audio views keep updating
 
 

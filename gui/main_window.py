@@ -16,6 +16,7 @@ from typing import Any
 
 from audioseal_live_gui import settings as st
 from audioseal_live_gui.bits_view import BitsView
+from audioseal_live_gui.compat import install_refcount_guard
 from audioseal_live_gui.device_picker import DevicePicker
 from audioseal_live_gui.engine_runner import EngineRunner
 from audioseal_live_gui.health_strip import HealthStrip
@@ -75,6 +76,7 @@ class MainWindow(QMainWindow):
 
     def __init__(self, qsettings: QSettings | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        install_refcount_guard()  # before pyqtgraph starts emitting (see compat.py)
         self.setWindowTitle("audioseal-live")
         self.qsettings = qsettings if qsettings is not None else st.qsettings()
         self.cfg: GuiSettings = st.load(self.qsettings)

@@ -31,15 +31,20 @@ def wait(app: object, seconds: float, until: object = None) -> bool:
 
 
 def live_window(
-    app: object, settings_path: str, message: int = 0x1A2B, rate: int = 48000
+    app: object,
+    settings_path: str,
+    message: int = 0x1A2B,
+    rate: int = 48000,
+    chunk_ms: int = 20,
 ) -> MainWindow:
-    """A window on the JACK "system" device at ``rate``, started (model loaded)."""
+    """A window set up for the JACK "system" device at ``rate`` (not started yet)."""
     from audioseal_live_gui import settings as st
 
     win = MainWindow(st.qsettings(settings_path))
     win.pick_device("input", "system")
     win.pick_device("output", "system")
     win.rate_combo.setCurrentIndex(win.rate_combo.findData(rate))
+    win.chunk_combo.setCurrentIndex(win.chunk_combo.findData(chunk_ms))
     win.message_editor.set_value(message)
     return win
 

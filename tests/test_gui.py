@@ -1,0 +1,372 @@
+"""The Qt window (pytest-qt, offscreen): widgets, settings, smoke launch, and the live window on
+the JACK dummy server with real speech fed into its input."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any QApplication exists
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+pytest.importorskip("PySide6")
+pytest.importorskip("pyqtgraph")
+
+from audioseal_live_gui import settings as st  # noqa: E402
+from audioseal_live_gui.bits_view import (  # noqa: E402
+    DETECTING,
+    MATCH,
+    MISMATCH,
+    NOT_DETECTED,
+    STOPPED,
+    MatchState,
+)
+from audioseal_live_gui.main_window import MainWindow  # noqa: E402
+from audioseal_live_gui.message_editor import MessageEditor  # noqa: E402
+from audioseal_live_gui.settings import DeviceRef  # noqa: E402
+from PySide6.QtCore import Qt, QTimer  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+
+MESSAGE = 0x1A2B
+THRESHOLD = 0.5
+
+
+# ----- widgets and settings (no audio) -------------------------------------------------------
+def test_message_editor_rejects_bad_hex(qtbot: Any) -> None:
+    ed = MessageEditor(MESSAGE)
+    qtbot.addWidget(ed)
+    with qtbot.assertNotEmitted(ed.messageChanged):
+        assert not ed.apply_hex("0xZZ")
+        assert "not hex" in ed.hex_error()
+        assert not ed.apply_hex("12345")  # 0x12345 needs 17 bits
+        assert "does not fit" in ed.hex_error()
+        assert not ed.apply_hex("")
+    assert ed.value() == MESSAGE  # the last good message stays in force
+    assert ed.error_label.isVisibleTo(ed)
+    # Typing as a user would: each keystroke that parses is applied.
+    ed.hex_edit.clear()
+    seen: list[int] = []
+    ed.messageChanged.connect(seen.append)
+    qtbot.keyClicks(ed.hex_edit, "beef")
+    assert seen == [0xB, 0xBE, 0xBEE, 0xBEEF] and ed.value() == 0xBEEF and not ed.hex_error()
+    assert ed.dec_spin.value() == 0xBEEF
+    assert "".join(b.text() for b in ed.bit_buttons) == "1011111011101111"
+    qtbot.mouseClick(ed.bit_buttons[0], Qt.MouseButton.LeftButton)  # MSB off
+    assert ed.value() == 0x3EEF and ed.hex_edit.text() == "3EEF"
+    ed.dec_spin.setValue(6699)
+    assert ed.value() == 0x1A2B and ed.bits()[:4] == (0, 0, 0, 1)
+
+
+def test_match_state_hysteresis() -> None:
+    m = MatchState(on=0.6, off=0.4, hold_s=0.75)
+    assert m.update(0.0, None, running=False, now=0.0) == STOPPED
+    assert m.update(0.0, None, True, 0.0) == NOT_DETECTED  # leaving STOPPED is immediate
+    assert m.update(0.55, True, True, 0.1) == NOT_DETECTED  # inside the band: no change
+    assert m.update(0.9, True, True, 0.2) == NOT_DETECTED  # must hold 0.75 s first
+    assert m.update(0.9, True, True, 1.0) == MATCH
+    # A single mismatching vote or a dip into the band does not flicker the label.
+    assert m.update(0.45, False, True, 1.1) == MATCH
+    assert m.update(0.9, True, True, 1.2) == MATCH
+    assert m.update(0.3, None, True, 1.3) == MATCH
+    assert m.update(0.3, None, True, 2.1) == NOT_DETECTED
+    assert m.update(0.9, False, True, 2.2) == NOT_DETECTED
+    assert m.update(0.9, False, True, 3.0) == MISMATCH
+    assert m.update(0.9, None, True, 4.0) == MISMATCH
+    assert m.update(0.9, None, True, 4.8) == DETECTING
+    assert m.update(0.9, None, False, 4.1) == STOPPED
+
+
+def test_settings_round_trip(qtbot: Any, tmp_path: Path) -> None:
+    ini = str(tmp_path / "settings.ini")
+    w = MainWindow(st.qsettings(ini))
+    qtbot.addWidget(w)
+    # Devices are saved by name: one that is not plugged in survives, marked "not found".
+    w.select_device("input", DeviceRef("USB Mic Pro", "ALSA"))
+    w.select_device("output", DeviceRef("CABLE Input", "Windows WASAPI"))
+    w.select_device("monitor", st.MONITOR_OFF)
+    w.rate_combo.setCurrentIndex(w.rate_combo.findData(44100))
+    w.chunk_combo.setCurrentIndex(w.chunk_combo.findData(60))
+    w.message_editor.set_value(0xBEEF)
+    w.alpha_slider.setValue(65)
+    w._record_dir = str(tmp_path)
+    w.save_settings()
+    saved = w.current_settings()
+    w.close()
+
+    w2 = MainWindow(st.qsettings(ini))
+    qtbot.addWidget(w2)
+    got = w2.current_settings()
+    for field in ("input", "output", "monitor", "sample_rate", "chunk_ms", "message", "alpha"):
+        assert getattr(got, field) == getattr(saved, field), field
+    assert got.input == DeviceRef("USB Mic Pro", "ALSA")
+    assert got.monitor == st.MONITOR_OFF and got.record_dir == str(tmp_path)
+    assert "not found" in w2.input_picker.currentText()
+    assert w2.message_editor.value() == 0xBEEF and w2.alpha_label.text() == "65%"
+    cfg = w2.engine_config()
+    assert cfg.input == "USB Mic Pro" and cfg.monitor is None and cfg.sample_rate == 44100
+    assert cfg.chunk_ms == 60 and abs(cfg.alpha - 0.65) < 1e-9
+    w2.close()
+
+
+def test_uncaught_exceptions_show_one_dialog(qtbot: Any, tmp_path: Path) -> None:
+    from audioseal_live_gui.app import ExceptionReporter
+
+    rep = ExceptionReporter(tmp_path / "gui.log")
+    for i in range(5):
+        try:
+            raise RuntimeError(f"boom {i}")
+        except RuntimeError as exc:
+            rep.hook(type(exc), exc, exc.__traceback__)
+    qtbot.waitUntil(lambda: rep.shown, timeout=2000)
+    QApplication.processEvents()
+    boxes = [w for w in QApplication.topLevelWidgets() if isinstance(w, QMessageBox)]
+    visible = [b for b in boxes if b.isVisible() and "boom" in b.text()]
+    assert rep.count == 5 and len(visible) == 1, [b.text() for b in boxes]
+    assert visible[0].text() == "Unexpected error: RuntimeError: boom 0"
+    visible[0].close()
+
+
+def test_smoke_launch_logs_clean_start(tmp_path: Path) -> None:
+    """`audioseal-live-gui` as a process, offscreen, quits by itself; its log says so."""
+    exe = shutil.which("audioseal-live-gui")
+    cmd = [exe] if exe else [sys.executable, "-m", "audioseal_live_gui.app"]
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    logs = tmp_path / "logs"
+    args = ["--smoke-seconds", "3", "--log-dir", str(logs), "--settings", str(tmp_path / "s.ini")]
+    proc = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=120)
+    log = (logs / "audioseal-live-gui.log").read_text()
+    assert proc.returncode == 0, proc.stderr[-2000:] + log[-2000:]
+    assert "starting audioseal-live-gui" in log
+    assert "window shown (platform offscreen" in log
+    assert "closing window" in log and "clean exit (code 0)" in log
+    assert "Traceback" not in log and "Traceback" not in proc.stderr
+    assert " ERROR " not in log and " CRITICAL " not in log
+
+
+# ----- the live window on the JACK dummy server ----------------------------------------------
+def _wait(cond: Any, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.fixture(scope="module")
+def model_decodes_bits() -> str:
+    """'' if the shipped model decodes its 16 bits offline, else why not (the interim model
+    detects but its bits are at chance: the live bits assertion can only pass once it does)."""
+    import torch
+
+    from audioseal_live import AudioSeal
+    from audioseal_live.engine.jackloop import speech
+
+    torch.manual_seed(0)
+    gen, det = AudioSeal.load_generator(), AudioSeal.load_detector()
+    x = torch.from_numpy(speech(3.0, 16000)).view(1, 1, -1)
+    msg = torch.tensor([[(MESSAGE >> (15 - i)) & 1 for i in range(16)]])
+    with torch.inference_mode():
+        _, bits = det.detect_watermark(gen(x, sample_rate=16000, message=msg))
+    ok = int((bits == msg).sum())
+    return "" if ok == 16 else f"the shipped model decodes {ok}/16 bits offline (interim model)"
+
+
+def _feed(server: Any, seconds: float) -> Any:
+    from audioseal_live.engine.jackloop import FeederProcess, speech
+
+    return FeederProcess(server, speech(seconds + 2, server.rate), seconds)
+
+
+def _kill(feeder: Any) -> None:
+    if feeder is not None and feeder.proc.poll() is None:
+        feeder.proc.kill()
+        feeder.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def live(jack_server: Any, qapp: Any, tmp_path_factory: Any) -> Iterator[SimpleNamespace]:
+    """The window running on the JACK "system" device, speech fed into its input."""
+    from audioseal_live_gui.screenshot import live_window
+
+    d = tmp_path_factory.mktemp("gui-live")
+    # 60 ms chunks: on a loaded 2-core machine 20 ms chunks underrun now and then, and the
+    # engine's drift corrector then shifts the output by a few samples, which the interim
+    # model's detector does not survive (see the note on the interim model).
+    win = live_window(
+        qapp, str(d / "settings.ini"), message=MESSAGE, rate=jack_server.rate, chunk_ms=60
+    )
+    win._record_dir = str(d)
+    win.show()
+    win.start()
+    assert win.runner.starting and win.busy.isVisibleTo(win)  # loading off the GUI thread
+    assert win.start_button.text() == "Starting…" and not win.start_button.isEnabled()
+    if not _wait(lambda: win.runner.running or win.errors, 120):
+        pytest.fail("engine did not start within 120 s")
+    assert win.runner.running, win.errors
+    ns = SimpleNamespace(win=win, server=jack_server, dir=d, feeder=_feed(jack_server, 60))
+    ns.trace = []  # one status line a second, for failure messages
+    tracer = QTimer()
+    tracer.timeout.connect(
+        lambda: ns.trace.append(
+            f"{win.runner.snapshot().status_line()} | plot {_latest(win):.2f} "
+            f"state {win.bits_view.state}"
+        )
+    )
+    tracer.start(1000)
+    try:
+        yield ns
+    finally:
+        tracer.stop()
+        win.close()
+        _kill(ns.feeder)
+
+
+def _until(live: SimpleNamespace, cond: Any, timeout: float, what: str) -> None:
+    """Wait for ``cond`` while the window runs; on timeout, fail with what the engine saw."""
+    if _wait(cond, timeout):
+        return
+    lines = "\n".join(live.trace[-12:])
+    pytest.fail(f"{what}: not within {timeout:.0f} s; engine once a second:\n{lines}")
+
+
+def _latest(win: MainWindow) -> float:
+    v = win.plot.latest()
+    return -1.0 if v is None else v
+
+
+@pytest.mark.slow
+def test_live_probability_rises_and_state_shows(live: SimpleNamespace, qtbot: Any) -> None:
+    win = live.win
+    assert win.start_button.text() == "Stop" and not win.busy.isVisibleTo(win)
+    assert not win.errors
+    assert not win.refresh_button.isEnabled() and not win.chunk_combo.isEnabled()
+    _until(live, lambda: _latest(win) > THRESHOLD, 20, "plot above threshold")
+    assert win.plot.plot.getPlotItem().viewRange()[1][1] >= 1.0  # threshold line in view
+    # Hysteresis: the big state follows once detection has held for a moment.
+    detected = (MATCH, MISMATCH, DETECTING)
+    _until(live, lambda: win.bits_view.state in detected, 10, "state shows detection")
+    live.seen = (win.bits_view.state, win.bits_view.decoded_hex.text())
+    assert float(win.bits_view.prob_label.text()) > 0.4  # the hysteresis band's bottom
+    assert win.bits_view.embedded_hex.text() == f"0x{MESSAGE:04X}"
+    assert live.seen[1].startswith("0x")  # decoded bits are shown beside the embedded ones
+    snap = win.runner.snapshot()
+    assert snap.running and snap.message == win.message_editor.bits() and not snap.bypass
+    assert win.health.text("latency").endswith(" ms") and win.health.text("rtf") != "–"
+    # Audio flows (the last chunk may fall in a pause of the speech: wait for a word).
+    _until(live, lambda: win.meter_in.peak_db > -40 < win.meter_out.peak_db, 10, "levels")
+
+
+@pytest.mark.slow
+def test_live_match_shows_the_message(live: SimpleNamespace, model_decodes_bits: str) -> None:
+    win = live.win
+    seen = getattr(live, "seen", None)
+    assert seen is not None, "needs test_live_probability_rises_and_state_shows"
+    if model_decodes_bits:
+        # Detection works (asserted above); matching bits need the trained model.
+        assert seen[0] in (MATCH, MISMATCH)
+        pytest.xfail(f"{model_decodes_bits}: the live bits cannot match yet")
+    _until(live, lambda: win.bits_view.state == MATCH, 15, "state MATCH")
+    assert win.bits_view.decoded_hex.text() == f"0x{MESSAGE:04X}"
+    assert win.bits_view.state_label.text() == "MATCH"
+
+
+@pytest.mark.slow
+def test_live_bypass_makes_detection_fall(live: SimpleNamespace, qtbot: Any) -> None:
+    win = live.win
+    _until(live, lambda: _latest(win) > THRESHOLD, 20, "marked: plot above threshold")
+    qtbot.mouseClick(win.bypass_button, Qt.MouseButton.LeftButton)
+    assert win.bypass_button.isChecked()
+    _until(live, lambda: _latest(win) < THRESHOLD, 10, "_latest(win) < THRESHOLD")
+    _until(
+        live, lambda: win.bits_view.state == NOT_DETECTED, 5, "win.bits_view.state == NOT_DETECTED"
+    )
+    snap = win.runner.snapshot()
+    assert snap.bypass and "BYPASS" in win.health.tag.text()
+    assert "BYPASS" in win.bits_view.detail_label.text()
+    qtbot.mouseClick(win.bypass_button, Qt.MouseButton.LeftButton)  # back to marked
+    _until(live, lambda: _latest(win) > THRESHOLD, 15, "_latest(win) > THRESHOLD")
+    assert not win.runner.snapshot().bypass
+
+
+@pytest.mark.slow
+def test_live_failed_device_switch_rolls_back(live: SimpleNamespace, qtbot: Any) -> None:
+    win = live.win
+    before = win.output_picker.current()
+    n_errors = len(win.errors)
+    win.select_device("output", DeviceRef("No Such Output 42"))
+    _until(live, lambda: len(win.errors) > n_errors, 60, "len(win.errors) > n_errors")
+    msg = win.errors[-1]
+    assert msg.startswith("Could not switch output to No Such Output 42") and "Back on" in msg
+    assert "\n" not in msg and "Traceback" not in msg
+    assert win.output_picker.current() == before  # rolled back in the picker...
+    _until(live, lambda: win.runner.running, 60, "win.runner.running")  # ...and running on it again
+    assert win.runner.config is not None and win.runner.config.output == (
+        win.output_picker.engine_spec()
+    )
+
+
+@pytest.mark.slow
+def test_live_stop_stops_streams(live: SimpleNamespace, qtbot: Any) -> None:
+    win = live.win
+    _until(live, lambda: win.runner.running, 60, "win.runner.running")
+    eng = win.runner.engine
+    backend = eng.backend
+    assert backend.active
+    qtbot.mouseClick(win.start_button, Qt.MouseButton.LeftButton)
+    assert not win.runner.running and win.start_button.text() == "Start"
+    assert not backend.active and backend._streams == []  # stopped and closed
+    assert eng.worker is not None and not eng.worker._running
+    assert win.bits_view.state == STOPPED and win.refresh_button.isEnabled()
+    assert not win.record_button.isEnabled()
+
+
+@pytest.mark.slow
+def test_live_device_lost_stops_with_message_and_restarts(
+    live: SimpleNamespace, qtbot: Any
+) -> None:
+    win = live.win
+    if not win.runner.running:
+        qtbot.mouseClick(win.start_button, Qt.MouseButton.LeftButton)
+    _until(live, lambda: win.runner.running, 60, "win.runner.running")
+    n_errors = len(win.errors)
+    win.runner.engine.backend.stop()  # what PortAudio does when the device vanishes
+    _until(live, lambda: not win.runner.running, 3, "not win.runner.running")
+    assert len(win.errors) == n_errors + 1 and win.errors[-1].startswith("Audio stopped:")
+    assert win.start_button.text() == "Start" and win.start_button.isEnabled()
+    qtbot.mouseClick(win.start_button, Qt.MouseButton.LeftButton)
+    _until(live, lambda: win.runner.running, 60, "win.runner.running")
+
+
+@pytest.mark.slow
+def test_live_close_while_recording_leaves_a_valid_file(live: SimpleNamespace, qtbot: Any) -> None:
+    import soundfile as sf
+
+    win = live.win
+    _until(live, lambda: win.runner.running, 60, "win.runner.running")
+    _kill(live.feeder)
+    live.feeder = _feed(live.server, 20)  # the restarted engine has new ports: feed them
+    qtbot.mouseClick(win.record_button, Qt.MouseButton.LeftButton)
+    assert win.record_button.isChecked() and win.runner.recorder is not None
+    path = win.runner.recorder.path
+    qtbot.wait(2000)
+    win.close()
+    assert not win.runner.running and win.runner.recorder is None
+    info = sf.info(str(path))
+    assert info.samplerate == live.server.rate and info.channels == 1
+    assert info.duration >= 1.0
+    x, _ = sf.read(str(path), dtype="float32")
+    assert np.all(np.isfinite(x)) and np.max(np.abs(x)) <= 1.0
+    assert not list(Path(path).parent.glob("*.part"))  # the temp file was renamed into place
