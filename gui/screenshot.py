@@ -49,11 +49,17 @@ def live_window(
     return win
 
 
+def steady(win: MainWindow) -> bool:
+    hist = win.runner.snapshot().detection.history
+    return len(hist) >= 50 and min(hist[-50:]) > 0.5 and win.bits_view.state != "not detected"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("output", nargs="?", default=str(assets_dir() / "screenshot.png"))
     p.add_argument("--seconds", type=float, default=9.0, help="audio before the shot")
     p.add_argument("--theme", default="dark", choices=["system", "dark", "light"])
+    p.add_argument("--chunk-ms", type=int, default=60, help="model chunk (20-200 ms)")
     args = p.parse_args(argv)
 
     from audioseal_live_gui.app import app_icon, apply_theme, setup_logging
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         app.setWindowIcon(app_icon())
         apply_theme(app, args.theme)
         with tempfile.TemporaryDirectory() as d:
-            win = live_window(app, str(Path(d) / "settings.ini"))
+            win = live_window(app, str(Path(d) / "settings.ini"), chunk_ms=args.chunk_ms)
             win.apply_style()
             win.resize(1360, 860)
             win.show()
@@ -75,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             if not wait(app, 120, lambda: win.runner.running):
                 print("engine did not start:", win.errors, file=sys.stderr)
                 return 1
-            feeder = FeederProcess(server, speech(args.seconds + 4, 48000), args.seconds + 3)
+            feeder = FeederProcess(server, speech(args.seconds + 40, 48000), args.seconds + 36)
             try:
                 wait(app, args.seconds)
+                # Shoot once the view is steady: detection held over the last 5 s.
+                if not wait(app, 45, lambda: steady(win)):
+                    print("detection did not hold steady; shooting anyway", file=sys.stderr)
                 win.grab().save(args.output)
             finally:
                 win.close()
