@@ -7,6 +7,7 @@ their own. Controls call the ``EngineRunner``; nothing here waits on audio or th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import logging
@@ -557,7 +558,8 @@ class MainWindow(QMainWindow):
         except Exception:  # no torch / broken driver: CPU only
             log.debug("CUDA check failed", exc_info=True)
             ok = False
-        self.cudaChecked.emit(ok)
+        with contextlib.suppress(RuntimeError):  # the window closed meanwhile: nothing to do
+            self.cudaChecked.emit(ok)
 
     def _on_cuda_checked(self, ok: bool) -> None:
         if ok and self.compute_combo.findData("cuda") < 0:

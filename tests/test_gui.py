@@ -137,6 +137,29 @@ def test_uncaught_exceptions_show_one_dialog(qtbot: Any, tmp_path: Path) -> None
     visible[0].close()
 
 
+def test_refcount_guard_gives_back_what_pyside_takes(qtbot: Any) -> None:
+    """PySide6 6.12.0 on Python < 3.12 drops a reference to True per Signal.emit(): without
+    the guard a window aborts within minutes ("bool_dealloc"). See gui/compat.py."""
+    from audioseal_live_gui import compat
+    from PySide6.QtCore import QObject, Signal
+
+    if not compat.install_refcount_guard():
+        pytest.skip("this PySide6 / Python keeps its reference counts: no guard needed")
+
+    class Emitter(QObject):
+        sig = Signal()
+
+    e = Emitter()
+    floor = compat._guard.floor[id(True)]
+    for _ in range(3):
+        before = sys.getrefcount(True)
+        for _ in range(5000):
+            e.sig.emit()
+        assert before - sys.getrefcount(True) >= 4900  # the loss is real...
+        qtbot.wait(300)
+        assert sys.getrefcount(True) >= floor  # ...and the guard's timer gave it back
+
+
 def test_smoke_launch_logs_clean_start(tmp_path: Path) -> None:
     """`audioseal-live-gui` as a process, offscreen, quits by itself; its log says so."""
     exe = shutil.which("audioseal-live-gui")
