@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from audioseal_live.blocks import StreamingConvTranspose1d, StreamingRoot
+from audioseal_live.blocks import StreamingConvTranspose1d
+from audioseal_live.models.base import CardModel
 from audioseal_live.models.cards import ModelCard
-from audioseal_live.models.generator import check_audio, streaming_not_supported
 from audioseal_live.models.seanet import SEANetEncoder
 
 
@@ -27,41 +27,18 @@ class SEANetEncoderKeepDimension(SEANetEncoder):
         return self.reverse_convolution(self.model(x))[..., :length]
 
 
-class AudioSealDetector(StreamingRoot):
+class AudioSealDetector(CardModel):
     """Detector with the reference's API: ``detect_watermark(x)`` and ``det(x)``."""
 
     def __init__(self, card: ModelCard) -> None:
-        super().__init__()
-        card.validate()
-        self.card = card
+        super().__init__(card)
         self.detector = nn.Sequential(
             SEANetEncoderKeepDimension(card), nn.Conv1d(card.output_dim, 2 + card.nbits, 1)
         )
 
-    @property
-    def nbits(self) -> int:
-        return self.card.nbits
-
-    @property
-    def hop_length(self) -> int:
-        return self.card.hop_length
-
-    @property
-    def sample_rate(self) -> int:
-        return self.card.sample_rate
-
-    def _check_streamable(self) -> None:
-        if not self.card.streamable:
-            raise streaming_not_supported(self.card)
-
     def logits(self, x: Tensor, sample_rate: int | None = None) -> Tensor:
         """Raw per-sample outputs (B, 2 + nbits, T): 2 detection logits, then bit logits."""
-        check_audio(x, sample_rate, self.sample_rate)
-        if self.is_streaming and x.shape[-1] % self.hop_length:
-            raise ValueError(
-                f"while streaming, chunks must be a multiple of {self.hop_length} samples "
-                f"(got {x.shape[-1]}); wrap the model in audioseal_live.ChunkedStream for any size"
-            )
+        self._check_input(x, sample_rate)
         return self.detector(x)
 
     def frame_outputs(self, x: Tensor, sample_rate: int | None = None) -> tuple[Tensor, Tensor]:

@@ -2,50 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import logging
-
 import torch
 from torch import Tensor, nn
 
-from audioseal_live.blocks import StreamingRoot
-from audioseal_live.models.cards import STREAMING_CARD_NAMES, ModelCard
+from audioseal_live.models.base import CardModel
+from audioseal_live.models.cards import ModelCard
 from audioseal_live.models.messages import MessageLike, random_message, to_message_tensor
 from audioseal_live.models.seanet import SEANetDecoder, SEANetEncoder
-
-log = logging.getLogger(__name__)
-
-
-@functools.lru_cache(8)
-def _warn_once(msg: str) -> None:
-    log.warning(msg)
-
-
-def check_audio(x: Tensor, sample_rate: int | None, model_rate: int) -> None:
-    """Shape, dtype and finiteness of an audio batch; warn (once) about a foreign rate."""
-    if not isinstance(x, Tensor):
-        raise TypeError(
-            f"audio must be a torch.Tensor shaped (batch, 1, samples), got {type(x).__name__}"
-        )
-    if x.ndim != 3 or x.shape[1] != 1:
-        raise ValueError(f"audio must be shaped (batch, 1, samples), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"audio must be floating point, got {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise ValueError("audio contains NaN or infinite samples")
-    if sample_rate is not None and sample_rate != model_rate:
-        _warn_once(
-            f"sample_rate={sample_rate} given, but the model works at {model_rate} Hz and does "
-            f"not resample: resample the audio to {model_rate} Hz first"
-        )
-
-
-def streaming_not_supported(card: ModelCard) -> NotImplementedError:
-    return NotImplementedError(
-        f"{card.name!r} is a non-causal (non-streaming) model: its convolutions look ahead "
-        f"into future samples, so chunk-by-chunk output cannot equal the whole-signal output. "
-        f"Use a streaming card ({', '.join(STREAMING_CARD_NAMES)}) or the embedded default."
-    )
 
 
 def _message_key(message: object) -> object:
@@ -74,13 +37,11 @@ class MsgProcessor(nn.Module):
         return hidden + self.embed(message)
 
 
-class AudioSealWM(StreamingRoot):
+class AudioSealWM(CardModel):
     """Generator with the reference's API: ``gen(x, sample_rate, message, alpha)``."""
 
     def __init__(self, card: ModelCard) -> None:
-        super().__init__()
-        card.validate()
-        self.card = card
+        super().__init__(card)
         self.encoder = SEANetEncoder(card.seanet)
         self.decoder = SEANetDecoder(
             card.seanet, card.final_activation, card.final_activation_params, card.trim_right_ratio
@@ -89,22 +50,6 @@ class AudioSealWM(StreamingRoot):
         self._stream_message: Tensor | None = None
         self.last_message: Tensor | None = None
         self._given_key: object = None
-
-    @property
-    def nbits(self) -> int:
-        return self.card.nbits
-
-    @property
-    def hop_length(self) -> int:
-        return self.card.hop_length
-
-    @property
-    def sample_rate(self) -> int:
-        return self.card.sample_rate
-
-    def _check_streamable(self) -> None:
-        if not self.card.streamable:
-            raise streaming_not_supported(self.card)
 
     def _on_stream_start(self) -> None:
         self._stream_message = None
@@ -148,13 +93,8 @@ class AudioSealWM(StreamingRoot):
         While streaming, T must be a multiple of the hop (320 samples at 16 kHz); for other
         chunk sizes use :class:`audioseal_live.ChunkedStream`.
         """
-        check_audio(x, sample_rate, self.sample_rate)
+        self._check_input(x, sample_rate)
         length = x.shape[-1]
-        if self.is_streaming and length % self.hop_length:
-            raise ValueError(
-                f"while streaming, chunks must be a multiple of {self.hop_length} samples "
-                f"(got {length}); wrap the model in audioseal_live.ChunkedStream for any size"
-            )
         hidden = self.encoder(x)
         if self.msg_processor is not None:
             msg = self._resolve_message(message, x.shape[0]).to(x.device)

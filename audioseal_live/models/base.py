@@ -1,0 +1,80 @@
+"""What the generator and the detector share: a card, its properties, input checks, streaming."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+from torch import Tensor
+
+from audioseal_live.blocks import StreamingRoot
+from audioseal_live.models.cards import STREAMING_CARD_NAMES, ModelCard
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(8)
+def _warn_once(msg: str) -> None:
+    log.warning(msg)
+
+
+def check_audio(x: Tensor, sample_rate: int | None, model_rate: int) -> None:
+    """Shape, dtype and finiteness of an audio batch; warn (once) about a foreign rate."""
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"audio must be a torch.Tensor shaped (batch, 1, samples), got {type(x).__name__}"
+        )
+    if x.ndim != 3 or x.shape[1] != 1:
+        raise ValueError(f"audio must be shaped (batch, 1, samples), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"audio must be floating point, got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError("audio contains NaN or infinite samples")
+    if sample_rate is not None and sample_rate != model_rate:
+        _warn_once(
+            f"sample_rate={sample_rate} given, but the model works at {model_rate} Hz and does "
+            f"not resample: resample the audio to {model_rate} Hz first"
+        )
+
+
+def streaming_not_supported(card: ModelCard) -> NotImplementedError:
+    return NotImplementedError(
+        f"{card.name!r} is a non-causal (non-streaming) model: its convolutions look ahead "
+        f"into future samples, so chunk-by-chunk output cannot equal the whole-signal output. "
+        f"Use a streaming card ({', '.join(STREAMING_CARD_NAMES)}) or the embedded default."
+    )
+
+
+class CardModel(StreamingRoot):
+    """A model built from a :class:`ModelCard`; streams only when the card is causal."""
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__()
+        card.validate()
+        self.card = card
+
+    @property
+    def nbits(self) -> int:
+        return self.card.nbits
+
+    @property
+    def hop_length(self) -> int:
+        return self.card.hop_length
+
+    @property
+    def sample_rate(self) -> int:
+        return self.card.sample_rate
+
+    def _check_streamable(self) -> None:
+        if not self.card.streamable:
+            raise streaming_not_supported(self.card)
+
+    def _check_input(self, x: Tensor, sample_rate: int | None) -> None:
+        """Valid audio, and whole hops while streaming."""
+        check_audio(x, sample_rate, self.sample_rate)
+        if self.is_streaming and x.shape[-1] % self.hop_length:
+            raise ValueError(
+                f"while streaming, chunks must be a multiple of {self.hop_length} samples "
+                f"(got {x.shape[-1]}); wrap the model in audioseal_live.ChunkedStream for any size"
+            )
