@@ -3,6 +3,7 @@ the JACK dummy server with real speech fed into its input."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any QApplication exists
@@ -85,6 +86,45 @@ def test_match_state_hysteresis() -> None:
     assert m.update(0.9, None, True, 4.0) == MISMATCH
     assert m.update(0.9, None, True, 4.8) == DETECTING
     assert m.update(0.9, None, False, 4.1) == STOPPED
+
+
+def test_views_draw_snapshots(qtbot: Any) -> None:
+    """Widgets take engine snapshots (Friture's handle_new_data) and show what they hold."""
+    from audioseal_live_gui.health_strip import HealthStrip
+    from audioseal_live_gui.level_meter import LevelMeter
+    from audioseal_live_gui.probability_plot import ProbabilityPlot
+
+    from audioseal_live.engine.metrics import Detection, Snapshot
+
+    plot, health, meter = ProbabilityPlot(), HealthStrip(), LevelMeter("In")
+    for w in (plot, health, meter):
+        qtbot.addWidget(w)
+    hist: list[float] = []
+    for k in range(40):  # 4 s of audio; the worker falls behind between 2.0 and 2.5 s
+        hist.append(min(0.95, 0.05 * k))
+        t = 0.1 * (k + 1)
+        snap = Snapshot(
+            running=True,
+            time_s=t,
+            sample_rate=48000,
+            chunk_ms=20,
+            unmarked_s=0.0 if t <= 2.0 else min(0.5, t - 2.0),
+            unmarked_spans=int(t > 2.0),
+            overloaded=2.0 < t <= 2.5,
+            detection=Detection(prob_smoothed=hist[-1], history=tuple(hist), chunks=k + 1),
+        )
+        plot.handle_new_data(snap)
+        plot.canvas_update()
+    assert plot.latest() == pytest.approx(0.95)
+    assert plot.unmarked_spans_visible() == 1  # one shaded span where the mark was missing
+    health.handle_new_data(dataclasses.replace(snap, xruns=3, rtf=0.9, overloaded=True))
+    assert health.text("xruns") == "3" and "color" in health.values["xruns"].styleSheet()
+    assert health.text("unmarked") == "1 (0.5 s)" and "FALLING BEHIND" in health.tag.text()
+    meter.set_level(0.5, 0.1, now=0.0)
+    meter.set_level(0.01, 0.005, now=0.5)  # peak hold keeps the loud moment for a while
+    assert meter.hold_db == pytest.approx(-6.02, abs=0.01) and meter.peak_db == -40.0
+    meter.set_level(0.01, 0.005, now=3.0)
+    assert meter.hold_db < -6.1  # ...then falls
 
 
 def test_settings_round_trip(qtbot: Any, tmp_path: Path) -> None:
