@@ -39,16 +39,36 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 seconds = 10.0 if split == "test" and kind != "noise" else 3.0
                 sf.write(root / rel, _clip(rng, kind, seconds), SR, subtype="PCM_16")
-                lines.append({"path": rel, "split": split, "kind": kind, "source": "synth",
-                              "voice": f"{kind}{i}", "duration": seconds})
+                lines.append(
+                    {
+                        "path": rel,
+                        "split": split,
+                        "kind": kind,
+                        "source": "synth",
+                        "voice": f"{kind}{i}",
+                        "duration": seconds,
+                    }
+                )
     (root / "manifest.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
     return root
 
 
 def tiny_config(corpus: Path, run_dir: Path, **kw) -> TrainConfig:
-    base = dict(corpus=str(corpus), run_dir=str(run_dir), batch_size=4, segment=4000,
-                n_filters=4, dimension=16, lr=1e-3, val_every=0, log_every=5, val_clips=4,
-                window=5, ckpt_minutes=1e9, snapshot_every=0)
+    base = dict(
+        corpus=str(corpus),
+        run_dir=str(run_dir),
+        batch_size=4,
+        segment=4000,
+        n_filters=4,
+        dimension=16,
+        lr=1e-3,
+        val_every=0,
+        log_every=5,
+        val_clips=4,
+        window=5,
+        ckpt_minutes=1e9,
+        snapshot_every=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -138,15 +158,16 @@ def test_training_steps_lower_the_loss(corpus: Path, tmp_path: Path) -> None:
 
 def test_resume_reproduces_the_next_steps_exactly(corpus: Path, tmp_path: Path) -> None:
     # the quality stage draws masks and attacks too: all of it must come back on resume
-    cfg = tiny_config(corpus, tmp_path / "a", start_stage="quality", mask_prob=1.0,
-                      attack_prob=1.0)
+    cfg = tiny_config(corpus, tmp_path / "a", start_stage="quality", mask_prob=1.0, attack_prob=1.0)
     a = Trainer(cfg)
     for _ in range(2):
         a.train_step()
     ckpt = a.save("mid.pt")
     expected = [a.train_step() for _ in range(3)]
-    b = Trainer(tiny_config(corpus, tmp_path / "b", start_stage="quality", mask_prob=1.0,
-                            attack_prob=1.0), pool=a.pool)
+    b = Trainer(
+        tiny_config(corpus, tmp_path / "b", start_stage="quality", mask_prob=1.0, attack_prob=1.0),
+        pool=a.pool,
+    )
     b.load(ckpt)
     got = [b.train_step() for _ in range(3)]
     for e, g in zip(expected, got, strict=True):
@@ -172,21 +193,38 @@ def test_fit_logs_checkpoints_and_exports(corpus: Path, tmp_path: Path) -> None:
     msg = torch.randint(0, 2, (1, 16))
     trainer.gen.eval()
     with torch.no_grad():
-        assert torch.allclose(gen.get_watermark(x, message=msg),
-                              trainer.gen.get_watermark(x, message=msg), atol=1e-6)
+        assert torch.allclose(
+            gen.get_watermark(x, message=msg), trainer.gen.get_watermark(x, message=msg), atol=1e-6
+        )
     assert summarize([{"loss": 1.0, "attack": "none"}])["loss"] == 1.0
 
 
-def test_eval_prints_a_table(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-                             ) -> None:
+def test_eval_prints_a_table(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from audioseal_live.cli import main
 
     trainer = Trainer(tiny_config(corpus, tmp_path / "run"))
     ckpt = trainer.save()
-    rc = main(["eval", "--corpus", str(corpus), "--model", str(ckpt), "--out",
-               str(tmp_path / "eval"), "--windows", "40", "--attack-windows", "8",
-               "--attacks", "none,polarity,lowpass_3500", "--localization", "2",
-               "--threads", "1"])
+    rc = main(
+        [
+            "eval",
+            "--corpus",
+            str(corpus),
+            "--model",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "eval"),
+            "--windows",
+            "40",
+            "--attack-windows",
+            "8",
+            "--attacks",
+            "none,polarity,lowpass_3500",
+            "--localization",
+            "2",
+            "--threads",
+            "1",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "| polarity |" in out and "tpr_at_fpr1" in out and "Localization" in out
@@ -207,11 +245,19 @@ def test_eval_metrics() -> None:
     assert 0.0 < tpr < 1.0
 
 
-def test_cli_train_reports_a_missing_corpus(tmp_path: Path, capsys: pytest.CaptureFixture
-                                            ) -> None:
+def test_cli_train_reports_a_missing_corpus(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from audioseal_live.cli import main
 
-    rc = main(["train", "--corpus", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r"),
-               "--max-steps", "1"])
+    rc = main(
+        [
+            "train",
+            "--corpus",
+            str(tmp_path / "nope"),
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--max-steps",
+            "1",
+        ]
+    )
     assert rc == 2
     assert "manifest" in capsys.readouterr().err

@@ -85,8 +85,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--corpus", default=d["corpus"], help="corpus folder with manifest.jsonl")
     p.add_argument("--run-dir", default=d["run_dir"], help="checkpoints and log.jsonl go here")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: leaves a core free for other work)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: leaves a core free for other work)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--batch-size", type=int, default=d["batch_size"])

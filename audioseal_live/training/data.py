@@ -39,8 +39,9 @@ class Entry:
     duration: float
 
 
-def read_manifest(root: str | Path, split: str | None = None,
-                  kinds: Iterable[str] | None = None) -> list[Entry]:
+def read_manifest(
+    root: str | Path, split: str | None = None, kinds: Iterable[str] | None = None
+) -> list[Entry]:
     """Manifest lines of one split (all when None), optionally only some kinds."""
     root = Path(root)
     manifest = root / "manifest.jsonl"
@@ -58,8 +59,16 @@ def read_manifest(root: str | Path, split: str | None = None,
             continue
         if wanted is not None and d["kind"] not in wanted:
             continue
-        entries.append(Entry(root / d["path"], d["split"], d["kind"], d.get("source", ""),
-                             d.get("voice", ""), float(d.get("duration", 0.0))))
+        entries.append(
+            Entry(
+                root / d["path"],
+                d["split"],
+                d["kind"],
+                d.get("source", ""),
+                d.get("voice", ""),
+                float(d.get("duration", 0.0)),
+            )
+        )
     return entries
 
 
@@ -76,8 +85,9 @@ def read_audio(path: Path) -> np.ndarray:
 class SegmentPool:
     """All clips of a split in memory; draws random fixed-length segments."""
 
-    def __init__(self, entries: list[Entry], segment: int = SAMPLE_RATE,
-                 max_clips: int | None = None) -> None:
+    def __init__(
+        self, entries: list[Entry], segment: int = SAMPLE_RATE, max_clips: int | None = None
+    ) -> None:
         self.segment = segment
         self.clips: list[np.ndarray] = []
         self.entries: list[Entry] = []
@@ -99,9 +109,14 @@ class SegmentPool:
         self.seconds = float(lengths.sum()) / SAMPLE_RATE
 
     @classmethod
-    def from_corpus(cls, root: str | Path, split: str, segment: int = SAMPLE_RATE,
-                    kinds: Iterable[str] | None = None, max_clips: int | None = None
-                    ) -> SegmentPool:
+    def from_corpus(
+        cls,
+        root: str | Path,
+        split: str,
+        segment: int = SAMPLE_RATE,
+        kinds: Iterable[str] | None = None,
+        max_clips: int | None = None,
+    ) -> SegmentPool:
         return cls(read_manifest(root, split, kinds), segment, max_clips)
 
     def __len__(self) -> int:
@@ -115,10 +130,10 @@ class SegmentPool:
             clip = self.clips[i]
             if len(clip) >= self.segment:
                 start = int(rng.integers(0, len(clip) - self.segment + 1))
-                out[b, 0] = clip[start:start + self.segment]
+                out[b, 0] = clip[start : start + self.segment]
             else:
                 start = int(rng.integers(0, self.segment - len(clip) + 1))
-                out[b, 0, start:start + len(clip)] = clip
+                out[b, 0, start : start + len(clip)] = clip
         return torch.from_numpy(out / 32767.0)
 
 
@@ -136,8 +151,9 @@ class Batch:
     marked: Tensor  # (B,) bool: this example gets the watermark
 
 
-def make_batch(pool: SegmentPool, rng: np.random.Generator, generator: torch.Generator,
-               batch: int, nbits: int) -> Batch:
+def make_batch(
+    pool: SegmentPool, rng: np.random.Generator, generator: torch.Generator, batch: int, nbits: int
+) -> Batch:
     audio = pool.draw(rng, batch)
     other = pool.draw(rng, batch)
     message = torch.randint(0, 2, (batch, nbits), generator=generator)

@@ -46,8 +46,9 @@ def load_models(model: str | None) -> tuple[AudioSealWM, AudioSealDetector]:
     return load_model(model, "generator").eval(), load_model(model, "detector").eval()
 
 
-def test_windows(corpus: str | Path, seed: int, max_windows: int,
-                 kinds: tuple[str, ...]) -> tuple[Tensor, list[str]]:
+def test_windows(
+    corpus: str | Path, seed: int, max_windows: int, kinds: tuple[str, ...]
+) -> tuple[Tensor, list[str]]:
     """Up to max_windows non-overlapping 1 s windows of the test split, drawn reproducibly."""
     entries = read_manifest(corpus, "test", kinds)
     windows: list[np.ndarray] = []
@@ -58,8 +59,8 @@ def test_windows(corpus: str | Path, seed: int, max_windows: int,
         except (OSError, RuntimeError):
             continue
         for start in range(0, len(audio) - SAMPLE_RATE + 1, SAMPLE_RATE):
-            w = audio[start:start + SAMPLE_RATE]
-            if np.sqrt(np.mean(w ** 2)) > 1e-3:  # -60 dBFS: silence is tested on its own
+            w = audio[start : start + SAMPLE_RATE]
+            if np.sqrt(np.mean(w**2)) > 1e-3:  # -60 dBFS: silence is tested on its own
                 windows.append(w)
                 labels.append(e.kind)
     if not windows:
@@ -73,7 +74,7 @@ def test_windows(corpus: str | Path, seed: int, max_windows: int,
 
 @torch.inference_mode()
 def embed(gen: AudioSealWM, x: Tensor, msg: Tensor, batch: int = 16) -> Tensor:
-    out = [gen(x[i:i + batch], message=msg[i:i + batch]) for i in range(0, len(x), batch)]
+    out = [gen(x[i : i + batch], message=msg[i : i + batch]) for i in range(0, len(x), batch)]
     return torch.cat(out) if out else x
 
 
@@ -82,7 +83,7 @@ def detect(det: AudioSealDetector, x: Tensor, batch: int = 16) -> tuple[Tensor, 
     """Window scores (N,), decoded bits (N, nbits), per-sample P(marked) (N, T)."""
     scores, bits, per_sample = [], [], []
     for i in range(0, len(x), batch):
-        probs, msg = det(x[i:i + batch])
+        probs, msg = det(x[i : i + batch])
         per_sample.append(probs[:, 1])
         scores.append(probs[:, 1].mean(-1))
         bits.append((msg > 0.5).long())
@@ -142,8 +143,9 @@ def bit_figures(bits: Tensor, msg: Tensor, detected: Tensor | None = None) -> di
     return out
 
 
-def quality_figures(x: Tensor, y: Tensor, kinds: list[str], pesq_windows: int = 40
-                    ) -> dict[str, Any]:
+def quality_figures(
+    x: Tensor, y: Tensor, kinds: list[str], pesq_windows: int = 40
+) -> dict[str, Any]:
     si = si_snr_db(x, y)
     out: dict[str, Any] = {"si_snr_db": float(si.mean()), "si_snr_db_median": float(si.median())}
     for kind in sorted(set(kinds)):
@@ -170,21 +172,22 @@ def quality_figures(x: Tensor, y: Tensor, kinds: list[str], pesq_windows: int = 
     return out
 
 
-def localization(gen: AudioSealWM, det: AudioSealDetector, x: Tensor, count: int,
-                 rng: np.random.Generator) -> dict[str, float]:
+def localization(
+    gen: AudioSealWM, det: AudioSealDetector, x: Tensor, count: int, rng: np.random.Generator
+) -> dict[str, float]:
     """A 1-3 s marked span inside 10 s: per-sample accuracy and IoU of the marked region."""
     n = min(count, len(x) // 10)
     if n == 0:
         return {}
     accs, ious = [], []
     for k in range(n):
-        host = x[10 * k:10 * k + 10, 0].reshape(1, 1, -1)
+        host = x[10 * k : 10 * k + 10, 0].reshape(1, 1, -1)
         length = host.shape[-1]
         span = int(rng.uniform(1.0, 3.0) * SAMPLE_RATE)
         start = int(rng.integers(0, length - span))
         msg = torch.from_numpy(rng.integers(0, 2, (1, gen.nbits)))
         truth = torch.zeros(length, dtype=torch.bool)
-        truth[start:start + span] = True
+        truth[start : start + span] = True
         with torch.inference_mode():
             wm = gen.get_watermark(host, message=msg)
             marked = host + wm * truth.float()
@@ -196,8 +199,7 @@ def localization(gen: AudioSealWM, det: AudioSealDetector, x: Tensor, count: int
     return {"examples": n, "sample_acc": float(np.mean(accs)), "iou": float(np.mean(ious))}
 
 
-def false_alarms(det: AudioSealDetector, corpus: str | Path, seed: int, n: int
-                 ) -> dict[str, float]:
+def false_alarms(det: AudioSealDetector, corpus: str | Path, seed: int, n: int) -> dict[str, float]:
     """Share of unmarked windows detected at 0.5: digital silence, near-silence, noise, music."""
     g = torch.Generator().manual_seed(seed)
     out: dict[str, float] = {}
@@ -218,9 +220,16 @@ def false_alarms(det: AudioSealDetector, corpus: str | Path, seed: int, n: int
 # the whole evaluation
 
 
-def evaluate(gen: AudioSealWM, det: AudioSealDetector, corpus: str | Path, windows: int = 400,
-             attacks: list[str] | None = None, attack_windows: int = 100,
-             localization_examples: int = 10, seed: int = 0) -> dict[str, Any]:
+def evaluate(
+    gen: AudioSealWM,
+    det: AudioSealDetector,
+    corpus: str | Path,
+    windows: int = 400,
+    attacks: list[str] | None = None,
+    attack_windows: int = 100,
+    localization_examples: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
     from audioseal_live.training.attacks import ATTACKS
 
     t0 = time.time()
@@ -242,8 +251,10 @@ def evaluate(gen: AudioSealWM, det: AudioSealDetector, corpus: str | Path, windo
     per_kind = {}
     for kind in sorted(set(kinds)):
         idx = torch.tensor([i for i, k in enumerate(kinds) if k == kind])
-        per_kind[kind] = {**detection_figures(pos[idx], neg[idx]),
-                          **bit_figures(bits[idx], msg[idx])}
+        per_kind[kind] = {
+            **detection_figures(pos[idx], neg[idx]),
+            **bit_figures(bits[idx], msg[idx]),
+        }
     res["clean_per_kind"] = per_kind
     res["false_alarms"] = false_alarms(det, corpus, seed, 64)
 
@@ -253,16 +264,15 @@ def evaluate(gen: AudioSealWM, det: AudioSealDetector, corpus: str | Path, windo
     for name in names:
         fn = ATTACKS[name]
         try:
-            ya = torch.cat([fn(y[i:min(i + 16, m)]) for i in range(0, m, 16)])
-            xa = torch.cat([fn(x[i:min(i + 16, m)]) for i in range(0, m, 16)])
+            ya = torch.cat([fn(y[i : min(i + 16, m)]) for i in range(0, m, 16)])
+            xa = torch.cat([fn(x[i : min(i + 16, m)]) for i in range(0, m, 16)])
         except Exception as err:  # noqa: BLE001 - report a broken attack, keep evaluating
             res["attacks"][name] = {"error": str(err)}
             continue
         pa, ba, _ = detect(det, ya)
         na, _, _ = detect(det, xa)
         res["attacks"][name] = {**detection_figures(pa, na), **bit_figures(ba, msg[:m])}
-    accs = [v["acc_at_0.5"] for k, v in res["attacks"].items() if "acc_at_0.5" in v
-            and k != "none"]
+    accs = [v["acc_at_0.5"] for k, v in res["attacks"].items() if "acc_at_0.5" in v and k != "none"]
     res["attack_mean_acc"] = float(np.mean(accs)) if accs else math.nan
     res["localization"] = localization(gen, det, x, localization_examples, rng)
     q, c = res["quality"], res["clean"]
@@ -272,7 +282,8 @@ def evaluate(gen: AudioSealWM, det: AudioSealDetector, corpus: str | Path, windo
         "16-bit exact match >= 0.95": c["exact_match"] >= TARGETS["exact_match"],
         "attack mean accuracy >= 0.90": res["attack_mean_acc"] >= 0.90,
         "false alarms on silence/noise <= 0.01": all(
-            v <= 0.01 for k, v in res["false_alarms"].items() if k != "music_test"),
+            v <= 0.01 for k, v in res["false_alarms"].items() if k != "music_test"
+        ),
     }
     res["seconds"] = round(time.time() - t0, 1)
     return res
@@ -286,34 +297,52 @@ def _f(v: Any, digits: int = 3) -> str:
 
 def markdown(res: dict[str, Any]) -> str:
     q, c = res["quality"], res["clean"]
-    lines = [f"Test windows: {res['windows']} × 1 s ({res['kinds']}), eval took {res['seconds']} s",
-             "", "| clean | value |", "|---|---|"]
+    lines = [
+        f"Test windows: {res['windows']} × 1 s ({res['kinds']}), eval took {res['seconds']} s",
+        "",
+        "| clean | value |",
+        "|---|---|",
+    ]
     for k, v in q.items():
         lines.append(f"| {k} | {_f(v, 2)} |")
     for k, v in c.items():
         lines.append(f"| {k} | {_f(v)} |")
-    lines += ["", "| kind | TPR@FPR1% | AUC | acc@0.5 | bit acc | exact |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| kind | TPR@FPR1% | AUC | acc@0.5 | bit acc | exact |",
+        "|---|---|---|---|---|---|",
+    ]
     for kind, v in res["clean_per_kind"].items():
-        lines.append(f"| {kind} | {_f(v['tpr_at_fpr1'])} | {_f(v['auc'])} | {_f(v['acc_at_0.5'])} "
-                     f"| {_f(v['bit_acc'])} | {_f(v['exact_match'])} |")
+        lines.append(
+            f"| {kind} | {_f(v['tpr_at_fpr1'])} | {_f(v['auc'])} | {_f(v['acc_at_0.5'])} "
+            f"| {_f(v['bit_acc'])} | {_f(v['exact_match'])} |"
+        )
     lines += ["", "| false alarms (unmarked, detected at 0.5) | rate |", "|---|---|"]
     lines += [f"| {k} | {_f(v)} |" for k, v in res["false_alarms"].items()]
-    lines += ["", "| attack | acc@0.5 | TPR@0.5 | FPR@0.5 | AUC | TPR@FPR1% | bit acc | exact |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| attack | acc@0.5 | TPR@0.5 | FPR@0.5 | AUC | TPR@FPR1% | bit acc | exact |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, v in res["attacks"].items():
         if "error" in v:
             lines.append(f"| {name} | error: {v['error']} | | | | | | |")
             continue
-        lines.append(f"| {name} | {_f(v['acc_at_0.5'])} | {_f(v['tpr_at_0.5'])} | "
-                     f"{_f(v['fpr_at_0.5'])} | {_f(v['auc'])} | {_f(v['tpr_at_fpr1'])} | "
-                     f"{_f(v['bit_acc'])} | {_f(v['exact_match'])} |")
-    lines.append(f"| **mean over attacks (excl. none)** | {_f(res['attack_mean_acc'])} "
-                 "| | | | | | |")
+        lines.append(
+            f"| {name} | {_f(v['acc_at_0.5'])} | {_f(v['tpr_at_0.5'])} | "
+            f"{_f(v['fpr_at_0.5'])} | {_f(v['auc'])} | {_f(v['tpr_at_fpr1'])} | "
+            f"{_f(v['bit_acc'])} | {_f(v['exact_match'])} |"
+        )
+    lines.append(
+        f"| **mean over attacks (excl. none)** | {_f(res['attack_mean_acc'])} | | | | | | |"
+    )
     loc = res["localization"]
     if loc:
-        lines += ["", f"Localization (1-3 s marked inside 10 s, {loc['examples']} examples): "
-                  f"per-sample accuracy {_f(loc['sample_acc'])}, IoU {_f(loc['iou'])}"]
+        lines += [
+            "",
+            f"Localization (1-3 s marked inside 10 s, {loc['examples']} examples): "
+            f"per-sample accuracy {_f(loc['sample_acc'])}, IoU {_f(loc['iou'])}",
+        ]
     lines += ["", "| target | met |", "|---|---|"]
     lines += [f"| {k} | {'yes' if v else 'NO'} |" for k, v in res["targets"].items()]
     return "\n".join(lines) + "\n"
@@ -328,8 +357,16 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         attacks = []
     else:
         attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    res = evaluate(gen, det, args.corpus, args.windows, attacks, args.attack_windows,
-                   args.localization, args.seed)
+    res = evaluate(
+        gen,
+        det,
+        args.corpus,
+        args.windows,
+        attacks,
+        args.attack_windows,
+        args.localization,
+        args.seed,
+    )
     res["model"] = args.model or "shipped default (assets/model)"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

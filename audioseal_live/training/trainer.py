@@ -122,8 +122,9 @@ def straight_through(x: Tensor, y: Tensor) -> Tensor:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, pool: SegmentPool | None = None,
-                 valid: SegmentPool | None = None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, pool: SegmentPool | None = None, valid: SegmentPool | None = None
+    ) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,14 +134,18 @@ class Trainer:
         self.gen, self.det = build_models(cfg)
         self.gen.to(self.device).train()
         self.det.to(self.device).train()
-        self.opt = torch.optim.Adam([*self.gen.parameters(), *self.det.parameters()], lr=cfg.lr,
-                                    betas=(0.9, 0.999))
+        self.opt = torch.optim.Adam(
+            [*self.gen.parameters(), *self.det.parameters()], lr=cfg.lr, betas=(0.9, 0.999)
+        )
         self.step = 0
         self.cur = Curriculum(stage=cfg.start_stage, snr_target=cfg.snr_start)
         self.rng = np.random.default_rng(cfg.seed)
         self.tgen = torch.Generator().manual_seed(cfg.seed)
-        self.pool = pool if pool is not None else SegmentPool.from_corpus(
-            cfg.corpus, "train", cfg.segment, max_clips=cfg.max_clips)
+        self.pool = (
+            pool
+            if pool is not None
+            else SegmentPool.from_corpus(cfg.corpus, "train", cfg.segment, max_clips=cfg.max_clips)
+        )
         self.valid_pool = valid
         self._val: tuple[Tensor, Tensor] | None = None
         self.log_path = self.run_dir / "log.jsonl"
@@ -150,8 +155,13 @@ class Trainer:
 
     # --- logging ---------------------------------------------------------------------------
     def event(self, kind: str, **fields: Any) -> None:
-        rec = {"t": round(time.time(), 1), "step": self.step, "stage": self.cur.stage,
-               "kind": kind, **fields}
+        rec = {
+            "t": round(time.time(), 1),
+            "step": self.step,
+            "stage": self.cur.stage,
+            "kind": kind,
+            **fields,
+        }
         with open(self.log_path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
         if kind != "train":
@@ -203,8 +213,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         cfg, cur = self.cfg, self.cur
-        batch: Batch = make_batch(self.pool, self.rng, self.tgen, cfg.batch_size,
-                                  self.gen.nbits)
+        batch: Batch = make_batch(self.pool, self.rng, self.tgen, cfg.batch_size, self.gen.nbits)
         quality = cur.stage == "quality"
         x = batch.audio.to(self.device)
         other = batch.other.to(self.device)
@@ -227,8 +236,9 @@ class Trainer:
         if quality and float(draws[0]) < cfg.attack_prob:
             from audioseal_live.training.attacks import random_attack
 
-            attacked, attack = random_attack(audio, generator=self.tgen,
-                                             weights=self.attack_weights())
+            attacked, attack = random_attack(
+                audio, generator=self.tgen, weights=self.attack_weights()
+            )
             audio = straight_through(audio, attacked)
         logits = self.det.logits(audio)
 
@@ -249,8 +259,9 @@ class Trainer:
             weights.update(mel=cfg.w_mel, loud=cfg.w_loud, l1=cfg.w_l1)
         loss = sum(weights[k] * v for k, v in terms.items())
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {self.step}: "
-                                     f"{ {k: float(v) for k, v in terms.items()} }")
+            raise FloatingPointError(
+                f"non-finite loss at step {self.step}: { {k: float(v) for k, v in terms.items()} }"
+            )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.gen.parameters(), cfg.grad_clip)
@@ -266,9 +277,9 @@ class Trainer:
             has = keep.sum(-1).squeeze(-1) > 0
             bits_ok = ((mean_logit > 0).long() == msg[:n_marked]).float()
             bit_acc = float(bits_ok[has].mean()) if has.any() else float("nan")
-        cur.det_hist = (cur.det_hist + [det_acc])[-cfg.window:]
+        cur.det_hist = (cur.det_hist + [det_acc])[-cfg.window :]
         if not math.isnan(bit_acc):
-            cur.bit_hist = (cur.bit_hist + [bit_acc])[-cfg.window:]
+            cur.bit_hist = (cur.bit_hist + [bit_acc])[-cfg.window :]
         if attack != "none" or quality:
             prev = cur.attack_acc.get(attack, 0.5)
             cur.attack_acc[attack] = 0.95 * prev + 0.05 * det_acc
@@ -276,8 +287,13 @@ class Trainer:
         cur.stage_step += 1
         cur.since_snr_move += 1
         out = {k: float(v.detach()) for k, v in terms.items()}
-        out.update(loss=float(loss.detach()), det_acc=det_acc, bit_acc=bit_acc,
-                   snr=float(snr.detach().mean()), snr_target=cur.snr_target)
+        out.update(
+            loss=float(loss.detach()),
+            det_acc=det_acc,
+            bit_acc=bit_acc,
+            snr=float(snr.detach().mean()),
+            snr_target=cur.snr_target,
+        )
         out["attack"] = attack  # type: ignore[assignment]
         self.advance_curriculum()
         return out
@@ -295,8 +311,15 @@ class Trainer:
         self.cur.stage_step = 0
         self.cur.since_snr_move = 0
         self.cur.bit_hist = []
-        self.event("stage", old=old, new=stage, why=why, det_acc=det, bit_acc=bit,
-                   snr_target=self.cur.snr_target)
+        self.event(
+            "stage",
+            old=old,
+            new=stage,
+            why=why,
+            det_acc=det,
+            bit_acc=bit,
+            snr_target=self.cur.snr_target,
+        )
 
     def advance_curriculum(self) -> None:
         cfg, cur = self.cfg, self.cur
@@ -329,8 +352,8 @@ class Trainer:
             if self.valid_pool is None:
                 try:
                     self.valid_pool = SegmentPool.from_corpus(
-                        self.cfg.corpus, "valid", self.cfg.segment,
-                        max_clips=self.cfg.max_clips)
+                        self.cfg.corpus, "valid", self.cfg.segment, max_clips=self.cfg.max_clips
+                    )
                 except Exception as err:  # noqa: BLE001 - validation is optional
                     log.warning("no validation split: %s", err)
                     return None
@@ -368,8 +391,12 @@ class Trainer:
         }
         res["det_acc"] = 0.5 * (res["tpr"] + 1 - res["fpr"])
         # best = detects, then decodes, then quiet; SI-SNR capped at the target
-        res["score"] = res["det_acc"] + res["bit_acc"] + res["exact"] + 0.02 * min(
-            res["si_snr"], self.cfg.snr_final)
+        res["score"] = (
+            res["det_acc"]
+            + res["bit_acc"]
+            + res["exact"]
+            + 0.02 * min(res["si_snr"], self.cfg.snr_final)
+        )
         return res
 
     # --- loop ------------------------------------------------------------------------------
@@ -378,10 +405,14 @@ class Trainer:
 
     def fit(self) -> None:
         cfg = self.cfg
-        self.event("start", config=dataclasses.asdict(cfg),
-                   params_generator=sum(p.numel() for p in self.gen.parameters()),
-                   params_detector=sum(p.numel() for p in self.det.parameters()),
-                   train_seconds=self.pool.seconds, threads=torch.get_num_threads())
+        self.event(
+            "start",
+            config=dataclasses.asdict(cfg),
+            params_generator=sum(p.numel() for p in self.gen.parameters()),
+            params_detector=sum(p.numel() for p in self.det.parameters()),
+            train_seconds=self.pool.seconds,
+            threads=torch.get_num_threads(),
+        )
         last_ckpt = time.monotonic()
         window: list[dict[str, float]] = []
         t_window = time.monotonic()
@@ -398,10 +429,17 @@ class Trainer:
                 rec["snr_target"] = self.cur.snr_target
                 rec["stage_step"] = self.cur.stage_step
                 self.event("train", **rec)
-                log.info("step %d %s loss %.3f det %.3f bits %.3f snr %.1f/%.1f %.2fs/step",
-                         self.step, self.cur.stage, rec["loss"], rec["det_acc"],
-                         rec.get("bit_acc", float("nan")), rec["snr"], self.cur.snr_target,
-                         rec["sec_per_step"])
+                log.info(
+                    "step %d %s loss %.3f det %.3f bits %.3f snr %.1f/%.1f %.2fs/step",
+                    self.step,
+                    self.cur.stage,
+                    rec["loss"],
+                    rec["det_acc"],
+                    rec.get("bit_acc", float("nan")),
+                    rec["snr"],
+                    self.cur.snr_target,
+                    rec["sec_per_step"],
+                )
                 window, t_window = [], time.monotonic()
             if cfg.val_every and self.step % cfg.val_every == 0:
                 res = self.validate()
