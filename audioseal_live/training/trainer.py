@@ -82,6 +82,10 @@ class TrainConfig:
     bit_switch: float = 0.90  # running bit accuracy to leave `message`
     mask_prob: float = 0.5
     attack_prob: float = 0.5
+    # Desynchronisation: the detector sees the audio cropped by 0..max_shift-1 samples, so it
+    # cannot rely on the generator's 20 ms frame grid (live, alignment is arbitrary; a model
+    # trained without this scored P=0 for marked audio shifted by one sample).
+    max_shift: int = 320
     # loss weights
     w_loc: float = 1.0
     w_msg: float = 1.0
@@ -222,6 +226,7 @@ class Trainer:
         bsz, _, length = x.shape
         # Draw every random decision before the forward pass, in a fixed order (exact resume).
         draws = torch.rand(2, generator=self.tgen)
+        shift = int(torch.randint(0, max(1, cfg.max_shift), (1,), generator=self.tgen))
         if quality:
             modes = L.random_mask_modes(bsz, length, self.tgen, prob=cfg.mask_prob)
         else:
@@ -240,6 +245,7 @@ class Trainer:
                 audio, generator=self.tgen, weights=self.attack_weights()
             )
             audio = straight_through(audio, attacked)
+        audio, labels = audio[..., shift:], labels[..., shift:]
         logits = self.det.logits(audio)
 
         host = x[:n_marked]
