@@ -231,14 +231,16 @@ class SoundDeviceBackend:
             self.in_channels = max(self.in_channels, io.input_channel + 1)
         self._check(sd)
 
-    def _check(self, sd: Any) -> None:
+    def _check(self, sd: Any, with_input: bool = True) -> None:
+        """PortAudio's own check of rate and channels, as one clear error."""
         try:
-            sd.check_input_settings(
-                device=self.input_device,
-                channels=self.in_channels,
-                dtype="float32",
-                samplerate=self.sample_rate,
-            )
+            if with_input:
+                sd.check_input_settings(
+                    device=self.input_device,
+                    channels=self.in_channels,
+                    dtype="float32",
+                    samplerate=self.sample_rate,
+                )
             sd.check_output_settings(
                 device=self.output_device,
                 channels=self.out_channels,

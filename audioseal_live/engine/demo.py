@@ -71,16 +71,8 @@ class DemoBackend(SoundDeviceBackend):
         self.pos = 0
         super().__init__(io, output_device, output_device, rate, block_size, latency)
 
-    def _check(self, sd: Any) -> None:
-        try:
-            sd.check_output_settings(
-                device=self.output_device,
-                channels=self.out_channels,
-                dtype="float32",
-                samplerate=self.sample_rate,
-            )
-        except Exception as exc:
-            raise DeviceError(f"device settings not supported: {exc}") from None
+    def _check(self, sd: Any, with_input: bool = False) -> None:
+        super()._check(sd, with_input=False)  # no input device: the source is built in
 
     @property
     def duplex(self) -> bool:
