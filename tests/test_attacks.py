@@ -231,3 +231,12 @@ def test_random_attack_is_reproducible(noise: torch.Tensor) -> None:
     a = A.random_attack(noise, torch.Generator().manual_seed(5))
     b = A.random_attack(noise, torch.Generator().manual_seed(5))
     assert a[1] == b[1] and torch.equal(a[0], b[0])
+
+
+def test_desync_shifts_earlier_and_keeps_length() -> None:
+    from audioseal_live.training.attacks import ATTACKS
+
+    x = torch.arange(1.0, 11.0).view(1, 1, 10)
+    y = ATTACKS["desync_1"](x)
+    assert y.shape == x.shape
+    assert torch.equal(y[..., :9], x[..., 1:]) and y[..., 9] == 0

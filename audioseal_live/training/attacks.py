@@ -99,6 +99,11 @@ def polarity(x: Tensor) -> Tensor:
     return -x
 
 
+def desync(x: Tensor, samples: int) -> Tensor:
+    """Shift earlier by ``samples`` (zeros at the end): a live chain never keeps the frame grid."""
+    return F.pad(x[..., samples:], (0, samples))
+
+
 def clipping(x: Tensor, ratio: float) -> Tensor:
     """Hard clipping at `ratio` times each item's peak (an overdriven input)."""
     level = x.abs().amax(dim=(-2, -1), keepdim=True) * ratio
@@ -287,6 +292,8 @@ ATTACKS: dict[str, Attack] = {
     "smooth_8": partial(smooth, window=8),
     "polarity": polarity,
     "clip_50": partial(clipping, ratio=0.5),
+    "desync_1": partial(desync, samples=1),
+    "desync_100": partial(desync, samples=100),
 }
 _EVAL_CODECS = {"mp3_64k": ("mp3", 0.6), "opus_32k": ("opus", 0.9), "vorbis_40k": ("vorbis", 0.8)}
 for _name, (_codec, _quality) in _EVAL_CODECS.items():
