@@ -27,6 +27,21 @@ def aligned(res: LoopResult) -> tuple[np.ndarray, np.ndarray]:
     return res.fed[skip : n - res.rate // 10], res.recorded[lag + skip : lag + n - res.rate // 10]
 
 
+def windowed_si_snr(x: np.ndarray, y: np.ndarray, rate: int, max_lag: int = 48) -> float:
+    """Median over 1 s windows of SI-SNR(y vs x), each window at its own best lag (±1 ms).
+
+    A JACK xrun drops a period on one side and shifts the rest of the recording against the
+    feed; one global lag would then call the whole output distorted.
+    """
+    values = []
+    for start in range(max_lag, len(x) - rate - max_lag, rate):
+        ref = x[start : start + rate]
+        values.append(
+            max(si_snr(y[start + d : start + d + rate], ref) for d in range(-max_lag, max_lag + 1))
+        )
+    return float(np.median(values))
+
+
 def machine_overloaded(server: object) -> str:
     """Why this machine cannot keep JACK's deadlines, or '' if it should."""
     load = os.getloadavg()[0] / (os.cpu_count() or 1)
@@ -69,7 +84,7 @@ def check_audio_path(res: LoopResult, server: object, min_si_snr: float | None =
     assert np.all(np.isfinite(res.recorded)), "NaN/inf in the output"
     assert np.max(np.abs(res.recorded)) <= 1.0, "output above full scale"
     if min_si_snr is not None:
-        assert si_snr(y, x) >= min_si_snr, "output is not input + small watermark"
+        assert windowed_si_snr(x, y, res.rate) >= min_si_snr, "output is not input + small wm"
     lag_ms = 1000 * res.lag / res.rate
     assert 0 < lag_ms <= snap.latency_budget_ms, (lag_ms, snap.latency_budget_ms)
     return known
@@ -129,7 +144,7 @@ def test_default_model_marks_and_detects(jack_server: object) -> None:
     # What the model itself must deliver live: the mark found at whatever alignment the
     # chain gives, the right bits, a watermark 20 dB below the voice.
     marked = offline_probability(det, y)
-    level = si_snr(y, x)
+    level = windowed_si_snr(x, y, res.rate)
     checks = (
         (shift_shortfall(), min(d.history) >= 0.9 and marked.min() >= 0.9),
         (bits_shortfall(MSG), d.match and d.bits == MSG),
