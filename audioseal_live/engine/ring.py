@@ -41,14 +41,18 @@ class RingBuffer:
     def total_read(self) -> int:
         return self._r
 
-    def write(self, x: np.ndarray) -> int:
-        """Producer: copy as much of ``x`` as fits; the excess is dropped and counted."""
-        n = x.shape[0]
+    def _room_for(self, n: int) -> int:
+        """How many of n samples fit; the excess is counted as an overflow."""
         space = self.capacity - (self._w - self._r)
         if n > space:
             self.overflow_events += 1
             self.overflow_samples += n - space
-            n = space
+            return space
+        return n
+
+    def write(self, x: np.ndarray) -> int:
+        """Producer: copy as much of ``x`` as fits; the excess is dropped and counted."""
+        n = self._room_for(x.shape[0])
         if n <= 0:
             return 0
         start = self._w % self.capacity
@@ -64,12 +68,7 @@ class RingBuffer:
 
         Sums channel by channel straight into the ring so the callback allocates nothing.
         """
-        n = x.shape[0]
-        space = self.capacity - (self._w - self._r)
-        if n > space:
-            self.overflow_events += 1
-            self.overflow_samples += n - space
-            n = space
+        n = self._room_for(x.shape[0])
         if n <= 0:
             return 0
         start = self._w % self.capacity
