@@ -136,6 +136,36 @@ def test_detector_streams_exactly(official, hops: list[int], seed: int) -> None:
     torch.testing.assert_close(parts, whole, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("chunk_hops", [1, 5, 20])
+def test_bfloat16_stream_is_close_and_leaves_weights_alone(official, chunk_hops: int) -> None:
+    """The opt-in fast mode: bf16 weight copies for the matmuls; ~0.4 % of the watermark."""
+    gen, det = official
+    x = audio(HOP * 40, seed=3)
+    msg = torch.randint(0, 2, (1, 16), generator=torch.Generator().manual_seed(3))
+    pieces = split(x, [HOP * chunk_hops] * (40 // chunk_hops))
+    with torch.inference_mode():
+        wm = gen.get_watermark(x, message=msg)
+        logits = det.logits(x)
+        with gen.streaming(1, matmul_dtype="bfloat16"):
+            wm_fast = torch.cat([gen.get_watermark(c, message=msg) for c in pieces], -1)
+        with det.streaming(1, matmul_dtype=torch.bfloat16):
+            logits_fast = torch.cat([det.logits(c) for c in pieces], -1)
+    err = (wm_fast - wm).abs().max() / wm.abs().max()
+    assert 0 < err < 2e-2  # not exact (it is bf16), but far below the watermark itself
+    assert (logits_fast - logits).abs().max() / logits.abs().max() < 2e-2
+    assert all(p.dtype == torch.float32 for p in gen.parameters())
+    with torch.inference_mode(), gen.streaming(1):  # and the next plain stream is exact again
+        exact = torch.cat([gen.get_watermark(c, message=msg) for c in pieces], -1)
+    torch.testing.assert_close(exact, wm, atol=TOL, rtol=0)
+
+
+def test_unknown_matmul_dtype_is_refused(small) -> None:
+    gen, _ = small
+    with pytest.raises(ValueError, match="matmul_dtype"), gen.streaming(1, matmul_dtype="int8"):
+        pass
+    assert not gen.is_streaming
+
+
 def test_batched_streaming_and_chunks_of_many_sizes(small) -> None:
     gen, det = small
     x = audio(HOP * 30, batch=3, seed=5)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audioseal_live.blocks.streaming import StreamingModule
+from audioseal_live.blocks.streaming import StreamingModule, linear
 
 PAD_MODES = ("constant", "reflect", "replicate", "zeros")
 
@@ -116,8 +116,10 @@ class StreamingConv1d(StreamingModule):
         if dilation > 1:
             patches = patches[..., ::dilation]
         patches = patches.permute(0, 2, 1, 3).reshape(x.shape[0], patches.shape[2], -1)
-        weight = self.conv.weight.reshape(self.conv.out_channels, -1)
-        return F.linear(patches, weight, self.conv.bias).transpose(1, 2)
+        weight = self._stream_weight(
+            "patches", lambda: self.conv.weight.reshape(self.conv.out_channels, -1)
+        )
+        return linear(patches, weight, self.conv.bias).transpose(1, 2)
 
 
 def conv_transpose_overlap_add(
@@ -127,7 +129,8 @@ def conv_transpose_overlap_add(
 
     PyTorch's CPU transposed convolution (slow_conv_transpose2d) takes milliseconds for the
     few frames of a streaming chunk; the same product as a single GEMM takes microseconds.
-    ``weight_t`` is the weight as (Cout*K, Cin), contiguous, if the caller keeps one.
+    ``weight_t`` is the weight as (Cout*K, Cin), contiguous, if the caller keeps one (it may
+    be a low-precision copy; the result keeps x's dtype).
     """
     cin, cout, kernel = weight.shape
     if kernel % stride:
@@ -137,7 +140,7 @@ def conv_transpose_overlap_add(
     if weight_t is None:
         weight_t = weight.reshape(cin, cout * kernel).t()
     # (B, T, Cin) @ (Cin, Cout*K) → (B, T, Cout, parts, stride)
-    z = F.linear(x.transpose(1, 2), weight_t)
+    z = linear(x.transpose(1, 2), weight_t)
     z = z.view(batch, frames, cout, parts, stride).permute(0, 2, 3, 1, 4)
     y = x.new_zeros(batch, cout, (frames + parts - 1) * stride)
     for p in range(parts):  # part p of frame t lands at (t + p) * stride
@@ -176,11 +179,9 @@ class StreamingConvTranspose1d(StreamingModule):
         self.stride = stride
         self.padding_total = kernel_size - stride
         self._partial: torch.Tensor | None = None
-        self._weight_t: torch.Tensor | None = None
 
     def _reset_state(self) -> None:
         self._partial = None
-        self._weight_t = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.is_streaming:
@@ -196,10 +197,9 @@ class StreamingConvTranspose1d(StreamingModule):
         n_ready = x.shape[-1] * self.stride
         if n_ready == 0:
             return x.new_zeros(x.shape[0], self.convtr.out_channels, 0)
-        if self._weight_t is None:  # (Cout*K, Cin), contiguous: a plain row-major GEMM
-            w = self.convtr.weight
-            self._weight_t = w.reshape(w.shape[0], -1).t().contiguous()
-        y = conv_transpose_overlap_add(x, self.convtr.weight, self.stride, self._weight_t)
+        w = self.convtr.weight  # as (Cout*K, Cin), contiguous: a plain row-major GEMM
+        weight_t = self._stream_weight("t", lambda: w.reshape(w.shape[0], -1).t())
+        y = conv_transpose_overlap_add(x, w, self.stride, weight_t)
         if self._partial is not None:
             y[..., : self.padding_total] += self._partial
         self._partial = y[..., n_ready:]

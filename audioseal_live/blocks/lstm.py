@@ -12,32 +12,42 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from audioseal_live.blocks.streaming import StreamingModule
+from audioseal_live.blocks.streaming import StreamingModule, linear
 
 FUSED_MIN_STEPS = 16  # in-model crossover on 2 CPU threads: 5 frames loop 1.5 ms vs fused 4.4 ms
 
 
+LayerWeights = tuple[Tensor, Tensor, Tensor]  # W_ih (4H, C), W_hh (4H, H), b_ih + b_hh
+
+
+def lstm_weights(lstm: nn.LSTM, layer: int) -> LayerWeights:
+    w_ih = getattr(lstm, f"weight_ih_l{layer}")
+    w_hh = getattr(lstm, f"weight_hh_l{layer}")
+    bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+    return w_ih, w_hh, bias
+
+
 def lstm_steps(
-    lstm: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor] | None
+    layers: list[LayerWeights], x: Tensor, state: tuple[Tensor, Tensor] | None
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Unfused LSTM over x (T, B, C); same gate order and maths as nn.LSTM (i, f, g, o)."""
+    """Unfused LSTM over x (T, B, C); same gate order and maths as nn.LSTM (i, f, g, o).
+
+    The matrices may be low-precision copies (bfloat16); gates, h and c stay in x's dtype.
+    """
     steps, batch, _ = x.shape
-    hidden = lstm.hidden_size
+    hidden = layers[0][1].shape[1]
     if state is None:
-        zeros = x.new_zeros(lstm.num_layers, batch, hidden)
+        zeros = x.new_zeros(len(layers), batch, hidden)
         state = (zeros, zeros)
     h_all, c_all = state
     h_out, c_out = [], []
-    for layer in range(lstm.num_layers):
-        w_ih = getattr(lstm, f"weight_ih_l{layer}")
-        w_hh = getattr(lstm, f"weight_hh_l{layer}")
-        bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+    for layer, (w_ih, w_hh, bias) in enumerate(layers):
         # Input projections of all steps in one matmul; only h @ W_hh is sequential.
-        proj = torch.addmm(bias, x.reshape(steps * batch, -1), w_ih.t()).view(steps, batch, -1)
+        proj = linear(x.reshape(steps * batch, -1), w_ih, bias).view(steps, batch, -1)
         h, c = h_all[layer], c_all[layer]
         ys = []
         for t in range(steps):
-            gates = torch.addmm(proj[t], h, w_hh.t())
+            gates = proj[t] + linear(h, w_hh)
             i, f, g, o = gates.chunk(4, dim=-1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
@@ -58,6 +68,19 @@ class StreamingLSTM(StreamingModule):
     def _reset_state(self) -> None:
         self._state = None
 
+    def _layers(self) -> list[LayerWeights]:
+        out = []
+        for layer in range(self.lstm.num_layers):
+            w_ih, w_hh, bias = lstm_weights(self.lstm, layer)
+            out.append(
+                (
+                    self._stream_weight(f"ih{layer}", lambda w=w_ih: w),
+                    self._stream_weight(f"hh{layer}", lambda w=w_hh: w),
+                    bias.detach(),
+                )
+            )
+        return out
+
     def forward(self, x: Tensor) -> Tensor:
         if self.is_streaming:
             self._check_batch(x)
@@ -66,7 +89,7 @@ class StreamingLSTM(StreamingModule):
             if x.shape[0] == 0:  # nothing determined yet: keep (h, c) as they are
                 return rearrange(x, "t b c -> b c t")
             if x.shape[0] < FUSED_MIN_STEPS:
-                y, self._state = lstm_steps(self.lstm, x, self._state)
+                y, self._state = lstm_steps(self._layers(), x, self._state)
             else:
                 y, self._state = self.lstm(x, self._state)
         else:

@@ -8,11 +8,48 @@ streaming the same modules compute the offline (whole-signal) result.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+# Weight dtypes a stream may use for its matrix products. bfloat16 halves the bytes the
+# one-frame gemvs of a 20 ms chunk read (they are memory-bound); activations, sums and
+# state stay float32.
+MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_matmul_dtype(value: str | torch.dtype | None) -> torch.dtype:
+    """torch.float32 / torch.bfloat16 from a dtype or its name; ValueError otherwise."""
+    if value is None:
+        return torch.float32
+    if isinstance(value, torch.dtype):
+        if value in MATMUL_DTYPES.values():
+            return value
+    elif value in MATMUL_DTYPES:
+        return MATMUL_DTYPES[value]
+    raise ValueError(f"matmul_dtype must be one of {sorted(MATMUL_DTYPES)}, got {value!r}")
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """F.linear where ``weight`` may be a low-precision copy; the result is x's dtype.
+
+    Inputs are flattened to 2-D first: a 3-D input goes through bmm, which copies the
+    weight on every call (most of the time of a one-frame chunk).
+    """
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if weight.dtype == x.dtype:
+        y = F.linear(x2, weight, bias)
+    else:
+        y = F.linear(x2.to(weight.dtype), weight).to(x.dtype)
+        if bias is not None:
+            y = y + bias
+    return y.view(*lead, weight.shape[0])
 
 
 class StreamingModule(nn.Module):
@@ -21,18 +58,42 @@ class StreamingModule(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._streaming_batch: int | None = None
+        self._matmul_dtype = torch.float32
+        self._weights: dict[str, torch.Tensor] = {}
 
     @property
     def is_streaming(self) -> bool:
         return self._streaming_batch is not None
 
-    def _start_streaming(self, batch_size: int) -> None:
+    def _start_streaming(self, batch_size: int, dtype: torch.dtype = torch.float32) -> None:
         self._streaming_batch = batch_size
+        self._matmul_dtype = dtype
+        self._weights = {}
         self._reset_state()
 
     def _stop_streaming(self) -> None:
         self._streaming_batch = None
+        self._matmul_dtype = torch.float32
+        self._weights = {}
         self._reset_state()
+
+    def _stream_weight(self, key: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A weight (out, in) laid out (and cast) for this stream's matmuls, once per stream.
+
+        A one-frame chunk makes every product a gemv, bound by how fast the weight streams
+        from memory. In float32 a tall weight stored with its longer side contiguous streams
+        ~2x faster on this project's CPUs (2048x512 gemv: 430 us row-major, 180 us as a
+        transposed view; the maths is the same). bfloat16 kernels prefer row-major at every
+        size (5x512 @ 512x2048: 100 us vs 430 us in float32). Weights are frozen while
+        streaming (inference), so the copy stays valid until the stream ends.
+        """
+        w = self._weights.get(key)
+        if w is None:
+            w = make().detach().to(self._matmul_dtype)
+            tall = w.shape[0] > w.shape[1] and w.dtype == torch.float32
+            w = w.t().contiguous().t() if tall else w.contiguous()
+            self._weights[key] = w
+        return w
 
     def _reset_state(self) -> None:
         """Drop the cache; the next call starts a fresh stream."""
@@ -59,16 +120,24 @@ class StreamingRoot(nn.Module):
         return any(m.is_streaming for m in self._streaming_modules())
 
     @contextmanager
-    def streaming(self, batch_size: int = 1) -> Iterator[StreamingRoot]:
-        """Carry state across calls inside the block; leaving it resets every cache."""
+    def streaming(
+        self, batch_size: int = 1, matmul_dtype: str | torch.dtype | None = None
+    ) -> Iterator[StreamingRoot]:
+        """Carry state across calls inside the block; leaving it resets every cache.
+
+        ``matmul_dtype="bfloat16"`` streams with bfloat16 copies of the large weights (about
+        2x faster on CPUs with AVX512-BF16 at one frame per chunk); the output then differs
+        from the exact float32 stream by ~1e-3 of the watermark's scale.
+        """
         self._check_streamable()
+        dtype = resolve_matmul_dtype(matmul_dtype)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self.is_streaming:
             raise RuntimeError("this model is already streaming; leave the first block first")
         modules = self._streaming_modules()
         for m in modules:
-            m._start_streaming(batch_size)
+            m._start_streaming(batch_size, dtype)
         self._on_stream_start()
         try:
             yield self

@@ -38,7 +38,7 @@ def _train(args: argparse.Namespace) -> int:
     logging.getLogger("audioseal_live").setLevel(logging.INFO)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    trainer = run_training(cfg, resume=not args.fresh)
+    trainer = run_training(cfg, resume=not args.fresh, keep_lr=args.lr is None)
     if args.export:
         _do_export(Path(cfg.run_dir) / "best.pt", Path(args.export), trainer.run_dir)
     return 0
@@ -94,7 +94,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"Adam learning rate (new run: {d['lr']}; a resumed run keeps its own unless given)",
+    )
     p.add_argument("--n-filters", type=int, default=d["n_filters"])
     p.add_argument("--dimension", type=int, default=d["dimension"])
     p.add_argument("--lstm", type=int, default=d["lstm"])

@@ -201,6 +201,8 @@ class Trainer:
         self.gen.load_state_dict(state["generator"])
         self.det.load_state_dict(state["detector"])
         self.opt.load_state_dict(state["optimizer"])
+        for group in self.opt.param_groups:  # the optimizer state saved its lr; cfg decides
+            group["lr"] = self.cfg.lr
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
         self.cur = Curriculum(**state["curriculum"])
@@ -516,13 +518,17 @@ def export(checkpoint: str | Path, out_dir: str | Path = "assets/model") -> tupl
     return g, d
 
 
-def run_training(cfg: TrainConfig, resume: bool = True) -> Trainer:
-    """Start a run, or continue it from RUN_DIR/last.pt when one is there."""
+def run_training(cfg: TrainConfig, resume: bool = True, keep_lr: bool = True) -> Trainer:
+    """Start a run, or continue it from RUN_DIR/last.pt when one is there.
+
+    On resume the architecture and seed come from the run; stopping limits and threads from
+    now; the learning rate from the run unless ``keep_lr`` is False (then ``cfg.lr`` applies).
+    """
     last = Path(cfg.run_dir) / "last.pt"
     if resume and last.is_file():
         saved = load_checkpoint(last)["config"]
-        # the architecture and seed come from the run; stopping limits and threads from now
-        for key in ("n_filters", "dimension", "lstm", "seed", "batch_size", "segment"):
+        keys = ["n_filters", "dimension", "lstm", "seed", "batch_size", "segment"]
+        for key in keys + (["lr"] if keep_lr else []):
             setattr(cfg, key, saved[key])
     trainer = Trainer(cfg)
     if resume and last.is_file():

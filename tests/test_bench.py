@@ -1,0 +1,24 @@
+"""`audioseal-live bench` runs end to end and prints its table (figures are not asserted)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def test_bench_prints_a_row_per_model_and_chunk() -> None:
+    cmd = [sys.executable, "-m", "audioseal_live.cli", "bench", "--chunks", "320,1600"]
+    cmd += ["--seconds", "0.5", "--rounds", "1", "--threads", "1", "--no-reference", "--bf16"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = [line.split() for line in out.splitlines() if re.match(r"(generator|detector) ", line)]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("generator", "320"),
+        ("generator", "1600"),
+        ("detector", "320"),
+        ("detector", "1600"),
+    ]
+    assert "bf16 p50" in out
+    for r in rows:  # ours p50, mean, RTF, then bf16 p50, RTF: all positive numbers
+        nums = [float(v) for v in r[3:] if v != "|"]
+        assert len(nums) == 5 and all(v > 0 for v in nums)
