@@ -46,8 +46,20 @@ def test_registry_keeps_shape_dtype_and_is_finite(name: str, noise: torch.Tensor
 
 
 def test_registry_has_the_evaluation_names() -> None:
-    for name in ("lowpass_3500", "highpass_500", "white_noise_20db", "polarity", "resample_8k",
-                 "speed_1.1", "echo", "reverb", "clip_50", "smooth_8", "boost_6db", "duck_6db"):
+    for name in (
+        "lowpass_3500",
+        "highpass_500",
+        "white_noise_20db",
+        "polarity",
+        "resample_8k",
+        "speed_1.1",
+        "echo",
+        "reverb",
+        "clip_50",
+        "smooth_8",
+        "boost_6db",
+        "duck_6db",
+    ):
         assert name in A.ATTACKS
 
 
@@ -64,7 +76,7 @@ def test_polarity_is_exact(noise: torch.Tensor) -> None:
 def test_gain_is_exact(noise: torch.Tensor, db: float) -> None:
     assert torch.equal(A.gain(noise, db), noise * 10 ** (db / 20))
     ratio = A.ATTACKS["boost_6db"](noise).pow(2).sum() / noise.pow(2).sum()
-    assert ratio.item() == pytest.approx(10 ** 0.6, rel=1e-5)
+    assert ratio.item() == pytest.approx(10**0.6, rel=1e-5)
 
 
 @pytest.mark.parametrize("cutoff", [500.0, 2000.0, 3500.0])
@@ -80,8 +92,9 @@ def test_lowpass_removes_above_keeps_below(noise: torch.Tensor, cutoff: float) -
 def test_highpass_removes_below_keeps_above(noise: torch.Tensor, cutoff: float) -> None:
     y = A.highpass(noise, cutoff)
     below = band_energy(y, 0, cutoff - 250) / band_energy(noise, 0, cutoff - 250)
-    above = band_energy(y, cutoff + 250, SR / 2 - 100) / band_energy(noise, cutoff + 250,
-                                                                     SR / 2 - 100)
+    above = band_energy(y, cutoff + 250, SR / 2 - 100) / band_energy(
+        noise, cutoff + 250, SR / 2 - 100
+    )
     assert (below < 1e-4).all()
     assert ((above > 0.97) & (above < 1.03)).all()
 
@@ -123,8 +136,7 @@ def test_resample_changes_rate_not_pitch() -> None:
 def test_noise_hits_the_requested_snr(noise: torch.Tensor, snr: float, kind: str) -> None:
     fn = A.white_noise if kind == "white" else A.pink_noise
     y = fn(noise, snr, torch.Generator().manual_seed(1))
-    assert torch.allclose(snr_db(noise, y), torch.full((3,), snr, dtype=torch.float32),
-                          atol=0.05)
+    assert torch.allclose(snr_db(noise, y), torch.full((3,), snr, dtype=torch.float32), atol=0.05)
 
 
 def test_pink_noise_is_pink() -> None:
@@ -154,7 +166,8 @@ def test_speed_keeps_length_and_scales_pitch(factor: float) -> None:
     y = A.speed(x, factor)
     assert y.shape == x.shape
     assert dominant_hz(y[..., : int(SR * min(1, 1 / factor)) - 200]) == pytest.approx(
-        1000 * factor, abs=3)
+        1000 * factor, abs=3
+    )
 
 
 def test_echo_adds_one_delayed_copy(noise: torch.Tensor) -> None:
@@ -169,7 +182,7 @@ def test_reverb_is_causal_and_spreads_energy() -> None:
     x[..., 4000] = 1.0
     y = A.reverb(x, 0.5, torch.Generator().manual_seed(0))
     assert y[..., :4000].abs().max() < 1e-6
-    tail = y[..., 4000 + 800:].pow(2).sum()  # energy > 50 ms after the impulse
+    tail = y[..., 4000 + 800 :].pow(2).sum()  # energy > 50 ms after the impulse
     assert tail > 0.01 * y.pow(2).sum()
 
 
@@ -178,20 +191,33 @@ def test_smoothing_is_a_moving_average() -> None:
     y = A.smooth(x, 5)
     expected = torch.nn.functional.avg_pool1d(x, 5, stride=1)  # windows fully inside
     assert torch.allclose(y[..., 2:-2], expected, atol=1e-6)
-    assert torch.allclose(A.smooth(torch.ones(1, 1, 100), 8)[..., 10:-10], torch.ones(80),
-                          atol=1e-6)
+    assert torch.allclose(
+        A.smooth(torch.ones(1, 1, 100), 8)[..., 10:-10], torch.ones(80), atol=1e-6
+    )
 
 
-@pytest.mark.parametrize("name", ["lowpass_3500", "highpass_500", "resample_8k", "speed_1.1",
-                                  "reverb", "echo", "white_noise_20db", "smooth_8"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lowpass_3500",
+        "highpass_500",
+        "resample_8k",
+        "speed_1.1",
+        "reverb",
+        "echo",
+        "white_noise_20db",
+        "smooth_8",
+    ],
+)
 def test_differentiable(name: str, noise: torch.Tensor) -> None:
     x = noise.clone().requires_grad_(True)
     A.ATTACKS[name](x).pow(2).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", sorted(set(A.CODECS) & {n for n in A.CODECS
-                                                         if A.codec_available(n)}))
+@pytest.mark.parametrize(
+    "name", sorted(set(A.CODECS) & {n for n in A.CODECS if A.codec_available(n)})
+)
 def test_codec_roundtrip_is_close_and_straight_through(name: str) -> None:
     x = (sine(440.0) + sine(1200.0) * 0.3).repeat(2, 1, 1).requires_grad_(True)
     y = A.codec(x, name, 0.5)

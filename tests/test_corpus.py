@@ -46,8 +46,9 @@ def test_three_nonempty_splits(tiny: tuple[Path, dict, list[str]]) -> None:
 def test_files_are_16k_mono_flac_matching_the_manifest(tiny: tuple[Path, dict, list[str]]) -> None:
     out, summary, _ = tiny
     entries = read_manifest(out)
-    on_disk = {p.relative_to(out).as_posix() for s in C.SPLITS for p in (out / s).rglob("*")
-               if p.is_file()}
+    on_disk = {
+        p.relative_to(out).as_posix() for s in C.SPLITS for p in (out / s).rglob("*") if p.is_file()
+    }
     assert on_disk == {e["path"] for e in entries}
     assert len(entries) == summary["files"]
     for e in entries:
@@ -71,8 +72,9 @@ def test_no_voice_in_two_splits(tiny: tuple[Path, dict, list[str]]) -> None:
     assert not shared
 
 
-def test_same_seed_same_corpus(tiny: tuple[Path, dict, list[str]], cache: Path,
-                               tmp_path: Path) -> None:
+def test_same_seed_same_corpus(
+    tiny: tuple[Path, dict, list[str]], cache: Path, tmp_path: Path
+) -> None:
     C.build_corpus(tmp_path, scale=SCALE, seed=0, log=lambda _: None, cache=cache)
 
     def key(out: Path) -> list[tuple]:
@@ -99,16 +101,16 @@ def test_assign_splits_is_deterministic_and_covers_all_splits() -> None:
 
 def _fake_job(voice: str) -> list[C.Clip]:
     rng = np.random.default_rng(sum(map(ord, voice)))
-    return [C.Clip((rng.standard_normal(C.SR * 12) * 0.1).astype(np.float32), "tts", "fake",
-                   voice)]
+    return [C.Clip((rng.standard_normal(C.SR * 12) * 0.1).astype(np.float32), "tts", "fake", voice)]
 
 
 def _boom() -> list[C.Clip]:
     raise FileNotFoundError("tool not installed")
 
 
-def test_failing_source_is_skipped_with_a_warning(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failing_source_is_skipped_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     jobs = [C.Job(f"fake{i}", _fake_job, {"voice": f"fake:{i}"}) for i in range(5)]
     monkeypatch.setattr(C, "fetch_packages", lambda *a, **k: {})
     monkeypatch.setattr(C, "plan_jobs", lambda *a, **k: [*jobs, C.Job("broken", _boom, {})])

@@ -33,9 +33,7 @@ def resolve_matmul_dtype(value: str | torch.dtype | None) -> torch.dtype:
     raise ValueError(f"matmul_dtype must be one of {sorted(MATMUL_DTYPES)}, got {value!r}")
 
 
-def linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear where ``weight`` may be a low-precision copy; the result is x's dtype.
 
     Inputs are flattened to 2-D first: a 3-D input goes through bmm, which copies the

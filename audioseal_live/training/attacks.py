@@ -63,7 +63,7 @@ def fft_convolve(x: Tensor, kernel: Tensor, centered: bool) -> Tensor:
     spec = torch.fft.rfft(x, n) * torch.fft.rfft(kernel.to(x.dtype), n)
     y = torch.fft.irfft(spec, n)
     start = (k - 1) // 2 if centered else 0
-    return y[..., start: start + t]
+    return y[..., start : start + t]
 
 
 @lru_cache(maxsize=64)
@@ -71,8 +71,12 @@ def _lowpass_taps(cutoff_hz: float, num_taps: int) -> Tensor:
     """Windowed-sinc lowpass (Blackman: ~74 dB stopband, transition ~5.5 * SR / num_taps)."""
     n = torch.arange(num_taps, dtype=torch.float64) - (num_taps - 1) / 2
     fc = cutoff_hz / SR
-    taps = 2 * fc * torch.sinc(2 * fc * n) * torch.blackman_window(num_taps, periodic=False,
-                                                                     dtype=torch.float64)
+    taps = (
+        2
+        * fc
+        * torch.sinc(2 * fc * n)
+        * torch.blackman_window(num_taps, periodic=False, dtype=torch.float64)
+    )
     return (taps / taps.sum()).float()
 
 
@@ -152,8 +156,9 @@ def echo(x: Tensor, delay_s: float, volume: float) -> Tensor:
     return x + volume * _fit_length(F.pad(x, (d, 0)), x.shape[-1])
 
 
-def synthetic_rir(rt60_s: float, generator: torch.Generator | None = None,
-                  device: torch.device | str = "cpu") -> Tensor:
+def synthetic_rir(
+    rt60_s: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> Tensor:
     """Direct sound plus exponentially decaying noise tail (energy -60 dB at rt60), unit norm."""
     n = max(int(rt60_s * SR), 2)
     gen_device = generator.device if generator is not None else device
@@ -175,14 +180,16 @@ def _resample_kernel(orig: int, new: int, zeros: int, rolloff: float) -> tuple[T
     width = math.ceil(zeros * orig / base)
     idx = torch.arange(-width, width + orig, dtype=torch.float64)[None] / orig
     t = (-torch.arange(new, dtype=torch.float64)[:, None] / new + idx).clamp(
-        -zeros / base, zeros / base) * base
+        -zeros / base, zeros / base
+    ) * base
     window = torch.cos(t * math.pi / zeros / 2) ** 2
     kernel = torch.sinc(t) * window * base / orig
     return kernel[:, None].float(), width
 
 
-def resample(x: Tensor, orig_sr: int, new_sr: int, zeros: int = 24,
-             rolloff: float = 0.97) -> Tensor:
+def resample(
+    x: Tensor, orig_sr: int, new_sr: int, zeros: int = 24, rolloff: float = 0.97
+) -> Tensor:
     """Band-limited resampling of (..., T) from orig_sr to new_sr (own sinc polyphase)."""
     g = math.gcd(orig_sr, new_sr)
     orig, new = orig_sr // g, new_sr // g
@@ -332,8 +339,9 @@ TRAINING_ATTACKS: dict[str, Callable[[Tensor, torch.Generator | None], Tensor]] 
     "bandpass": _bandpass_random,
     "echo": lambda x, g: echo(x, _uniform(g, x, 0.05, 0.5), _uniform(g, x, 0.1, 0.6)),
     "reverb": lambda x, g: reverb(x, _uniform(g, x, 0.1, 1.0), g),
-    "resample": lambda x, g: resample_roundtrip(x, _choice(g, x, [8000, 11025, 22050, 24000,
-                                                                  44100, 48000])),
+    "resample": lambda x, g: resample_roundtrip(
+        x, _choice(g, x, [8000, 11025, 22050, 24000, 44100, 48000])
+    ),
     "speed": lambda x, g: speed(x, _uniform(g, x, 0.9, 1.1)),
     "smooth": lambda x, g: smooth(x, int(_uniform(g, x, 2, 20))),
     "polarity": lambda x, g: polarity(x),
@@ -344,8 +352,9 @@ for _codec in CODECS:
         TRAINING_ATTACKS[_codec] = _codec_random(_codec)
 
 
-def random_attack(x: Tensor, generator: torch.Generator | None = None,
-                  weights: dict[str, float] | None = None) -> tuple[Tensor, str]:
+def random_attack(
+    x: Tensor, generator: torch.Generator | None = None, weights: dict[str, float] | None = None
+) -> tuple[Tensor, str]:
     """Apply one attack family from TRAINING_ATTACKS with random parameters.
 
     `weights` (family -> relative weight; missing families weigh 0 once any is given) lets a
@@ -353,8 +362,11 @@ def random_attack(x: Tensor, generator: torch.Generator | None = None,
     Returns the attacked batch and the family name.
     """
     names = list(TRAINING_ATTACKS)
-    w = [1.0] * len(names) if weights is None else [max(float(weights.get(n, 0.0)), 0.0)
-                                                    for n in names]
+    w = (
+        [1.0] * len(names)
+        if weights is None
+        else [max(float(weights.get(n, 0.0)), 0.0) for n in names]
+    )
     total = sum(w)
     if total <= 0:
         raise ValueError("random_attack: all attack weights are zero or unknown")

@@ -63,11 +63,32 @@ MUSIC_PACKAGES = {
 
 # espeak-ng language -> gettext locale folders that hold text in that language.
 ESPEAK_LANGS = {
-    "en-us": ["en_GB", "en_CA", "en_AU"], "en-gb": ["en_GB", "en_AU"], "de": ["de"],
-    "fr-fr": ["fr"], "es": ["es"], "it": ["it"], "pt": ["pt"], "pt-br": ["pt_BR"],
-    "pl": ["pl"], "nl": ["nl"], "sv": ["sv"], "cs": ["cs"], "fi": ["fi"], "ru": ["ru"],
-    "tr": ["tr"], "da": ["da"], "hu": ["hu"], "ro": ["ro"], "el": ["el"], "uk": ["uk"],
-    "ca": ["ca"], "sk": ["sk"], "hr": ["hr"], "nb": ["nb"], "id": ["id"], "vi": ["vi"],
+    "en-us": ["en_GB", "en_CA", "en_AU"],
+    "en-gb": ["en_GB", "en_AU"],
+    "de": ["de"],
+    "fr-fr": ["fr"],
+    "es": ["es"],
+    "it": ["it"],
+    "pt": ["pt"],
+    "pt-br": ["pt_BR"],
+    "pl": ["pl"],
+    "nl": ["nl"],
+    "sv": ["sv"],
+    "cs": ["cs"],
+    "fi": ["fi"],
+    "ru": ["ru"],
+    "tr": ["tr"],
+    "da": ["da"],
+    "hu": ["hu"],
+    "ro": ["ro"],
+    "el": ["el"],
+    "uk": ["uk"],
+    "ca": ["ca"],
+    "sk": ["sk"],
+    "hr": ["hr"],
+    "nb": ["nb"],
+    "id": ["id"],
+    "vi": ["vi"],
 }
 # flite/festival voices recorded from the same person share one speaker id, so they never
 # straddle two splits.
@@ -139,8 +160,22 @@ def _decode_g722(path: Path) -> np.ndarray:
         return pcm.astype(np.float32) / 32768.0
     if shutil.which("ffmpeg") is None:
         raise RuntimeError("neither the `g722` package nor ffmpeg is available for G.722")
-    cmd = ["ffmpeg", "-v", "error", "-f", "g722", "-i", str(path), "-f", "f32le", "-ac", "1",
-           "-ar", str(SR), "-"]
+    cmd = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-f",
+        "g722",
+        "-i",
+        str(path),
+        "-f",
+        "f32le",
+        "-ac",
+        "1",
+        "-ar",
+        str(SR),
+        "-",
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True).stdout
     return np.frombuffer(out, dtype=np.float32).copy()
 
@@ -162,8 +197,9 @@ def fetch_packages(names: Iterable[str], cache: Path, log: Log) -> dict[str, Pat
     debs, roots = cache / "debs", cache / "pkgs"
     debs.mkdir(parents=True, exist_ok=True)
     names = list(names)
-    missing = [n for n in names if not (roots / n / ".done").exists()
-               and not list(debs.glob(f"{n}_*.deb"))]
+    missing = [
+        n for n in names if not (roots / n / ".done").exists() and not list(debs.glob(f"{n}_*.deb"))
+    ]
     if missing and shutil.which("apt-get"):
         # one call for all is much faster; if one name is unknown it fails, so retry singly
         try:
@@ -213,8 +249,8 @@ def _mo_strings(path: Path) -> list[str]:
     out = []
     for i in range(count):
         entry = trans_off + 8 * i
-        length, offset = struct.unpack(endian + "2I", data[entry: entry + 8])
-        raw = data[offset: offset + length].split(b"\0")[0]
+        length, offset = struct.unpack(endian + "2I", data[entry : entry + 8])
+        raw = data[offset : offset + length].split(b"\0")[0]
         out.append(raw.decode("utf-8", errors="ignore"))
     return out
 
@@ -247,8 +283,10 @@ def text_pool(locales: list[str], max_files: int = 60, limit: int = 4000) -> lis
 def english_fallback_pool() -> list[str]:
     """English sentences from the license texts and stdlib docstrings (always present)."""
     # docstrings of modules this file imports anyway
-    texts = [m.__doc__ or "" for m in (argparse, json, random, re, shutil, struct, subprocess,
-                                       tempfile, hashlib)]
+    texts = [
+        m.__doc__ or ""
+        for m in (argparse, json, random, re, shutil, struct, subprocess, tempfile, hashlib)
+    ]
     for path in sorted(Path("/usr/share/common-licenses").glob("*"))[:8]:
         if path.is_file():
             texts.append(path.read_text(errors="ignore"))
@@ -286,14 +324,16 @@ def job_asterisk(root: Path, scale: float, seed: int) -> list[Clip]:
             chunk += [audio, pause]
             used += (len(audio) + len(pause)) / SR
             if sum(map(len, chunk)) >= 60 * SR or used >= budget:
-                clips.append(Clip(np.concatenate(chunk), "speech", "asterisk",
-                                  f"asterisk:{speaker}", lang))
+                clips.append(
+                    Clip(np.concatenate(chunk), "speech", "asterisk", f"asterisk:{speaker}", lang)
+                )
                 chunk = []
             if used >= budget:
                 break
         if chunk:
-            clips.append(Clip(np.concatenate(chunk), "speech", "asterisk",
-                              f"asterisk:{speaker}", lang))
+            clips.append(
+                Clip(np.concatenate(chunk), "speech", "asterisk", f"asterisk:{speaker}", lang)
+            )
     return clips
 
 
@@ -310,22 +350,34 @@ def job_espeak(variants: list[str], seconds: float, seed: int) -> list[Clip]:
             for lang in langs:
                 if lang not in pools:
                     pools[lang] = text_pool(ESPEAK_LANGS[lang]) or (
-                        english_fallback_pool() if lang.startswith("en") else [])
+                        english_fallback_pool() if lang.startswith("en") else []
+                    )
                 if not pools[lang]:
                     continue
                 # ~14 characters per second of speech at the default rate
                 text = _paragraph(pools[lang], rng, int(per_voice / 2 * 14))
                 rate, pitch = int(rng.integers(120, 200)), int(rng.integers(25, 75))
-                cmd = ["espeak-ng", "-v", f"{lang}+{variant}", "-s", str(rate), "-p", str(pitch),
-                       "-w", str(wav)]
+                cmd = [
+                    "espeak-ng",
+                    "-v",
+                    f"{lang}+{variant}",
+                    "-s",
+                    str(rate),
+                    "-p",
+                    str(pitch),
+                    "-w",
+                    str(wav),
+                ]
                 _run_quiet(cmd, input=text.encode())
-                clips.append(Clip(_read_audio(wav), "tts", "espeak-ng", f"espeak-ng:{variant}",
-                                  lang))
+                clips.append(
+                    Clip(_read_audio(wav), "tts", "espeak-ng", f"espeak-ng:{variant}", lang)
+                )
     return clips
 
 
-def _read_aloud(source: str, voice: str, seconds: float, seed: int,
-                synth: Callable[[Path, Path], list[str]]) -> list[Clip]:
+def _read_aloud(
+    source: str, voice: str, seconds: float, seed: int, synth: Callable[[Path, Path], list[str]]
+) -> list[Clip]:
     """English TTS: paragraphs through `synth(text_file, wav_file) -> command` until `seconds`."""
     rng = _rng(seed, source, voice)
     pool = english_fallback_pool() + text_pool(["en_GB"])
@@ -341,24 +393,34 @@ def _read_aloud(source: str, voice: str, seconds: float, seed: int,
 
 
 def job_flite(voice: str, seconds: float, seed: int) -> list[Clip]:
-    return _read_aloud("flite", voice, seconds, seed,
-                       lambda txt, wav: ["flite", "-voice", voice, "-f", str(txt), "-o", str(wav)])
+    return _read_aloud(
+        "flite",
+        voice,
+        seconds,
+        seed,
+        lambda txt, wav: ["flite", "-voice", voice, "-f", str(txt), "-o", str(wav)],
+    )
 
 
 def job_festival(voice: str, seconds: float, seed: int) -> list[Clip]:
-    return _read_aloud("festival", voice, seconds, seed,
-                       lambda txt, wav: ["text2wave", "-eval", f"(voice_{voice})", "-o", str(wav),
-                                         str(txt)])
+    return _read_aloud(
+        "festival",
+        voice,
+        seconds,
+        seed,
+        lambda txt, wav: ["text2wave", "-eval", f"(voice_{voice})", "-o", str(wav), str(txt)],
+    )
 
 
-def job_music_file(path: Path, source: str, group: str, seconds: float | None,
-                   seed: int) -> list[Clip]:
+def job_music_file(
+    path: Path, source: str, group: str, seconds: float | None, seed: int
+) -> list[Clip]:
     """One excerpt (or all) of one music file; the file is the split unit."""
     if path.suffix == ".g722":
         audio = _decode_g722(path)
         if seconds is not None and seconds < len(audio) / SR:
             start = int(_rng(seed, "music", group).uniform(0, len(audio) / SR - seconds) * SR)
-            audio = audio[start: start + int(seconds * SR)]
+            audio = audio[start : start + int(seconds * SR)]
     else:
         total = _duration(path)
         start = 0.0
@@ -400,9 +462,11 @@ def random_song(rng: np.random.Generator, ppq: int = 480) -> tuple[bytes, float]
     scale = [root + 12 * o + s for o in range(4) for s in steps]
     progression = [int(d) for d in rng.choice([0, 3, 4, 5, 1, 2], size=4)]
     bars = int(rng.integers(12, 24))
-    programs = {0: int(rng.choice([0, 4, 16, 19, 24, 48, 52, 88, 89])),  # chords
-                1: int(rng.integers(32, 40)),  # bass
-                2: int(rng.choice([0, 11, 13, 40, 56, 60, 65, 71, 73, 80, 81]))}  # melody
+    programs = {
+        0: int(rng.choice([0, 4, 16, 19, 24, 48, 52, 88, 89])),  # chords
+        1: int(rng.integers(32, 40)),  # bass
+        2: int(rng.choice([0, 11, 13, 40, 56, 60, 65, 71, 73, 80, 81])),
+    }  # melody
     ev: list[tuple[int, bytes]] = [(0, bytes([0xC0 | ch, p])) for ch, p in programs.items()]
 
     def note(ch: int, pitch: int, start: int, length: int, vel: int) -> None:
@@ -421,8 +485,13 @@ def random_song(rng: np.random.Generator, ppq: int = 480) -> tuple[bytes, float]
         while t < t0 + bar:  # melody: chord tones and passing notes
             length = int(rng.choice([ppq // 2, ppq, ppq * 3 // 2]))
             if rng.random() < 0.85:
-                note(2, scale[14 + deg + int(rng.integers(-2, 5))], t, length,
-                     int(rng.integers(60, 110)))
+                note(
+                    2,
+                    scale[14 + deg + int(rng.integers(-2, 5))],
+                    t,
+                    length,
+                    int(rng.integers(60, 110)),
+                )
             t += length
         for eighth in range(8):  # drums on channel 10
             t = t0 + eighth * ppq // 2
@@ -435,8 +504,12 @@ def random_song(rng: np.random.Generator, ppq: int = 480) -> tuple[bytes, float]
 
 
 def soundfonts() -> list[Path]:
-    found = {p.resolve() for d in ("/usr/share/sounds/sf2", "/usr/share/soundfonts")
-             for p in Path(d).glob("*.sf2") if p.exists()}
+    found = {
+        p.resolve()
+        for d in ("/usr/share/sounds/sf2", "/usr/share/soundfonts")
+        for p in Path(d).glob("*.sf2")
+        if p.exists()
+    }
     return sorted(found)
 
 
@@ -450,8 +523,20 @@ def job_midi(first: int, count: int, seed: int) -> list[Clip]:
             data, _ = random_song(rng)
             mid.write_bytes(data)
             font = fonts[int(rng.integers(len(fonts)))]
-            _run_quiet(["fluidsynth", "-ni", "-g", "0.5", "-r", str(SR), "-F", str(wav),
-                        str(font), str(mid)])
+            _run_quiet(
+                [
+                    "fluidsynth",
+                    "-ni",
+                    "-g",
+                    "0.5",
+                    "-r",
+                    str(SR),
+                    "-F",
+                    str(wav),
+                    str(font),
+                    str(mid),
+                ]
+            )
             clips.append(Clip(_read_audio(wav), "music", "midi", f"midi:song{i:04d}"))
     return clips
 
@@ -483,15 +568,20 @@ def _minutes(source: str, scale: float) -> float | None:
 def _plan_speech(pkgs: dict[str, Path], scale: float, seed: int, log: Log) -> list[Job]:
     if not any(p in pkgs for p in ASTERISK_SPEECH):
         log("WARNING: no asterisk-core-sounds package could be fetched; no real speech")
-    return [Job(f"asterisk:{name}", job_asterisk, dict(root=pkgs[name], scale=scale, seed=seed))
-            for name in ASTERISK_SPEECH if name in pkgs]
+    return [
+        Job(f"asterisk:{name}", job_asterisk, dict(root=pkgs[name], scale=scale, seed=seed))
+        for name in ASTERISK_SPEECH
+        if name in pkgs
+    ]
 
 
 def espeak_variants() -> list[str]:
     """Voice variants (+f3, +klatt, ...) from the espeak-ng data folder."""
-    for folder in [*Path("/usr/lib").glob("*/espeak-ng-data/voices/!v"),
-                   Path("/usr/share/espeak-ng-data/voices/!v"),
-                   Path("/usr/lib/espeak-ng-data/voices/!v")]:
+    for folder in [
+        *Path("/usr/lib").glob("*/espeak-ng-data/voices/!v"),
+        Path("/usr/share/espeak-ng-data/voices/!v"),
+        Path("/usr/lib/espeak-ng-data/voices/!v"),
+    ]:
         if folder.is_dir():
             return sorted(p.name for p in folder.iterdir() if p.is_file() and " " not in p.name)
     return ["m1", "m2", "m3", "f1", "f2", "f3"] if shutil.which("espeak-ng") else []
@@ -522,9 +612,14 @@ def _plan_tts(scale: float, seed: int, log: Log) -> list[Job]:
         rng = _rng(seed, "espeak-variants")
         chosen = sorted(rng.choice(variants, size=count, replace=False).tolist())
         for i in range(0, count, 12):
-            part = chosen[i: i + 12]
-            jobs.append(Job(f"espeak-ng:{i // 12}", job_espeak,
-                            dict(variants=part, seconds=seconds * len(part) / count, seed=seed)))
+            part = chosen[i : i + 12]
+            jobs.append(
+                Job(
+                    f"espeak-ng:{i // 12}",
+                    job_espeak,
+                    dict(variants=part, seconds=seconds * len(part) / count, seed=seed),
+                )
+            )
     else:
         log("WARNING: espeak-ng not found; no espeak TTS")
     voices = flite_voices()
@@ -547,8 +642,9 @@ def _music_group(source: str, path: Path) -> str:
     return f"{source}:{re.sub(r'_enhanced$', '', path.stem)}"
 
 
-def _music_file_jobs(source: str, files: list[Path], budget_min: float | None, scale: float,
-                     seed: int) -> list[Job]:
+def _music_file_jobs(
+    source: str, files: list[Path], budget_min: float | None, scale: float, seed: int
+) -> list[Job]:
     """One excerpt per file, equal share of the budget, at least MIN_EXCERPT_S each.
 
     Small builds use a seeded subset of the files (at least 3, so every split can get one)
@@ -558,9 +654,14 @@ def _music_file_jobs(source: str, files: list[Path], budget_min: float | None, s
     total = sum(durations.values())
     budget = total * min(scale, 1.0) if budget_min is None else min(budget_min * 60, total)
     if not files or budget >= total:  # everything, whole files
-        return [Job(f"{source}:{f.name}", job_music_file,
-                    dict(path=f, source=source, group=_music_group(source, f), seconds=None,
-                         seed=seed)) for f in files]
+        return [
+            Job(
+                f"{source}:{f.name}",
+                job_music_file,
+                dict(path=f, source=source, group=_music_group(source, f), seconds=None, seed=seed),
+            )
+            for f in files
+        ]
     order = list(files)
     random.Random(f"{seed}:{source}").shuffle(order)
     count = int(np.clip(budget // MIN_EXCERPT_S, 3, len(order)))
@@ -568,9 +669,15 @@ def _music_file_jobs(source: str, files: list[Path], budget_min: float | None, s
     jobs = []
     for f in sorted(order[:count]):
         seconds = None if share >= durations[f] else max(share, MIN_EXCERPT_S)
-        jobs.append(Job(f"{source}:{f.name}", job_music_file,
-                        dict(path=f, source=source, group=_music_group(source, f),
-                             seconds=seconds, seed=seed)))
+        jobs.append(
+            Job(
+                f"{source}:{f.name}",
+                job_music_file,
+                dict(
+                    path=f, source=source, group=_music_group(source, f), seconds=seconds, seed=seed
+                ),
+            )
+        )
     return jobs
 
 
@@ -585,8 +692,13 @@ def _plan_music(pkgs: dict[str, Path], scale: float, seed: int, log: Log) -> lis
     if shutil.which("fluidsynth") and soundfonts():
         songs = max(3, round(_minutes("midi", scale) * 60 / 40))  # songs last ~40 s
         for first in range(0, songs, 8):
-            jobs.append(Job(f"midi:{first}", job_midi,
-                            dict(first=first, count=min(8, songs - first), seed=seed)))
+            jobs.append(
+                Job(
+                    f"midi:{first}",
+                    job_midi,
+                    dict(first=first, count=min(8, songs - first), seed=seed),
+                )
+            )
     else:
         log("WARNING: fluidsynth or a GM soundfont missing; no MIDI music")
     return jobs
@@ -620,8 +732,9 @@ def run_jobs(jobs: list[Job], workers: int, log: Log) -> list[Clip]:
 # splits: whole voices / source files, deterministic for a seed
 
 
-def assign_splits(weights: dict[str, float], seed: int,
-                  fractions: dict[str, float] = SPLIT_FRACTIONS) -> dict[str, str]:
+def assign_splits(
+    weights: dict[str, float], seed: int, fractions: dict[str, float] = SPLIT_FRACTIONS
+) -> dict[str, str]:
     """Map each group (voice or source file) to a split.
 
     Groups are visited in a seeded random order. With 3+ groups, test and valid first take one
@@ -637,8 +750,13 @@ def assign_splits(weights: dict[str, float], seed: int,
         for split in ("test", "valid"):
             share = fractions[split] * total
             fits = [g for g in groups if g not in out and weights[g] <= share]
-            pick = fits[0] if fits else min((g for g in groups if g not in out),
-                                            key=lambda g: (weights[g], groups.index(g)))
+            pick = (
+                fits[0]
+                if fits
+                else min(
+                    (g for g in groups if g not in out), key=lambda g: (weights[g], groups.index(g))
+                )
+            )
             out[pick] = split
             load[split] += weights[pick]
     elif len(groups) == 2:
@@ -686,8 +804,9 @@ def room_impulse_response(rng: np.random.Generator) -> np.ndarray:
 
         dims = rng.uniform([3, 3, 2.4], [10, 8, 4])
         absorption, max_order = pra.inverse_sabine(rt60, dims)
-        room = pra.ShoeBox(dims, fs=SR, materials=pra.Material(absorption),
-                           max_order=min(max_order, 15))
+        room = pra.ShoeBox(
+            dims, fs=SR, materials=pra.Material(absorption), max_order=min(max_order, 15)
+        )
         room.add_source(rng.uniform(0.5, dims - 0.5))
         room.add_microphone(rng.uniform(0.5, dims - 0.5))
         room.compute_rir()
@@ -708,7 +827,7 @@ def _fit(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     if len(x) < n:
         x = np.tile(x, n // max(len(x), 1) + 1)
     start = int(rng.integers(0, len(x) - n + 1))
-    return x[start: start + n]
+    return x[start : start + n]
 
 
 def make_noise(pool: list[Clip], split: str, seconds: float, seed: int) -> list[Clip]:
@@ -721,15 +840,18 @@ def make_noise(pool: list[Clip], split: str, seconds: float, seed: int) -> list[
         n = int(rng.uniform(*SEGMENT_S) * SR)
         kind = ["white", "pink", "brown", "babble"][i % (4 if len(speech) >= 3 else 3)]
         if kind == "babble":
-            talkers = rng.choice(len(speech), size=min(len(speech), int(rng.integers(3, 8))),
-                                 replace=False)
+            talkers = rng.choice(
+                len(speech), size=min(len(speech), int(rng.integers(3, 8))), replace=False
+            )
             x = sum(_fit(speech[t].audio, n, rng) / _rms(speech[t].audio) for t in talkers)
         else:
             x = colored_noise(n, {"white": 0.0, "pink": 1.0, "brown": 2.0}[kind], rng)
-            x *= 1 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) * np.arange(n) / SR
-                                  + rng.uniform(0, 6.3))
-        clips.append(Clip(np.asarray(x, np.float32), "noise", f"noise-{kind}",
-                          f"noise:{split}", ""))
+            x *= 1 + 0.5 * np.sin(
+                2 * np.pi * rng.uniform(0.05, 0.5) * np.arange(n) / SR + rng.uniform(0, 6.3)
+            )
+        clips.append(
+            Clip(np.asarray(x, np.float32), "noise", f"noise-{kind}", f"noise:{split}", "")
+        )
         got += n / SR
         i += 1
     return clips
@@ -767,7 +889,7 @@ def segments(audio: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
     out, pos = [], 0
     while len(audio) - pos >= MIN_TAIL_S * SR:
         n = int(rng.uniform(*SEGMENT_S) * SR)
-        seg = audio[pos: pos + n]
+        seg = audio[pos : pos + n]
         pos += n
         if _rms(seg) > 10 ** (-60 / 20):
             out.append(seg)
@@ -783,8 +905,9 @@ def normalize(seg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return seg.astype(np.float32)
 
 
-def write_clips(clips: list[Clip], split: str, out: Path, seed: int,
-                counters: dict[str, int]) -> list[dict]:
+def write_clips(
+    clips: list[Clip], split: str, out: Path, seed: int, counters: dict[str, int]
+) -> list[dict]:
     entries = []
     for c in clips:
         rng = _rng(seed, "segments", c.voice, counters.get(c.voice, 0))
@@ -794,8 +917,17 @@ def write_clips(clips: list[Clip], split: str, out: Path, seed: int,
             rel = Path(split, c.kind, _safe(c.source), f"{_safe(c.voice)}_{idx:05d}.flac")
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             sf.write(str(out / rel), normalize(seg, rng), SR, format="FLAC", subtype="PCM_16")
-            entries.append(dict(path=rel.as_posix(), split=split, kind=c.kind, source=c.source,
-                                voice=c.voice, lang=c.lang, duration=round(len(seg) / SR, 4)))
+            entries.append(
+                dict(
+                    path=rel.as_posix(),
+                    split=split,
+                    kind=c.kind,
+                    source=c.source,
+                    voice=c.voice,
+                    lang=c.lang,
+                    duration=round(len(seg) / SR, 4),
+                )
+            )
     return entries
 
 
@@ -819,8 +951,14 @@ def summarize(entries: list[dict]) -> dict:
 # entry points
 
 
-def build_corpus(out: Path, scale: float = 1.0, seed: int = 0, workers: int = 1,
-                 log: Log = print, cache: Path | None = None) -> dict:
+def build_corpus(
+    out: Path,
+    scale: float = 1.0,
+    seed: int = 0,
+    workers: int = 1,
+    log: Log = print,
+    cache: Path | None = None,
+) -> dict:
     """Build the corpus under `out` and return its summary (also written to summary.json).
 
     `cache` holds downloaded .deb files (default OUT/.cache) so rebuilds skip the downloads.
@@ -832,17 +970,22 @@ def build_corpus(out: Path, scale: float = 1.0, seed: int = 0, workers: int = 1,
         shutil.rmtree(out / split, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    pkgs = fetch_packages([*ASTERISK_SPEECH, *(p for p, _, _ in MUSIC_PACKAGES.values())],
-                          cache, log)
+    pkgs = fetch_packages(
+        [*ASTERISK_SPEECH, *(p for p, _, _ in MUSIC_PACKAGES.values())], cache, log
+    )
     log(f"packages ready: {len(pkgs)} ({time.time() - t0:.1f} s)")
     jobs = plan_jobs(pkgs, scale, seed, log)
     clips = run_jobs(jobs, workers, log)
     clips = [c for c in clips if len(c.audio) >= MIN_TAIL_S * SR]
     if not clips:
-        raise CorpusError("no source produced audio: install espeak-ng/flite/fluidsynth or make "
-                          "`apt-get download` work (see warnings above)")
-    log(f"sources decoded/synthesized: {sum(len(c.audio) for c in clips) / SR / 3600:.2f} h "
-        f"({time.time() - t0:.1f} s)")
+        raise CorpusError(
+            "no source produced audio: install espeak-ng/flite/fluidsynth or make "
+            "`apt-get download` work (see warnings above)"
+        )
+    log(
+        f"sources decoded/synthesized: {sum(len(c.audio) for c in clips) / SR / 3600:.2f} h "
+        f"({time.time() - t0:.1f} s)"
+    )
 
     split_of = split_clips(clips, seed)
     entries: list[dict] = []
@@ -860,16 +1003,26 @@ def build_corpus(out: Path, scale: float = 1.0, seed: int = 0, workers: int = 1,
     summary = summarize(entries)
     summary.update(scale=scale, seed=seed, build_seconds=round(time.time() - t0, 1))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log(f"corpus: {summary['total_hours']:.2f} h in {summary['files']} files, "
-        f"{summary['hours_per_split']} ({summary['build_seconds']} s)")
+    log(
+        f"corpus: {summary['total_hours']:.2f} h in {summary['files']} files, "
+        f"{summary['hours_per_split']} ({summary['build_seconds']} s)"
+    )
     return summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("data/corpus"),
-                        help="output folder (audio, manifest.jsonl, summary.json, .cache)")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="amount of audio relative to the full corpus (~5 h); 0.02 = smoke")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("data/corpus"),
+        help="output folder (audio, manifest.jsonl, summary.json, .cache)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="amount of audio relative to the full corpus (~5 h); 0.02 = smoke",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for splits and synthesis")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
 
