@@ -177,6 +177,28 @@ def test_resume_reproduces_the_next_steps_exactly(corpus: Path, tmp_path: Path) 
         assert torch.equal(pa, pb)
 
 
+def test_resume_keeps_the_run_lr_unless_given_and_can_force_a_stage(
+    corpus: Path, tmp_path: Path
+) -> None:
+    from audioseal_live.training.trainer import run_training
+
+    run = tmp_path / "run"
+    run_training(tiny_config(corpus, run, max_steps=3, lr=2e-3))
+    # a resume without --lr keeps the run's 2e-3 (the CLI passes keep_lr=True)
+    t = run_training(tiny_config(corpus, run, max_steps=4, lr=3e-4), keep_lr=True)
+    assert t.cfg.lr == 2e-3 and all(g["lr"] == 2e-3 for g in t.opt.param_groups)
+    assert t.cur.stage == "detect"
+    # an explicit lr applies from now on; --force-stage switches and logs it
+    t = run_training(
+        tiny_config(corpus, run, max_steps=5, lr=5e-4, force_stage="quality"), keep_lr=False
+    )
+    assert all(g["lr"] == 5e-4 for g in t.opt.param_groups)
+    assert t.cur.stage == "quality" and t.step == 5
+    events = [json.loads(line) for line in (run / "log.jsonl").open()]
+    forced = [e for e in events if e["kind"] == "stage" and e["why"] == "forced by --force-stage"]
+    assert forced and forced[-1]["new"] == "quality"
+
+
 def test_fit_logs_checkpoints_and_exports(corpus: Path, tmp_path: Path) -> None:
     from audioseal_live.models.loader import load_model
 

@@ -125,6 +125,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--start-stage", choices=("detect", "message", "quality"), default=d["start_stage"]
     )
+    p.add_argument(
+        "--force-stage",
+        choices=("detect", "message", "quality"),
+        default=None,
+        help="on resume, switch the curriculum to this stage now (logged)",
+    )
     p.add_argument("--fresh", action="store_true", help="ignore RUN_DIR/last.pt")
     p.add_argument(
         "--export",

@@ -94,6 +94,8 @@ class TrainConfig:
     w_loud: float = 0.05
     w_l1: float = 0.1
     start_stage: str = "detect"
+    # operator override on resume: jump to this stage now (logged as a stage event)
+    force_stage: str | None = None
 
 
 @dataclass
@@ -534,6 +536,12 @@ def run_training(cfg: TrainConfig, resume: bool = True, keep_lr: bool = True) ->
     if resume and last.is_file():
         trainer.load(last)
         trainer.event("resume", checkpoint=str(last))
+    if cfg.force_stage and cfg.force_stage != trainer.cur.stage:
+        if cfg.force_stage not in STAGES:
+            raise ValueError(f"force_stage must be one of {STAGES}, got {cfg.force_stage!r}")
+        _, bit = trainer.running()
+        trainer.cur.bit_floor = max(0.0, bit - 0.05)  # keep what the bits have, no more
+        trainer.switch(cfg.force_stage, "forced by --force-stage")
     signal.signal(signal.SIGTERM, trainer.request_stop)
     try:
         trainer.fit()
