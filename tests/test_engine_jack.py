@@ -27,18 +27,22 @@ def aligned(res: LoopResult) -> tuple[np.ndarray, np.ndarray]:
     return res.fed[skip : n - res.rate // 10], res.recorded[lag + skip : lag + n - res.rate // 10]
 
 
-def windowed_si_snr(x: np.ndarray, y: np.ndarray, rate: int, max_lag: int = 48) -> float:
-    """Median over 1 s windows of SI-SNR(y vs x), each window at its own best lag (±1 ms).
+def windowed_si_snr(x: np.ndarray, y: np.ndarray, rate: int, max_lag_ms: float = 12.0) -> float:
+    """Median over 1 s windows of SI-SNR(y vs x), each window at its own best lag (±12 ms).
 
-    A JACK xrun drops a period on one side and shifts the rest of the recording against the
-    feed; one global lag would then call the whole output distorted.
+    A JACK xrun drops a period (5.3 ms here) on one side and shifts the rest of the recording
+    against the feed; one global lag would then call the whole output distorted. The lag of
+    each window is the peak of its cross-correlation (FFT) within ±max_lag.
     """
+    lag = int(rate * max_lag_ms / 1000)
     values = []
-    for start in range(max_lag, len(x) - rate - max_lag, rate):
+    for start in range(lag, len(x) - rate - lag, rate):
         ref = x[start : start + rate]
-        values.append(
-            max(si_snr(y[start + d : start + d + rate], ref) for d in range(-max_lag, max_lag + 1))
-        )
+        seg = y[start - lag : start + rate + lag]
+        n = 1 << int(np.ceil(np.log2(seg.shape[0] + rate)))
+        xc = np.fft.irfft(np.fft.rfft(seg, n) * np.conj(np.fft.rfft(ref, n)), n)[: 2 * lag + 1]
+        best = int(np.argmax(xc)) - lag
+        values.append(si_snr(y[start + best : start + best + rate], ref))
     return float(np.median(values))
 
 

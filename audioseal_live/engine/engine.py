@@ -10,6 +10,7 @@ eng.stop()
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import secrets
 import sys
@@ -118,6 +119,7 @@ class Engine:
         self._capture: CaptureStream | None = None
         self._recorders: list[Recorder] = []
         self._final: Snapshot | None = None
+        self._gc_frozen = False
         self._threads_started = False
 
     # ----- live controls (read by the worker once per chunk) ---------------------------
@@ -229,6 +231,13 @@ class Engine:
                 self._threads_started = True
             elif self.monitor is not None:
                 self.monitor.reset()
+            # A full (gen 2) garbage collection walks every live object with the GIL held: in
+            # a big process (the window, a test run) that took 130 ms, far past a 5 ms audio
+            # period (xruns). Collect once now, then park the survivors where later
+            # collections do not walk them; the audio path allocates few long-lived objects.
+            gc.collect()
+            gc.freeze()
+            self._gc_frozen = True
             io.started = True
             backend.start()
             if self._capture is not None:
@@ -264,6 +273,9 @@ class Engine:
         return self.monitor.detection if self.monitor is not None else Detection()
 
     def _teardown(self) -> None:
+        if self._gc_frozen:
+            gc.unfreeze()
+            self._gc_frozen = False
         if self.backend is not None:
             self.backend.stop()
             self.backend.close()
