@@ -9,8 +9,8 @@ Stages (switched by measured metrics, every switch logged):
 2. ``message`` – adds the per-sample message loss (BCE on every marked sample's bit logits).
 3. ``quality`` – adds the perceptual terms (mel, TF-loudness), localization masks and the
    attack suite (attacks drawn in inverse proportion to the detector's accuracy on them),
-   and raises the SNR target in small steps towards 26 dB while detection and bits hold;
-   it steps back when they do not.
+   and raises the SNR target in small steps towards 26 dB while detection and bits on the
+   unattacked steps hold; it steps back when they do not.
 
 Everything random draws from generators whose state is in the checkpoint, so a resumed run
 repeats exactly the steps the interrupted run would have made.
@@ -109,6 +109,8 @@ class Curriculum:
     bit_floor: float = 0.0  # bit accuracy to keep while the SNR rises
     attack_acc: dict[str, float] = field(default_factory=dict)
     det_hist: list[float] = field(default_factory=list)
+    clean_hist: list[float] = field(default_factory=list)  # detection on unattacked steps
+    clean_bits: list[float] = field(default_factory=list)  # bit accuracy on unattacked steps
     bit_hist: list[float] = field(default_factory=list)
     best_score: float = -math.inf
 
@@ -288,6 +290,10 @@ class Trainer:
             bits_ok = ((mean_logit > 0).long() == msg[:n_marked]).float()
             bit_acc = float(bits_ok[has].mean()) if has.any() else float("nan")
         cur.det_hist = (cur.det_hist + [det_acc])[-cfg.window :]
+        if attack == "none":
+            cur.clean_hist = (cur.clean_hist + [det_acc])[-cfg.window :]
+            if not math.isnan(bit_acc):
+                cur.clean_bits = (cur.clean_bits + [bit_acc])[-cfg.window :]
         if not math.isnan(bit_acc):
             cur.bit_hist = (cur.bit_hist + [bit_acc])[-cfg.window :]
         if attack != "none" or quality:
@@ -348,6 +354,13 @@ class Trainer:
                 cur.bit_floor = bit - 0.05
                 self.switch("quality", f"bit accuracy {bit:.3f} >= {cfg.bit_switch}")
         elif cur.stage == "quality" and cur.since_snr_move >= cfg.snr_every:
+            # The SNR follows detection on unattacked audio: with the attack suite in the mix
+            # (lowpass 3.5 kHz, 8 kHz resampling, ...) a small model's running accuracy sat at
+            # ~0.83 and the target only ever went down. Robustness is trained, not gated on.
+            if cur.clean_hist:
+                det = float(np.mean(cur.clean_hist))
+            if cur.clean_bits:
+                bit = float(np.mean(cur.clean_bits))
             cur.since_snr_move = 0
             if det >= 0.95 and bit >= cur.bit_floor and cur.snr_target < cfg.snr_final:
                 cur.snr_target = min(cfg.snr_final, cur.snr_target + cfg.snr_step)
