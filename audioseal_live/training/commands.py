@@ -125,6 +125,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--start-stage", choices=("detect", "message", "quality"), default=d["start_stage"]
     )
+    # quality-stage mix; taken from the command line on every (re)start, like the limits
+    p.add_argument("--attack-prob", type=float, default=d["attack_prob"])
+    p.add_argument("--mask-prob", type=float, default=d["mask_prob"])
+    p.add_argument("--w-mel", type=float, default=d["w_mel"], help="mel loss weight")
+    p.add_argument("--w-loud", type=float, default=d["w_loud"], help="TF-loudness loss weight")
     p.add_argument(
         "--force-stage",
         choices=("detect", "message", "quality"),
