@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +263,7 @@ class LoopResult:
     rss_start_mb: float
     rss_end_mb: float
     feeder_xruns: int
+    rss_trace_mb: list[float] = field(default_factory=list)  # every 5 s
 
 
 def rss_mb() -> float:
@@ -298,7 +299,20 @@ def run_jack_loop(
     try:
         eng.start()
         rss0 = rss_mb()  # after model load and warm-up: growth from here would be a leak
-        fed, recorded, feeder_xruns = feeder.result()
+        trace: list[float] = []
+        done = threading.Event()
+
+        def sample() -> None:  # RSS over the run: a plateau is allocator warm-up, a slope a leak
+            while not done.wait(5.0):
+                trace.append(round(rss_mb(), 1))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            fed, recorded, feeder_xruns = feeder.result()
+        finally:
+            done.set()
+            sampler.join()
         assert eng.worker is not None
         compute = eng.worker.timing.all_ms()
     finally:
@@ -307,7 +321,7 @@ def run_jack_loop(
             feeder.proc.kill()
     rss1 = rss_mb()
     lag = measured_lag(fed, recorded, max_lag=rate // 2)
-    return LoopResult(fed, recorded, lag, rate, snap, compute, rss0, rss1, feeder_xruns)
+    return LoopResult(fed, recorded, lag, rate, snap, compute, rss0, rss1, feeder_xruns, trace)
 
 
 class FeederProcess:
@@ -372,7 +386,9 @@ def live_benchmark(
     monitor: bool = True,
 ) -> dict[str, Any]:
     """`audioseal-live bench --live`: the JACK loop with the given model; figures, no asserts."""
-    with jack_dummy_server() as server:
+    # Realtime scheduling where permitted (as the tests do): a non-realtime dummy server on a
+    # busy machine misses its own deadlines, and those xruns say nothing about the engine.
+    with jack_dummy_server(realtime=True) as server:
         res = run_jack_loop(
             server,
             seconds,
@@ -388,6 +404,8 @@ def live_benchmark(
         "seconds": seconds,
         "sample_rate": res.rate,
         "jack_period": server.period,
+        "jack_realtime": server.realtime,
+        "jack_idle_xruns": server.baseline_xruns,
         "chunk_ms": chunk_ms,
         "threads": threads,
         "device": device,
@@ -404,6 +422,7 @@ def live_benchmark(
         "feeder_xruns": res.feeder_xruns,
         "rss_start_mb": res.rss_start_mb,
         "rss_end_mb": res.rss_end_mb,
+        "rss_every_5s_mb": res.rss_trace_mb,
         "detection_prob": s.detection.prob_smoothed,
         "detection_match": s.detection.match,
     }
