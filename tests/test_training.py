@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,20 @@ def test_resume_keeps_the_run_lr_unless_given_and_can_force_a_stage(
     events = [json.loads(line) for line in (run / "log.jsonl").open()]
     forced = [e for e in events if e["kind"] == "stage" and e["why"] == "forced by --force-stage"]
     assert forced and forced[-1]["new"] == "quality"
+
+
+def test_noise_negatives_replace_unmarked_clips_only(corpus: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(corpus, tmp_path, noise_negatives=1.0))
+    clips = 0.1 * torch.ones(4, 1, 4000)
+    out = trainer.noise_negatives(clips)
+    assert out.shape == clips.shape and not torch.equal(out, clips)
+    rms_db = 10 * torch.log10(out.pow(2).mean(-1)).flatten()
+    assert ((rms_db > -50.5) & (rms_db < -14.5)).all(), rms_db
+    trainer.cfg.noise_negatives = 0.0
+    assert torch.equal(trainer.noise_negatives(clips), clips)
+    trainer.cfg.noise_negatives = 1.0
+    out = trainer.train_step()  # unmarked half replaced inside a real step
+    assert math.isfinite(out["loss"])
 
 
 def test_fit_logs_checkpoints_and_exports(corpus: Path, tmp_path: Path) -> None:

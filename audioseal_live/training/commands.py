@@ -128,6 +128,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # quality-stage mix; taken from the command line on every (re)start, like the limits
     p.add_argument("--attack-prob", type=float, default=d["attack_prob"])
     p.add_argument("--mask-prob", type=float, default=d["mask_prob"])
+    p.add_argument(
+        "--noise-negatives",
+        type=float,
+        default=d["noise_negatives"],
+        help="share of unmarked clips replaced by white/pink noise",
+    )
     p.add_argument("--w-mel", type=float, default=d["w_mel"], help="mel loss weight")
     p.add_argument("--w-loud", type=float, default=d["w_loud"], help="TF-loudness loss weight")
     p.add_argument(

@@ -82,6 +82,10 @@ class TrainConfig:
     bit_switch: float = 0.90  # running bit accuracy to leave `message`
     mask_prob: float = 0.5
     attack_prob: float = 0.5
+    # share of the unmarked clips replaced by white or pink noise at -50..-15 dBFS: the corpus
+    # holds 3 % noise, and attack-stage checkpoints swung between 0 % and 89 % false alarms
+    # on -20 dBFS white noise
+    noise_negatives: float = 0.0
     # Desynchronisation: the detector sees the audio cropped by 0..max_shift-1 samples, so it
     # cannot rely on the generator's 20 ms frame grid (live, alignment is arbitrary; a model
     # trained without this scored P=0 for marked audio shifted by one sample).
@@ -230,6 +234,8 @@ class Trainer:
         msg = batch.message.to(self.device)
         n_marked = int(batch.marked.sum())
         bsz, _, length = x.shape
+        if cfg.noise_negatives > 0 and bsz > n_marked:
+            x = torch.cat([x[:n_marked], self.noise_negatives(x[n_marked:])], dim=0)
         # Draw every random decision before the forward pass, in a fixed order (exact resume).
         draws = torch.rand(2, generator=self.tgen)
         shift = int(torch.randint(0, max(1, cfg.max_shift), (1,), generator=self.tgen))
@@ -313,6 +319,22 @@ class Trainer:
         out["attack"] = attack  # type: ignore[assignment]
         self.advance_curriculum()
         return out
+
+    def noise_negatives(self, unmarked: Tensor) -> Tensor:
+        """Replace a share of the unmarked clips by white/pink noise (drawn from tgen)."""
+        k, _, length = unmarked.shape
+        g = self.tgen
+        pick = torch.rand(k, generator=g) < self.cfg.noise_negatives
+        pink = torch.rand(k, generator=g) < 0.5
+        level_db = -50.0 + 35.0 * torch.rand(k, generator=g)
+        noise = torch.randn(k, 1, length, generator=g)
+        spec = torch.fft.rfft(noise)
+        tilt = torch.arange(spec.shape[-1]).clamp_min(1).to(noise.dtype).rsqrt()  # 1/f power
+        noise = torch.where(pink[:, None, None], torch.fft.irfft(spec * tilt, n=length), noise)
+        noise = noise / noise.pow(2).mean(-1, keepdim=True).sqrt()
+        noise = noise * (10.0 ** (level_db / 20.0))[:, None, None]
+        noise = noise.to(unmarked.device)
+        return torch.where(pick[:, None, None].to(unmarked.device), noise, unmarked)
 
     # --- curriculum ------------------------------------------------------------------------
     def running(self) -> tuple[float, float]:
