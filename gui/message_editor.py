@@ -138,13 +138,15 @@ class MessageEditor(QWidget):
         self.set_value(secrets.randbits(NBITS))
 
     # ----- views -------------------------------------------------------------------------
-    def _sync_views(self) -> None:
+    def _sync_views(self, hex_too: bool = True) -> None:
+        """Show the value in the bit buttons and the decimal box (and the hex field, unless
+        the user is typing a valid value there)."""
         for b, bit in zip(self.bit_buttons, self.bits(), strict=True):
             b.blockSignals(True)
             b.setChecked(bool(bit))
             b.setText(str(bit))
             b.blockSignals(False)
-        if not self.hex_edit.hasFocus() or self.hex_edit.property("invalid"):
+        if hex_too and (not self.hex_edit.hasFocus() or self.hex_edit.property("invalid")):
             self.hex_edit.setText(f"{self._value:04X}")
         self.dec_spin.blockSignals(True)
         self.dec_spin.setValue(self._value)
@@ -163,18 +165,8 @@ class MessageEditor(QWidget):
         self._set_error("")
         if v != self._value:
             self._value = v
-            self._sync_views_except_hex()
+            self._sync_views(hex_too=False)
             self.messageChanged.emit(v)
-
-    def _sync_views_except_hex(self) -> None:
-        for b, bit in zip(self.bit_buttons, self.bits(), strict=True):
-            b.blockSignals(True)
-            b.setChecked(bool(bit))
-            b.setText(str(bit))
-            b.blockSignals(False)
-        self.dec_spin.blockSignals(True)
-        self.dec_spin.setValue(self._value)
-        self.dec_spin.blockSignals(False)
 
     def _on_hex_done(self) -> None:
         # Leaving the field: if the text is bad, keep showing the error until fixed but

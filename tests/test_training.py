@@ -198,6 +198,9 @@ def test_resume_keeps_the_run_lr_unless_given_and_can_force_a_stage(
     events = [json.loads(line) for line in (run / "log.jsonl").open()]
     forced = [e for e in events if e["kind"] == "stage" and e["why"] == "forced by --force-stage"]
     assert forced and forced[-1]["new"] == "quality"
+    from audioseal_live.training import commands, trainer
+
+    assert commands.STAGES == trainer.STAGES  # the CLI's choices, kept without torch
 
 
 def test_noise_negatives_replace_unmarked_clips_only(corpus: Path, tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from audioseal_live.errors import AudioSealLiveError
 
+STAGES = ("detect", "message", "quality")  # trainer.STAGES, without importing torch here
+
 
 class TrainingSetupError(AudioSealLiveError, ValueError):
     """A training/eval option the user can fix (device, paths)."""
@@ -122,9 +124,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=d["bit_switch"],
         help="running bit accuracy that starts the quality stage",
     )
-    p.add_argument(
-        "--start-stage", choices=("detect", "message", "quality"), default=d["start_stage"]
-    )
+    p.add_argument("--start-stage", choices=STAGES, default=d["start_stage"])
     # quality-stage mix; taken from the command line on every (re)start, like the limits
     p.add_argument("--attack-prob", type=float, default=d["attack_prob"])
     p.add_argument("--mask-prob", type=float, default=d["mask_prob"])
@@ -138,7 +138,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--w-loud", type=float, default=d["w_loud"], help="TF-loudness loss weight")
     p.add_argument(
         "--force-stage",
-        choices=("detect", "message", "quality"),
+        choices=STAGES,
         default=None,
         help="on resume, switch the curriculum to this stage now (logged)",
     )
