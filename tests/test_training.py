@@ -147,6 +147,77 @@ def test_snr_and_perceptual_terms() -> None:
 # --- trainer -----------------------------------------------------------------------------
 
 
+def test_mean_message_loss_is_the_decode_users_see() -> None:
+    msg = torch.tensor([[1, 0, 1, 1], [0, 0, 1, 0]])
+    marked = torch.zeros(2, 40)
+    marked[:, 10:30] = 1
+    logits = torch.zeros(2, 6, 40)
+    # per-sample logits that swing wildly but average to the right sign on marked samples
+    swing = 8 * torch.sin(torch.arange(40.0))[None, None]
+    logits[:, 2:] = swing + 0.5 * (2 * msg[..., None].float() - 1)
+    logits[:, 2:, 10:30] -= swing[..., 10:30].mean(-1, keepdim=True)
+    mean_logit = 0.5 * (2 * msg.float() - 1)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(mean_logit, msg.float())
+    assert torch.allclose(L.mean_message_loss(logits, msg, marked), expected, atol=1e-5)
+    assert L.mean_message_loss(logits, msg, torch.zeros(2, 40)) == 0  # nothing marked
+
+
+def test_bit_visibility_hinge() -> None:
+    torch.manual_seed(0)
+    wm = torch.randn(3, 1, 100)
+    # a flip that changes the energy by 1 % is below a 10 % floor; by 40 %, above it
+    small = wm + 0.1 * wm
+    large = wm + 0.4**0.5 * torch.flip(wm, dims=[-1])
+    assert L.bit_visibility_loss(wm, small, 0.1) > 0.9  # log10(0.1) - log10(0.01) = 1
+    assert L.bit_visibility_loss(wm, large, 0.1) == 0
+    flip = small.clone().requires_grad_(True)
+    L.bit_visibility_loss(wm, flip, 0.1).backward()
+    assert flip.grad is not None and flip.grad.abs().sum() > 0  # the generator gets a push
+
+
+def test_new_run_can_start_from_exported_weights(corpus: Path, tmp_path: Path) -> None:
+    from audioseal_live.errors import CheckpointError
+    from audioseal_live.training.trainer import run_training
+
+    a = Trainer(tiny_config(corpus, tmp_path / "a"))
+    for _ in range(2):
+        a.train_step()
+    a.save()
+    export(tmp_path / "a" / "last.pt", tmp_path / "model")
+    b = run_training(
+        tiny_config(
+            corpus,
+            tmp_path / "b",
+            max_steps=0,
+            init_from=str(tmp_path / "model"),
+            start_stage="message",
+            w_visible=1.0,
+            w_msg_mean=1.0,
+        )
+    )
+    for pa, pb in zip(a.gen.parameters(), b.gen.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert b.step == 0 and b.cur.stage == "message"
+    out = b.train_step()  # the fine-tuning terms run in a real step
+    assert {"visible", "msg_mean", "msg"} <= set(out) and math.isfinite(out["loss"])
+    c = run_training(  # a training checkpoint works as well
+        tiny_config(corpus, tmp_path / "c", max_steps=0, init_from=str(tmp_path / "a/last.pt"))
+    )
+    assert all(
+        torch.equal(p, q) for p, q in zip(a.det.parameters(), c.det.parameters(), strict=True)
+    )
+    with pytest.raises(CheckpointError, match="widths"):
+        run_training(
+            tiny_config(
+                corpus,
+                tmp_path / "d",
+                max_steps=0,
+                n_filters=8,
+                init_from=str(tmp_path / "model"),
+            )
+        )
+
+
 def test_training_steps_lower_the_loss(corpus: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     trainer = Trainer(tiny_config(corpus, tmp_path, start_stage="message"))

@@ -134,6 +134,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=d["noise_negatives"],
         help="share of unmarked clips replaced by white/pink noise",
     )
+    p.add_argument("--w-msg", type=float, default=d["w_msg"], help="message loss weight")
+    p.add_argument(
+        "--w-msg-mean",
+        type=float,
+        default=d["w_msg_mean"],
+        help="weight of the message loss on time-averaged bit logits",
+    )
+    p.add_argument(
+        "--w-visible",
+        type=float,
+        default=d["w_visible"],
+        help="weight of the bit-visibility hinge (a one-bit flip must change the watermark)",
+    )
+    p.add_argument(
+        "--visible-min",
+        type=float,
+        default=d["visible_min"],
+        help="energy share of the watermark a one-bit flip must change",
+    )
     p.add_argument("--w-mel", type=float, default=d["w_mel"], help="mel loss weight")
     p.add_argument("--w-loud", type=float, default=d["w_loud"], help="TF-loudness loss weight")
     p.add_argument(
@@ -143,6 +162,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="on resume, switch the curriculum to this stage now (logged)",
     )
     p.add_argument("--fresh", action="store_true", help="ignore RUN_DIR/last.pt")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="MODEL",
+        help="a new run starts from these weights (exported folder, e.g. assets/model, or a "
+        "training .pt): fine-tuning with a fresh optimizer and curriculum",
+    )
     p.add_argument(
         "--export",
         default=None,

@@ -156,6 +156,25 @@ def message_loss(logits: Tensor, message: Tensor, marked: Tensor) -> Tensor:
     return (bce * weight).sum() / denom.clamp_min(1.0)
 
 
+def bit_visibility_loss(wm: Tensor, wm_flipped: Tensor, min_ratio: float) -> Tensor:
+    """Hinge on log(||wm' - wm||² / ||wm||²): a one-bit flip must change the watermark."""
+    change = (wm_flipped - wm).pow(2).flatten(1).sum(-1)
+    energy = wm.pow(2).flatten(1).sum(-1).detach()
+    ratio = torch.log10((change + EPS) / (energy + EPS))
+    return F.relu(math.log10(min_ratio) - ratio).mean()
+
+
+def mean_message_loss(logits: Tensor, message: Tensor, marked: Tensor) -> Tensor:
+    """BCE of the bit logits averaged over each example's marked samples: the decode users see."""
+    weight = marked.to(logits.dtype)[:, None, :]
+    count = weight.sum(-1)
+    mean_logit = (logits[:, 2:] * weight).sum(-1) / count.clamp_min(1.0)
+    has = count.squeeze(1) > 0
+    if not has.any():
+        return logits.new_zeros(())
+    return F.binary_cross_entropy_with_logits(mean_logit[has], message[has].to(logits.dtype))
+
+
 # --------------------------------------------------------------------------------------------
 # localization masks
 
