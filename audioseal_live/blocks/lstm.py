@@ -64,22 +64,29 @@ class StreamingLSTM(StreamingModule):
         self.skip = skip
         self.lstm = nn.LSTM(dimension, dimension, num_layers)
         self._state: tuple[Tensor, Tensor] | None = None
+        self._layer_cache: list[LayerWeights] | None = None
 
     def _reset_state(self) -> None:
+        # called on entering and leaving a stream: the matmul dtype may change in between
         self._state = None
+        self._layer_cache = None
 
     def _layers(self) -> list[LayerWeights]:
-        out = []
-        for layer in range(self.lstm.num_layers):
-            w_ih, w_hh, bias = lstm_weights(self.lstm, layer)
-            out.append(
-                (
-                    self._stream_weight(f"ih{layer}", lambda w=w_ih: w),
-                    self._stream_weight(f"hh{layer}", lambda w=w_hh: w),
-                    bias.detach(),
+        # Built once per stream (weights are frozen while streaming), not per chunk.
+        layers = self._layer_cache
+        if layers is None:
+            layers = []
+            for layer in range(self.lstm.num_layers):
+                w_ih, w_hh, bias = lstm_weights(self.lstm, layer)
+                layers.append(
+                    (
+                        self._stream_weight(f"ih{layer}", lambda w=w_ih: w),
+                        self._stream_weight(f"hh{layer}", lambda w=w_hh: w),
+                        bias.detach(),  # the summed bias stays float32, like the gates
+                    )
                 )
-            )
-        return out
+            self._layer_cache = layers
+        return layers
 
     def forward(self, x: Tensor) -> Tensor:
         if self.is_streaming:
