@@ -119,6 +119,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--snr-start", type=float, default=d["snr_start"])
     p.add_argument("--snr-final", type=float, default=d["snr_final"])
     p.add_argument(
+        "--snr-every",
+        type=int,
+        default=d["snr_every"],
+        help="steps between SNR target moves in the quality stage",
+    )
+    p.add_argument(
         "--bit-switch",
         type=float,
         default=d["bit_switch"],
@@ -153,6 +159,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=d["visible_min"],
         help="energy share of the watermark a one-bit flip must change",
     )
+    p.add_argument(
+        "--max-shift",
+        type=int,
+        default=d["max_shift"],
+        help="the detector sees the audio cropped by 0..N-1 samples (desynchronisation)",
+    )
+    p.add_argument(
+        "--msg-jitter",
+        type=int,
+        default=None,
+        help="bits trained only within N samples of the frame grid (decoders search phases); "
+        "elsewhere towards 'don't know'",
+    )
+    p.add_argument("--w-unsync", type=float, default=d["w_unsync"])
+    p.add_argument("--sync-prob", type=float, default=d["sync_prob"])
     p.add_argument("--w-mel", type=float, default=d["w_mel"], help="mel loss weight")
     p.add_argument("--w-loud", type=float, default=d["w_loud"], help="TF-loudness loss weight")
     p.add_argument(

@@ -90,6 +90,15 @@ class TrainConfig:
     # cannot rely on the generator's 20 ms frame grid (live, alignment is arbitrary; a model
     # trained without this scored P=0 for marked audio shifted by one sample).
     max_shift: int = 320
+    # Message sync: bits are only asked of examples whose crop is within msg_jitter samples of
+    # the generator's frame grid (mod the hop); on the others the bits are trained towards
+    # "don't know" (p = 0.5), so a decoder can search a few phases and keep the one whose bits
+    # are confident. Detection is trained at every shift. A share sync_prob of the examples
+    # is drawn near the grid. None: bits at every shift (a shift-invariant message: it did
+    # not learn here, 13 of 16 bits stayed at chance for 30k steps).
+    msg_jitter: int | None = None
+    sync_prob: float = 0.5
+    w_unsync: float = 0.5
     # loss weights
     w_loc: float = 1.0
     w_msg: float = 1.0
@@ -277,7 +286,7 @@ class Trainer:
             x = torch.cat([x[:n_marked], self.noise_negatives(x[n_marked:])], dim=0)
         # Draw every random decision before the forward pass, in a fixed order (exact resume).
         draws = torch.rand(2, generator=self.tgen)
-        shift = int(torch.randint(0, max(1, cfg.max_shift), (1,), generator=self.tgen))
+        shifts, in_sync = self.draw_shifts(bsz)
         if quality:
             modes = L.random_mask_modes(bsz, length, self.tgen, prob=cfg.mask_prob)
         else:
@@ -296,8 +305,9 @@ class Trainer:
                 audio, generator=self.tgen, weights=self.attack_weights()
             )
             audio = straight_through(audio, attacked)
-        audio, labels = audio[..., shift:], labels[..., shift:]
+        audio, labels = crop(audio, shifts, cfg.max_shift), crop(labels, shifts, cfg.max_shift)
         logits = self.det.logits(audio)
+        bit_labels = labels * in_sync[:, None].to(labels)  # bits asked only in sync
 
         host = x[:n_marked]
         snr = L.snr_db(host, wm)
@@ -313,14 +323,18 @@ class Trainer:
         }
         weights = {"loc": cfg.w_loc, "snr": cfg.w_snr}
         if cur.stage in ("message", "quality"):
-            terms["msg"] = L.message_loss(logits, msg, labels)
+            terms["msg"] = L.message_loss(logits, msg, bit_labels)
             weights["msg"] = cfg.w_msg
+            if cfg.msg_jitter is not None and cfg.w_unsync > 0:
+                unsure = torch.full(msg.shape, 0.5, device=self.device)
+                terms["unsync"] = L.message_loss(logits, unsure, labels - bit_labels)
+                weights["unsync"] = cfg.w_unsync
             if cfg.w_visible > 0:
                 terms["visible"] = visible
                 weights["visible"] = cfg.w_visible
             if cfg.w_msg_mean > 0:
                 terms["msg_mean"] = L.mean_message_loss(
-                    logits[:n_marked], msg[:n_marked], labels[:n_marked]
+                    logits[:n_marked], msg[:n_marked], bit_labels[:n_marked]
                 )
                 weights["msg_mean"] = cfg.w_msg_mean
         if quality:
@@ -343,7 +357,7 @@ class Trainer:
             p_marked = torch.softmax(logits[:, :2], dim=1)[:, 1]
             det_acc = float(((p_marked > 0.5).float() == labels).float().mean())
             # decode the way users do: mean bit logit over the samples still marked
-            keep = labels[:n_marked, None, :]
+            keep = bit_labels[:n_marked, None, :]
             mean_logit = (logits[:n_marked, 2:] * keep).sum(-1) / keep.sum(-1).clamp_min(1)
             has = keep.sum(-1).squeeze(-1) > 0
             bits_ok = ((mean_logit > 0).long() == msg[:n_marked]).float()
@@ -372,6 +386,20 @@ class Trainer:
         out["attack"] = attack  # type: ignore[assignment]
         self.advance_curriculum()
         return out
+
+    def draw_shifts(self, batch: int) -> tuple[Tensor, Tensor]:
+        """Per-example crops (B,) in [0, max_shift) and whether each is in message sync."""
+        cfg, g = self.cfg, self.tgen
+        hop = self.gen.card.hop_length
+        shifts = torch.randint(0, max(1, cfg.max_shift), (batch,), generator=g)
+        if cfg.msg_jitter is None:
+            return shifts, torch.ones(batch, dtype=torch.bool)
+        near = torch.rand(batch, generator=g) < cfg.sync_prob
+        jitter = torch.randint(-cfg.msg_jitter, cfg.msg_jitter + 1, (batch,), generator=g)
+        shifts = torch.where(near, jitter % hop, shifts).clamp_max(max(0, cfg.max_shift - 1))
+        off = shifts % hop
+        in_sync = torch.minimum(off, hop - off) <= cfg.msg_jitter
+        return shifts, in_sync
 
     def noise_negatives(self, unmarked: Tensor) -> Tensor:
         """Replace a share of the unmarked clips by white/pink noise (drawn from tgen)."""
@@ -554,6 +582,14 @@ class Trainer:
         self.elapsed = elapsed0 + time.monotonic() - seg_start
         self.save()
         self.event("stop", elapsed_hours=self.elapsed / 3600)
+
+
+def crop(x: Tensor, shifts: Tensor, max_shift: int) -> Tensor:
+    """x[b, ..., s_b : s_b + T - max_shift + 1] for every example b (one common length)."""
+    width = x.shape[-1] - max(1, max_shift) + 1
+    index = shifts.to(x.device)[:, None] + torch.arange(width, device=x.device)
+    index = index.view(x.shape[0], *([1] * (x.dim() - 2)), width).expand(*x.shape[:-1], width)
+    return torch.gather(x, -1, index)
 
 
 def summarize(records: list[dict[str, float]]) -> dict[str, Any]:
