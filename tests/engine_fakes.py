@@ -51,6 +51,7 @@ class FakeDetector:
     """P(marked) = 0.9 where |x| > threshold; bit logits = +-2 by the given message."""
 
     nbits = 16
+    phases = 1
 
     def __init__(self, bits: Sequence[int], level: float = 0.01) -> None:
         self.bits = np.array(bits, dtype=np.float32)
@@ -63,7 +64,7 @@ class FakeDetector:
     def process(self, x16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = np.where(x16k > self.level, 0.9, 0.1).astype(np.float32)  # polarity-sensitive
         logits = np.broadcast_to(
-            (2 * self.bits - 1)[None, :, None] * 2.0, (x16k.shape[0], 16, x16k.shape[1])
+            (2 * self.bits - 1)[None, None, :, None] * 2.0, (x16k.shape[0], 1, 16, x16k.shape[1])
         )
         return p, np.ascontiguousarray(logits)
 

@@ -136,6 +136,41 @@ def test_detector_streams_exactly(official, hops: list[int], seed: int) -> None:
     torch.testing.assert_close(parts, whole, atol=TOL, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def phased() -> AudioSealDetector:
+    torch.manual_seed(2)
+    return AudioSealDetector(small_card("detector").replace(sync_phases=4)).eval()
+
+
+def test_sync_phases_read_the_input_at_delays_of_a_quarter_hop(phased) -> None:
+    x = audio(HOP * 6, batch=2, seed=4)
+    with torch.inference_mode():
+        out = phased.phase_logits(x)  # (B, P, 2 + nbits, T)
+        assert out.shape == (2, 4, 18, HOP * 6)
+        for k in range(4):
+            delayed = torch.nn.functional.pad(x, (k * HOP // 4, 0))[..., : x.shape[-1]]
+            torch.testing.assert_close(out[:, k], phased.detector(delayed), atol=TOL, rtol=0)
+        torch.testing.assert_close(phased.logits(x), out[:, 0], atol=TOL, rtol=0)
+        # detection is phase 0's; the message is that of the phase with the surest bits
+        probs, bits = phased(x)
+        mean = out[:, :, 2:].mean(-1)
+        best = mean.abs().mean(-1).argmax(-1)
+        torch.testing.assert_close(probs, torch.softmax(out[:, 0, :2], dim=1))
+        torch.testing.assert_close(bits, torch.sigmoid(mean[torch.arange(2), best]))
+
+
+@settings(max_examples=6, deadline=None)
+@given(hops=st.lists(st.integers(1, 7), min_size=1, max_size=6), seed=st.integers(0, 99))
+def test_phased_detector_streams_exactly(phased, hops: list[int], seed: int) -> None:
+    x = audio(HOP * sum(hops), batch=2, seed=seed)
+    with torch.inference_mode():
+        p_whole, bits_whole = phased.frame_outputs(x)
+        with phased.streaming(2):
+            outs = [phased.frame_outputs(c) for c in split(x, [HOP * h for h in hops])]
+    torch.testing.assert_close(torch.cat([o[0] for o in outs], -1), p_whole, atol=TOL, rtol=0)
+    torch.testing.assert_close(torch.cat([o[1] for o in outs], -1), bits_whole, atol=TOL, rtol=0)
+
+
 @pytest.mark.parametrize("chunk_hops", [1, 5, 20])
 def test_bfloat16_stream_is_close_and_leaves_weights_alone(official, chunk_hops: int) -> None:
     """The opt-in fast mode: bf16 weight copies for the matmuls; ~0.4 % of the watermark."""
@@ -292,3 +327,13 @@ def test_message_edited_in_place_is_seen(small) -> None:
         msg[0, 0] = 1
         gen(x, message=msg)
     assert gen.last_message[0, 0] == 1
+
+
+def test_sync_phases_must_fit_the_hop() -> None:
+    card = small_card("detector")
+    for bad in (0, HOP + 1):
+        with pytest.raises(ValueError, match="sync_phases"):
+            card.replace(sync_phases=bad).validate()
+    from audioseal_live.models.cards import ModelCard
+
+    assert ModelCard.from_dict(card.replace(sync_phases=8).to_dict()).sync_phases == 8

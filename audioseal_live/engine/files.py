@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from audioseal_live.engine.limiter import SoftLimiter
-from audioseal_live.engine.model import HOP, MODEL_RATE, FrameDetector, Marker
+from audioseal_live.engine.model import HOP, MODEL_RATE, FrameDetector, Marker, best_phase
 from audioseal_live.engine.recorder import AtomicSoundFile
 from audioseal_live.engine.resample import SoxrResampler
 from audioseal_live.engine.ring import Fifo
@@ -168,7 +168,7 @@ def detect_file(
         detector.reset(batch_size=2)  # the signal and its inverse
         n_det = np.zeros(2)
         p_sum = np.zeros(2)
-        logit_sum = np.zeros((2, nb))
+        logit_sum = np.zeros((2, detector.phases, nb))
         total = 0
         windows: list[float] = []
         win_acc, win_n = 0.0, 0
@@ -179,7 +179,7 @@ def detect_file(
             det = p > threshold
             n_det[:] += det.sum(axis=1)
             p_sum[:] += p.sum(axis=1)
-            logit_sum[:] += np.einsum("bkt,bt->bk", logits, det.astype(logits.dtype))
+            logit_sum[:] += np.einsum("bpkt,bt->bpk", logits, det.astype(logits.dtype))
             total += x16.shape[0]
             for v in p.max(axis=0).reshape(-1):  # per-second windows for the report
                 win_acc += float(v)
@@ -206,7 +206,7 @@ def detect_file(
         raise AudioFileError(f"{src}: too short to detect (needs at least 20 ms)")
     b = int(n_det[1] > n_det[0])
     cnt = n_det[b]
-    mean_logit = logit_sum[b] / cnt if cnt else np.zeros(nb)
+    mean_logit = logit_sum[b, best_phase(logit_sum[b])] / cnt if cnt else np.zeros(nb)
     prob = 1 / (1 + np.exp(-mean_logit))
     bits = tuple(int(v) for v in prob > 0.5)
     frac = float(cnt / total)

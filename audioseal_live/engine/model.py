@@ -37,14 +37,20 @@ class FrameDetector(Protocol):
     """Streaming detector at 16 kHz on a batch of signals (the engine uses x and -x)."""
 
     nbits: int
+    phases: int  # grid phases the bits are read at (see ModelCard.sync_phases)
 
     def reset(self, batch_size: int) -> None: ...
 
     def process(self, x16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``x16k`` (B, T) -> P(marked) per sample (B, T), raw bit logits (B, nbits, T)."""
+        """``x16k`` (B, T) -> P(marked) per sample (B, T), bit logits (B, phases, nbits, T)."""
         ...
 
     def close(self) -> None: ...
+
+
+def best_phase(mean_logits: np.ndarray) -> int:
+    """(phases, nbits) averaged bit logits -> the phase whose bits are most confident."""
+    return int(np.abs(mean_logits).mean(axis=-1).argmax())
 
 
 def _torch_device(device: str) -> Any:
@@ -101,6 +107,7 @@ class TorchDetector:
         self.device = _torch_device(device)
         self.det = detector.to(self.device).eval()
         self.nbits = int(getattr(detector, "nbits", NBITS))
+        self.phases = int(getattr(detector, "phases", 1))
         self._stack = contextlib.ExitStack()
 
     def reset(self, batch_size: int) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from audioseal_live.engine.metrics import Detection
-from audioseal_live.engine.model import MODEL_RATE, FrameDetector
+from audioseal_live.engine.model import MODEL_RATE, FrameDetector, best_phase
 from audioseal_live.engine.resample import live_resampler
 from audioseal_live.engine.ring import Fifo, RingBuffer
 
@@ -47,6 +47,7 @@ class DetectorMonitor:
         self.threshold = threshold
         self.source = source
         self.nbits = int(detector.nbits)
+        self.phases = int(detector.phases)
         self.ring = RingBuffer(4 * self.rate)  # 4 s of slack before dropping
         self.down = live_resampler(self.rate, MODEL_RATE)
         self.fifo16 = Fifo(2 * self.chunk16)
@@ -54,7 +55,7 @@ class DetectorMonitor:
         self._n_smooth = max(1, round(smooth_s / chunk_s))
         self._n_vote = max(1, round(vote_s / chunk_s))
         self._probs = np.zeros((2, self._n_smooth))
-        self._vote_sum = np.zeros((2, self._n_vote, self.nbits))
+        self._vote_sum = np.zeros((2, self._n_vote, self.phases, self.nbits))
         self._vote_cnt = np.zeros((2, self._n_vote))
         self._hist: deque[float] = deque(maxlen=max(1, round(history_s / chunk_s)))
         self.chunks = 0
@@ -80,14 +81,14 @@ class DetectorMonitor:
         return True
 
     def _process(self, block: np.ndarray) -> None:
-        p, logits = self.det.process(np.stack([block, -block]))  # (2,T), (2,nbits,T)
+        p, logits = self.det.process(np.stack([block, -block]))  # (2,T), (2,P,nbits,T)
         i = self.chunks % self._n_smooth
         v = self.chunks % self._n_vote
         self.chunks += 1
         self._probs[:, i] = p.mean(axis=1)
         detected = p > self.threshold  # vote over detected samples only
         self._vote_cnt[:, v] = detected.sum(axis=1)
-        self._vote_sum[:, v] = np.einsum("bkt,bt->bk", logits, detected.astype(logits.dtype))
+        self._vote_sum[:, v] = np.einsum("bpkt,bt->bpk", logits, detected.astype(logits.dtype))
         n = min(self.chunks, self._n_smooth)
         smoothed = self._probs[:, :n].mean(axis=1)
         b = int(smoothed[1] > smoothed[0])  # polarity that looks more marked
@@ -96,7 +97,8 @@ class DetectorMonitor:
         conf: tuple[float, ...] = ()
         match: bool | None = None
         if cnt > 0:
-            mean_logit = self._vote_sum[b].sum(axis=0) / cnt
+            mean_logits = self._vote_sum[b].sum(axis=0) / cnt  # (P, nbits)
+            mean_logit = mean_logits[best_phase(mean_logits)]
             prob = 1.0 / (1.0 + np.exp(-mean_logit))
             bits = tuple(int(x) for x in (prob > 0.5))
             conf = tuple(float(c) for c in np.abs(2 * prob - 1))

@@ -64,6 +64,12 @@ class ModelCard:
     trim_right_ratio: float = 1.0
     # detector only: channels of the transposed convolution back to the sample rate
     output_dim: int = 32
+    # detector only: the message is read at this many phases of the 20 ms frame grid (the
+    # input delayed by k * hop / phases samples) and taken from the phase whose bits are most
+    # confident. Our default's bits are only decodable near its generator's grid, which a
+    # live chain or a file shifts arbitrarily; detection itself reads phase 0 at any shift.
+    # Official cards: 1 (the reference's behaviour).
+    sync_phases: int = 1
     # where the weights live: a file name on the hub (official cards) or beside the card
     checkpoint: str | None = None
     description: str = ""
@@ -102,6 +108,8 @@ class ModelCard:
         ):
             if getattr(s, name) < 1:
                 problems.append(f"seanet.{name} must be >= 1")
+        if self.sync_phases < 1 or self.sync_phases > self.hop_length:
+            problems.append(f"sync_phases must be in [1, hop], not {self.sync_phases}")
         if s.channels != 1:
             problems.append("only mono models (seanet.channels == 1) are supported")
         if problems:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -28,28 +31,84 @@ class SEANetEncoderKeepDimension(SEANetEncoder):
 
 
 class AudioSealDetector(CardModel):
-    """Detector with the reference's API: ``detect_watermark(x)`` and ``det(x)``."""
+    """Detector with the reference's API: ``detect_watermark(x)`` and ``det(x)``.
+
+    With ``card.sync_phases`` = P > 1 every call runs P copies of the input, delayed by
+    ``k * hop // P`` samples (a batch of B * P inside; streaming carries the delay line), and
+    the message comes from the phase whose bits are most confident. Detection probabilities
+    are always those of the undelayed input (phase 0), so P = 1 is exactly the reference.
+    """
 
     def __init__(self, card: ModelCard) -> None:
         super().__init__(card)
         self.detector = nn.Sequential(
             SEANetEncoderKeepDimension(card), nn.Conv1d(card.output_dim, 2 + card.nbits, 1)
         )
+        self.phases = card.sync_phases
+        self._tail: Tensor | None = None  # last hop of input, for the delayed phases
+
+    @contextmanager
+    def streaming(
+        self, batch_size: int = 1, matmul_dtype: str | torch.dtype | None = None
+    ) -> Iterator[AudioSealDetector]:
+        """As :meth:`StreamingRoot.streaming`; the inner batch is batch_size * phases."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        with super().streaming(batch_size * self.phases, matmul_dtype):
+            yield self
+
+    def _on_stream_start(self) -> None:
+        self._tail = None
+
+    def _on_stream_stop(self) -> None:
+        self._tail = None
+
+    def _delayed(self, x: Tensor) -> Tensor:
+        """(B, 1, T) -> (B * P, 1, T): phase k is x delayed by k * hop // P samples."""
+        if self.phases == 1:
+            return x
+        hop = self.hop_length
+        prev = (
+            self._tail
+            if self.is_streaming and self._tail is not None
+            else x.new_zeros(x.shape[0], 1, hop)
+        )
+        ext = torch.cat([prev, x], dim=-1)
+        if self.is_streaming:
+            self._tail = ext[..., -hop:]
+        length = x.shape[-1]
+        starts = [hop - k * hop // self.phases for k in range(self.phases)]
+        return torch.stack([ext[..., s : s + length] for s in starts], dim=1).flatten(0, 1)
+
+    def phase_logits(self, x: Tensor, sample_rate: int | None = None) -> Tensor:
+        """Raw per-sample outputs of every phase (B, P, 2 + nbits, T)."""
+        self._check_input(x, sample_rate)
+        out = self.detector(self._delayed(x))
+        return out.view(x.shape[0], self.phases, *out.shape[1:])
 
     def logits(self, x: Tensor, sample_rate: int | None = None) -> Tensor:
-        """Raw per-sample outputs (B, 2 + nbits, T): 2 detection logits, then bit logits."""
-        self._check_input(x, sample_rate)
-        return self.detector(x)
+        """Raw per-sample outputs (B, 2 + nbits, T) of phase 0: 2 detection logits, then bits.
+
+        Offline this is one plain pass (training uses it); while streaming every phase runs,
+        so that the delay lines stay in step.
+        """
+        if self.phases == 1 or not self.is_streaming:
+            self._check_input(x, sample_rate)
+            return self.detector(x)
+        return self.phase_logits(x, sample_rate)[:, 0]
 
     def frame_outputs(self, x: Tensor, sample_rate: int | None = None) -> tuple[Tensor, Tensor]:
-        """Per-sample P(marked) (B, T) and raw bit logits (B, nbits, T)."""
-        out = self.logits(x, sample_rate)
-        return torch.softmax(out[:, :2], dim=1)[:, 1], out[:, 2:]
+        """Per-sample P(marked) (B, T) and raw bit logits of every phase (B, P, nbits, T)."""
+        out = self.phase_logits(x, sample_rate)
+        return torch.softmax(out[:, 0, :2], dim=1)[:, 1], out[:, :, 2:]
 
     def forward(self, x: Tensor, sample_rate: int | None = None) -> tuple[Tensor, Tensor]:
         """Per-sample probabilities (B, 2, T) [unmarked, marked], bit probabilities (B, nbits)."""
-        out = self.logits(x, sample_rate)
-        return torch.softmax(out[:, :2], dim=1), torch.sigmoid(out[:, 2:].mean(dim=-1))
+        out = self.phase_logits(x, sample_rate)
+        mean_logits = out[:, :, 2:].mean(dim=-1)  # (B, P, nbits)
+        best = most_confident_phase(mean_logits)
+        message = mean_logits[torch.arange(x.shape[0], device=x.device), best]
+        return torch.softmax(out[:, 0, :2], dim=1), torch.sigmoid(message)
 
     def detect_watermark(
         self,
@@ -63,3 +122,8 @@ class AudioSealDetector(CardModel):
         detected = torch.gt(result[:, 1, :], detection_threshold)
         prob = torch.count_nonzero(detected, dim=-1) / result.shape[-1]
         return prob, torch.gt(message, message_threshold).int()
+
+
+def most_confident_phase(mean_logits: Tensor) -> Tensor:
+    """(..., P, nbits) averaged bit logits -> index (...) of the phase with the surest bits."""
+    return mean_logits.abs().mean(dim=-1).argmax(dim=-1)

@@ -141,11 +141,17 @@ class Curriculum:
     best_score: float = -math.inf
 
 
+def sync_phases(msg_jitter: int | None, hop: int = 320) -> int:
+    """Grid phases a decoder must try so that one lies within msg_jitter of any shift."""
+    return 1 if msg_jitter is None else min(hop, math.ceil(hop / (2 * msg_jitter + 1)))
+
+
 def build_models(cfg: TrainConfig) -> tuple[AudioSealWM, AudioSealDetector]:
     widths = dict(n_filters=cfg.n_filters, dimension=cfg.dimension, lstm=cfg.lstm)
     gen = AudioSealWM(small_card("generator", name="audioseal_live_generator", **widths))
-    det = AudioSealDetector(small_card("detector", name="audioseal_live_detector", **widths))
-    return gen, det
+    det_card = small_card("detector", name="audioseal_live_detector", **widths)
+    det_card = det_card.replace(sync_phases=sync_phases(cfg.msg_jitter, det_card.hop_length))
+    return gen, AudioSealDetector(det_card)
 
 
 def straight_through(x: Tensor, y: Tensor) -> Tensor:
@@ -623,7 +629,10 @@ def models_from_checkpoint(path: str | Path) -> tuple[AudioSealWM, AudioSealDete
     """Generator and detector (eval mode, CPU) from a training checkpoint."""
     state = load_checkpoint(path)
     gen = AudioSealWM(ModelCard.from_dict(state["generator_card"]))
-    det = AudioSealDetector(ModelCard.from_dict(state["detector_card"]))
+    det_card = ModelCard.from_dict(state["detector_card"])
+    # the run's message sync decides how many phases its decoder tries
+    phases = sync_phases(state["config"].get("msg_jitter"), det_card.hop_length)
+    det = AudioSealDetector(det_card.replace(sync_phases=phases))
     gen.load_state_dict(state["generator"])
     det.load_state_dict(state["detector"])
     return gen.eval(), det.eval()
