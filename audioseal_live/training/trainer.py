@@ -317,12 +317,6 @@ class Trainer:
 
         host = x[:n_marked]
         snr = L.snr_db(host, wm)
-        if cfg.w_visible > 0 and cur.stage in ("message", "quality"):
-            flip = torch.randint(0, self.gen.nbits, (n_marked,), generator=self.tgen)
-            flipped = msg[:n_marked].clone()
-            flipped[torch.arange(n_marked), flip] ^= 1
-            wm_flip = self.gen.get_watermark(host, message=flipped.to(self.device))
-            visible = L.bit_visibility_loss(wm, wm_flip, cfg.visible_min)
         terms: dict[str, Tensor] = {
             "loc": L.localization_loss(logits, labels),
             "snr": L.snr_target_loss(snr, cur.snr_target, two_sided=True),
@@ -335,8 +329,12 @@ class Trainer:
                 unsure = torch.full(msg.shape, 0.5, device=self.device)
                 terms["unsync"] = L.message_loss(logits, unsure, labels - bit_labels)
                 weights["unsync"] = cfg.w_unsync
-            if cfg.w_visible > 0:
-                terms["visible"] = visible
+            if cfg.w_visible > 0:  # the same host with one random bit flipped
+                flip = torch.randint(0, self.gen.nbits, (n_marked,), generator=self.tgen)
+                flipped = msg[:n_marked].clone()
+                flipped[torch.arange(n_marked), flip] ^= 1
+                wm_flip = self.gen.get_watermark(host, message=flipped)
+                terms["visible"] = L.bit_visibility_loss(wm, wm_flip, cfg.visible_min)
                 weights["visible"] = cfg.w_visible
             if cfg.w_msg_mean > 0:
                 terms["msg_mean"] = L.mean_message_loss(
