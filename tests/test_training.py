@@ -218,6 +218,33 @@ def test_new_run_can_start_from_exported_weights(corpus: Path, tmp_path: Path) -
         )
 
 
+def test_message_sync_draws_crops_near_the_grid_and_says_which(
+    corpus: Path, tmp_path: Path
+) -> None:
+    from audioseal_live.training.trainer import crop, sync_phases
+
+    trainer = Trainer(tiny_config(corpus, tmp_path, msg_jitter=20, sync_prob=1.0))
+    shifts, in_sync = trainer.draw_shifts(200)
+    off = shifts % 320
+    assert in_sync.all() and (torch.minimum(off, 320 - off) <= 20).all()
+    assert ((shifts >= 0) & (shifts < 320)).all() and len(set(off.tolist())) > 10
+    trainer.cfg.sync_prob = 0.0  # uniform crops: in sync only where they happen to be near
+    shifts, in_sync = trainer.draw_shifts(400)
+    near = torch.minimum(shifts % 320, 320 - shifts % 320) <= 20
+    assert torch.equal(in_sync, near) and 0 < int(in_sync.sum()) < 200
+    x = torch.arange(2 * 3 * 1000.0).view(2, 3, 1000)
+    out = crop(x, torch.tensor([0, 7]), 320)
+    assert out.shape == (2, 3, 681)
+    assert torch.equal(out[0], x[0, :, :681]) and torch.equal(out[1], x[1, :, 7:688])
+    # the detector of such a run reads its bits at enough phases to be within 20 of any shift
+    assert trainer.det.phases == sync_phases(20) == 8
+    assert Trainer(tiny_config(corpus, tmp_path / "b")).det.phases == 1
+    trainer.cfg.sync_prob = 0.5
+    trainer.cur.stage = "message"
+    terms = [trainer.train_step() for _ in range(4)]
+    assert any("unsync" in t for t in terms) and all(math.isfinite(t["loss"]) for t in terms)
+
+
 def test_training_steps_lower_the_loss(corpus: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     trainer = Trainer(tiny_config(corpus, tmp_path, start_stage="message"))

@@ -325,9 +325,11 @@ class Trainer:
         if cur.stage in ("message", "quality"):
             terms["msg"] = L.message_loss(logits, msg, bit_labels)
             weights["msg"] = cfg.w_msg
-            if cfg.msg_jitter is not None and cfg.w_unsync > 0:
+            unsynced = labels - bit_labels  # marked samples of out-of-sync crops
+            if cfg.msg_jitter is not None and cfg.w_unsync > 0 and bool(unsynced.any()):
+                # BCE towards p = 0.5: its floor is ln 2 = 0.693, reached at "don't know"
                 unsure = torch.full(msg.shape, 0.5, device=self.device)
-                terms["unsync"] = L.message_loss(logits, unsure, labels - bit_labels)
+                terms["unsync"] = L.message_loss(logits, unsure, unsynced)
                 weights["unsync"] = cfg.w_unsync
             if cfg.w_visible > 0:  # the same host with one random bit flipped
                 flip = torch.randint(0, self.gen.nbits, (n_marked,), generator=self.tgen)
