@@ -48,14 +48,21 @@ class FakeMarker:
 
 
 class FakeDetector:
-    """P(marked) = 0.9 where |x| > threshold; bit logits = +-2 by the given message."""
+    """P(marked) = 0.9 where x > level; bit logits +-2 by the given message at phase ``sync``.
+
+    The other phases (``phases`` > 1) carry the inverted message, less sure (+-0.5): a
+    decoder that does not pick the surest phase reads the wrong bits.
+    """
 
     nbits = 16
-    phases = 1
 
-    def __init__(self, bits: Sequence[int], level: float = 0.01) -> None:
+    def __init__(
+        self, bits: Sequence[int], level: float = 0.01, phases: int = 1, sync: int = 0
+    ) -> None:
         self.bits = np.array(bits, dtype=np.float32)
         self.level = level
+        self.phases = phases
+        self.sync = sync
         self.batch = 0
 
     def reset(self, batch_size: int) -> None:
@@ -63,8 +70,12 @@ class FakeDetector:
 
     def process(self, x16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = np.where(x16k > self.level, 0.9, 0.1).astype(np.float32)  # polarity-sensitive
+        sign = 2 * self.bits - 1
+        per_phase = np.stack(
+            [2.0 * sign if k == self.sync else -0.5 * sign for k in range(self.phases)]
+        )
         logits = np.broadcast_to(
-            (2 * self.bits - 1)[None, None, :, None] * 2.0, (x16k.shape[0], 1, 16, x16k.shape[1])
+            per_phase[None, :, :, None], (x16k.shape[0], self.phases, 16, x16k.shape[1])
         )
         return p, np.ascontiguousarray(logits)
 

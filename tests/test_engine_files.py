@@ -84,6 +84,14 @@ def test_detect_reports_well_formed_result(random_models: Path, stereo_44k: Path
     assert res.match in (True, False)
 
 
+def test_detect_reads_the_bits_at_the_surest_phase(stereo_44k: Path) -> None:
+    from engine_fakes import FakeDetector
+
+    res = detect_file(stereo_44k, FakeDetector(MSG, level=-1.0, phases=3, sync=1), expected=MSG)
+    assert res.bits == MSG and res.match
+    assert min(res.bit_confidence) > 0.7  # the sure phase's sigmoid(2), not the others'
+
+
 @pytest.mark.parametrize("content", [b"", b"RIFF\x00\x00garbage" * 50, b"not audio at all"])
 def test_corrupt_input_gives_clear_error_and_no_output(
     random_models: Path, tmp_path: Path, content: bytes

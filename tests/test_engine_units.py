@@ -311,12 +311,13 @@ def test_worker_chunk_of_100ms_at_44k() -> None:
 
 
 # ----- monitor ---------------------------------------------------------------------------
-@pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_monitor_detects_bits_and_polarity(sign: float) -> None:
+@pytest.mark.parametrize(("sign", "phases"), [(1.0, 1), (-1.0, 1), (1.0, 4)])
+def test_monitor_detects_bits_and_polarity(sign: float, phases: int) -> None:
+    # with several grid phases, the bits come from the surest one (here the last)
     eng = Engine(
         EngineConfig(message=MSG, monitor="output"),
         marker=FakeMarker(0.0),
-        detector=FakeDetector(MSG, level=0.05),
+        detector=FakeDetector(MSG, level=0.05, phases=phases, sync=phases - 1),
         backend_factory=fake_factory(),
     )
     eng.start(threads=False)
