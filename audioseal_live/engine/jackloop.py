@@ -264,6 +264,7 @@ class LoopResult:
     rss_end_mb: float
     feeder_xruns: int
     rss_trace_mb: list[float] = field(default_factory=list)  # every 5 s
+    live_detection: Any = None  # the monitor's Detection when speech last reached the input
 
 
 def rss_mb() -> float:
@@ -301,10 +302,21 @@ def run_jack_loop(
         rss0 = rss_mb()  # after model load and warm-up: growth from here would be a leak
         trace: list[float] = []
         done = threading.Event()
+        live: list[Any] = [None]
 
-        def sample() -> None:  # RSS over the run: a plateau is allocator warm-up, a slope a leak
-            while not done.wait(5.0):
-                trace.append(round(rss_mb(), 1))
+        def sample() -> None:
+            # RSS every 5 s (a plateau is allocator warm-up, a slope a leak), and the monitor's
+            # view every 0.1 s while speech still reaches the input: after the feed ends the
+            # engine runs on silence until it is stopped, and the monitor rightly says
+            # "not marked" there.
+            polls = 0
+            while not done.wait(0.1):
+                polls += 1
+                snap = eng.snapshot()
+                if snap.peak_in > 1e-3:
+                    live[0] = snap.detection
+                if polls % 50 == 0:
+                    trace.append(round(rss_mb(), 1))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -321,7 +333,9 @@ def run_jack_loop(
             feeder.proc.kill()
     rss1 = rss_mb()
     lag = measured_lag(fed, recorded, max_lag=rate // 2)
-    return LoopResult(fed, recorded, lag, rate, snap, compute, rss0, rss1, feeder_xruns, trace)
+    return LoopResult(
+        fed, recorded, lag, rate, snap, compute, rss0, rss1, feeder_xruns, trace, live[0]
+    )
 
 
 class FeederProcess:
