@@ -330,6 +330,30 @@ def test_monitor_detects_bits_and_polarity(sign: float, phases: int) -> None:
     assert min(det.bit_confidence) > 0.7  # sigmoid(2) -> 0.76
 
 
+class BothPolarities(FakeDetector):
+    """Finds the mark in x and -x, a little surer in -x (as the shipped default does)."""
+
+    def process(self, x16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p, logits = super().process(x16k)
+        p[1] = np.minimum(p[1] + 0.05, 1.0)  # batch row 1 is the monitor's inverted copy
+        return p, logits
+
+
+def test_monitor_calls_polarity_inverted_only_on_clear_evidence() -> None:
+    eng = Engine(
+        EngineConfig(message=MSG, monitor="output"),
+        marker=FakeMarker(0.0),
+        detector=BothPolarities(MSG, level=-1.0),
+        backend_factory=fake_factory(),
+    )
+    eng.start(threads=False)
+    eng.backend.source = np.full(48000 * 2, -0.2, dtype=np.float32)
+    run_engine(eng, 2.0)
+    det = eng.stop().detection
+    assert det.prob_smoothed > 0.85 and det.bits == MSG
+    assert not det.inverted  # 0.95 vs 0.90 is no evidence of an inverted chain
+
+
 # ----- recorder --------------------------------------------------------------------------
 def test_recorder_is_atomic(tmp_path) -> None:
     import soundfile as sf

@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 
 from audioseal_live.engine.limiter import SoftLimiter
-from audioseal_live.engine.model import HOP, MODEL_RATE, FrameDetector, Marker, best_phase
+from audioseal_live.engine.model import (
+    HOP,
+    MODEL_RATE,
+    FrameDetector,
+    Marker,
+    best_phase,
+    inverted_wins,
+)
 from audioseal_live.engine.recorder import AtomicSoundFile
 from audioseal_live.engine.resample import SoxrResampler
 from audioseal_live.engine.ring import Fifo
@@ -204,7 +211,7 @@ def detect_file(
     detector.close()
     if total == 0:
         raise AudioFileError(f"{src}: too short to detect (needs at least 20 ms)")
-    b = int(n_det[1] > n_det[0])
+    b = int(inverted_wins(n_det[0] / total, n_det[1] / total))
     cnt = n_det[b]
     mean_logit = logit_sum[b, best_phase(logit_sum[b])] / cnt if cnt else np.zeros(nb)
     prob = 1 / (1 + np.exp(-mean_logit))

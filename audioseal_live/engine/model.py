@@ -48,6 +48,18 @@ class FrameDetector(Protocol):
     def close(self) -> None: ...
 
 
+# How much more marked the inverted signal must look before we call the chain inverted. A
+# detector trained with polarity flips finds its mark in both (the default: P 0.95 for x,
+# 0.99 for -x on test speech), so a bare comparison flipped a coin and the window said
+# "polarity inverted" on a chain that was not.
+POLARITY_MARGIN = 0.1
+
+
+def inverted_wins(plain: float, inverted: float) -> bool:
+    """Is the inverted signal clearly the marked one? (scores are detected fractions/P)."""
+    return inverted > plain + POLARITY_MARGIN
+
+
 def best_phase(mean_logits: np.ndarray) -> int:
     """(phases, nbits) averaged bit logits -> the phase whose bits are most confident."""
     return int(np.abs(mean_logits).mean(axis=-1).argmax())

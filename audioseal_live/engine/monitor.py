@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from audioseal_live.engine.metrics import Detection
-from audioseal_live.engine.model import MODEL_RATE, FrameDetector, best_phase
+from audioseal_live.engine.model import MODEL_RATE, FrameDetector, best_phase, inverted_wins
 from audioseal_live.engine.resample import live_resampler
 from audioseal_live.engine.ring import Fifo, RingBuffer
 
@@ -91,7 +91,7 @@ class DetectorMonitor:
         self._vote_sum[:, v] = np.einsum("bpkt,bt->bpk", logits, detected.astype(logits.dtype))
         n = min(self.chunks, self._n_smooth)
         smoothed = self._probs[:, :n].mean(axis=1)
-        b = int(smoothed[1] > smoothed[0])  # polarity that looks more marked
+        b = int(inverted_wins(smoothed[0], smoothed[1]))
         cnt = self._vote_cnt[b].sum()
         bits: tuple[int, ...] = ()
         conf: tuple[float, ...] = ()
