@@ -437,8 +437,9 @@ def live_benchmark(
         "rss_start_mb": res.rss_start_mb,
         "rss_end_mb": res.rss_end_mb,
         "rss_every_5s_mb": res.rss_trace_mb,
-        "detection_prob": s.detection.prob_smoothed,
-        "detection_match": s.detection.match,
+        # the monitor while speech was fed (after the feed it hears silence)
+        "detection_prob": (res.live_detection or s.detection).prob_smoothed,
+        "detection_match": (res.live_detection or s.detection).match,
     }
 
 
