@@ -43,6 +43,7 @@ from audioseal_live.training.data import Batch, SegmentPool, make_batch
 log = logging.getLogger(__name__)
 
 STAGES = ("detect", "message", "quality")
+KINDS = ("generator", "detector")
 
 
 @dataclass
@@ -248,28 +249,21 @@ class Trainer:
 
     def init_weights(self, source: str | Path) -> None:
         """Start from trained weights (fine-tuning): an exported folder or a training .pt."""
+        from audioseal_live.models.checkpoint import load_into, read_own
+
         source = Path(source)
         if source.suffix == ".pt":
             state = load_checkpoint(source)
-            gen_state, det_state = state["generator"], state["detector"]
+            parts = [(ModelCard.from_dict(state[f"{k}_card"]), state[k]) for k in KINDS]
         else:
-            from audioseal_live.models.checkpoint import load_into, read_own
-
-            (gcard, gen_state), (dcard, det_state) = (
-                read_own(source / "generator.json"),
-                read_own(source / "detector.json"),
-            )
-            for card, model in ((gcard, self.gen), (dcard, self.det)):
-                if card.seanet != model.card.seanet:
-                    raise CheckpointError(
-                        f"{source}: {card.kind} card {card.seanet} differs from this run's "
-                        f"widths (--n-filters/--dimension/--lstm)"
-                    )
-            load_into(self.gen, gen_state, str(source / "generator.safetensors"))
-            load_into(self.det, det_state, str(source / "detector.safetensors"))
-            gen_state, det_state = self.gen.state_dict(), self.det.state_dict()
-        self.gen.load_state_dict(gen_state)
-        self.det.load_state_dict(det_state)
+            parts = [read_own(source / f"{k}.json") for k in KINDS]
+        for kind, (card, weights), model in zip(KINDS, parts, (self.gen, self.det), strict=True):
+            if card.seanet != model.card.seanet:
+                raise CheckpointError(
+                    f"{source}: {kind} card {card.seanet} differs from this run's widths "
+                    f"(--n-filters/--dimension/--lstm)"
+                )
+            load_into(model, weights, f"{source} ({kind})")
         self.event("init", source=str(source))
 
     # --- one step --------------------------------------------------------------------------
