@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from torch import Tensor
 
 from audioseal_live.training import losses as L
 from audioseal_live.training.trainer import TrainConfig, Trainer, export, summarize
@@ -175,6 +176,39 @@ def test_bit_visibility_hinge() -> None:
     assert flip.grad is not None and flip.grad.abs().sum() > 0  # the generator gets a push
 
 
+def _band_pair_noise(message: torch.Tensor, length: int = 16000, tilt_db: float = 6.0) -> Tensor:
+    """Noise whose band pairs are shaped by the message: bit 1 -> lower half louder."""
+    n_fft = 512
+    gen = torch.Generator().manual_seed(0)
+    spec = torch.fft.rfft(torch.randn(message.shape[0], length, generator=gen))
+    freqs = torch.fft.rfftfreq(length, 1 / 16000)
+    gain = torch.ones_like(spec.real)
+    for k, (a, m, b) in enumerate(L.spectral_code_bands(message.shape[1], n_fft)):
+        hz = 16000 / n_fft
+        low = (freqs >= a * hz) & (freqs < m * hz)
+        high = (freqs >= m * hz) & (freqs < b * hz)
+        up = 10 ** (tilt_db / 20) * message[:, k : k + 1].float() + (
+            1 - message[:, k : k + 1].float()
+        )
+        gain = torch.where(low, gain * up, gain)
+        gain = torch.where(high, gain * (10 ** (tilt_db / 20) + 1 - up), gain)
+    return torch.fft.irfft(spec * gain, n=length)[:, None, :]
+
+
+def test_spectral_code_reads_band_pairs_at_any_shift() -> None:
+    msg = torch.randint(0, 2, (4, 16), generator=torch.Generator().manual_seed(1))
+    wm = _band_pair_noise(msg)
+    for shift in (0, 123):  # a long-term spectrum does not care where the frame grid is
+        contrast = L.spectral_code_contrast(wm[..., shift : shift + 12000], 16)
+        assert ((contrast > 0).long() == msg).all()
+        assert contrast.abs().min() > 3.0  # ~6 dB asked, window leakage blurs the edges
+    assert L.spectral_code_loss(wm, msg, 1.5) == 0  # the code holds with margin
+    assert L.spectral_code_loss(wm, 1 - msg, 1.5) > 6.0  # every pair the wrong way round
+    w = torch.randn(2, 1, 8000, requires_grad=True)
+    L.spectral_code_loss(w, msg[:2], 1.5).backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0  # the generator gets a push
+
+
 def test_new_run_can_start_from_exported_weights(corpus: Path, tmp_path: Path) -> None:
     from audioseal_live.errors import CheckpointError
     from audioseal_live.training.trainer import run_training
@@ -274,6 +308,26 @@ def test_resume_reproduces_the_next_steps_exactly(corpus: Path, tmp_path: Path) 
         assert e["loss"] == g["loss"]
     for pa, pb in zip(a.gen.parameters(), b.gen.parameters(), strict=True):
         assert torch.equal(pa, pb)
+
+
+def test_detector_lr_scale_and_one_group_checkpoints(corpus: Path, tmp_path: Path) -> None:
+    a = Trainer(tiny_config(corpus, tmp_path / "a", lr=1e-3))
+    a.train_step()
+    state = a.opt.state_dict()  # the layout before det_lr_scale: one group for both models
+    ids = state["param_groups"][0]["params"] + state["param_groups"][1]["params"]
+    one = {"state": state["state"], "param_groups": [{**state["param_groups"][0], "params": ids}]}
+    path = a.save("old.pt")
+    saved = torch.load(path, weights_only=False)
+    saved["optimizer"] = one
+    torch.save(saved, path)
+    b = Trainer(tiny_config(corpus, tmp_path / "b", lr=1e-3, det_lr_scale=3.0), pool=a.pool)
+    b.load(path)
+    assert [g["lr"] for g in b.opt.param_groups] == [1e-3, 3e-3]
+    n_gen = len(list(b.gen.parameters()))
+    assert len(b.opt.param_groups[0]["params"]) == n_gen  # generator first, as built
+    first_det = b.opt.state[b.opt.param_groups[1]["params"][0]]["exp_avg"]
+    assert torch.equal(first_det, a.opt.state[a.opt.param_groups[1]["params"][0]]["exp_avg"])
+    b.train_step()
 
 
 def test_resume_keeps_the_run_lr_unless_given_and_can_force_a_stage(

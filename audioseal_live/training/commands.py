@@ -160,6 +160,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="energy share of the watermark a one-bit flip must change",
     )
     p.add_argument(
+        "--w-spec-code",
+        type=float,
+        default=d["w_spec_code"],
+        help="weight of the spectral teacher code (bit k = which half of its band pair is louder)",
+    )
+    p.add_argument(
+        "--det-lr-scale",
+        type=float,
+        default=d["det_lr_scale"],
+        help="detector learning rate = --lr times this",
+    )
+    p.add_argument(
+        "--spec-margin",
+        type=float,
+        default=d["spec_margin"],
+        help="dB contrast the spectral teacher code asks of each band pair",
+    )
+    p.add_argument(
         "--max-shift",
         type=int,
         default=d["max_shift"],
