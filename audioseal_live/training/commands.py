@@ -171,6 +171,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=d["det_lr_scale"],
         help="detector learning rate = --lr times this",
     )
+    p.add_argument("--spec-lo", type=float, default=d["spec_lo"], help="code band start, Hz")
+    p.add_argument("--spec-hi", type=float, default=d["spec_hi"], help="code band end, Hz")
     p.add_argument(
         "--spec-margin",
         type=float,

@@ -180,7 +180,9 @@ def spectral_code_bands(
     return tuple((edges[2 * k], edges[2 * k + 1], edges[2 * k + 2]) for k in range(nbits))
 
 
-def spectral_code_contrast(wm: Tensor, nbits: int, n_fft: int = 512) -> Tensor:
+def spectral_code_contrast(
+    wm: Tensor, nbits: int, band: tuple[float, float] = (500.0, 7500.0), n_fft: int = 512
+) -> Tensor:
     """(B, nbits) dB contrast of each bit's lower half-band over its upper half-band.
 
     The watermark's time-averaged power spectrum, read as nbits adjacent band pairs. A code
@@ -192,20 +194,22 @@ def spectral_code_contrast(wm: Tensor, nbits: int, n_fft: int = 512) -> Tensor:
     )
     power = spec.abs().pow(2).mean(-1)  # (B, F)
     out = []
-    for a, m, b in spectral_code_bands(nbits, n_fft):
+    for a, m, b in spectral_code_bands(nbits, n_fft, 16000, *band):
         low = power[:, a:m].mean(-1)
         high = power[:, m:b].mean(-1)
         out.append(10 * torch.log10((low + EPS) / (high + EPS)))
     return torch.stack(out, dim=-1)
 
 
-def spectral_code_loss(wm: Tensor, message: Tensor, margin_db: float) -> Tensor:
+def spectral_code_loss(
+    wm: Tensor, message: Tensor, margin_db: float, band: tuple[float, float] = (500.0, 7500.0)
+) -> Tensor:
     """Hinge: bit 1 -> lower half-band >= margin_db louder than the upper one, bit 0 the reverse.
 
     A teacher the generator can follow from step one: it gets a gradient for every bit
     without waiting for the detector to find a code (bits stuck at chance for 30k steps).
     """
-    contrast = spectral_code_contrast(wm, message.shape[-1])
+    contrast = spectral_code_contrast(wm, message.shape[-1], band)
     sign = 2.0 * message.to(contrast.dtype) - 1.0
     return F.relu(margin_db - sign * contrast).mean()
 
