@@ -238,6 +238,47 @@ def test_drift_corrections_keep_fill_bounded() -> None:
         assert snap.underruns == 0
 
 
+def test_underruns_raise_the_set_point_then_calm_lowers_it() -> None:
+    """A stall that underruns makes the ring keep more (not drop the late samples), capped;
+    after RELAX_AFTER_S of clean output the set point comes back down by 1 ms per second."""
+    from audioseal_live.engine.worker import RELAX_AFTER_S
+
+    eng = make_engine(FakeMarker(scale=0.0))
+    b, w = eng.backend, eng.worker
+    b.source = noise(60.0)
+    run_engine(eng, 2.0)
+    base = w.out_target
+    budget0 = eng.snapshot().latency_budget_ms
+    for _ in range(7):  # the worker stalls for 37 ms: the output ring runs dry
+        b.feed(256)
+        b.drain(256)
+    run_engine(eng, 2.0)
+    snap = eng.snapshot()
+    lacked = snap.underrun_samples
+    assert snap.underruns > 0 and lacked > 0
+    assert w.drift.extra == min(lacked, w.drift.max_extra) > 0
+    assert snap.out_ring_target == base + w.drift.extra
+    assert w.drift.drops < 50  # the late samples stay as margin (a fixed set point drops them)
+    assert snap.latency_budget_ms > budget0  # the budget owns up to the extra
+    run_engine(eng, RELAX_AFTER_S + w.drift.extra / 48 + 3.0)  # 48 samples per second at 48 k
+    snap = eng.stop()
+    assert w.drift.extra == 0 and snap.out_ring_target == base
+    assert snap.underruns == eng.snapshot().underruns  # no new underruns while relaxing
+    assert abs(w.drift.smoothed_fill - w.drift.set_point) <= 2 * w.drift.dead_band
+    # a long stall: the set point grows by at most half a chunk, the rest is dropped as before
+    eng = make_engine(FakeMarker(scale=0.0))
+    eng.backend.source = noise(10.0)
+    run_engine(eng, 2.0)
+    for _ in range(16):
+        eng.backend.feed(256)
+        eng.backend.drain(256)
+    run_engine(eng, 3.0)
+    drift = eng.worker.drift
+    assert drift.extra == drift.max_extra == eng.worker.chunk_dev // 2
+    assert drift.drops > 0
+    eng.stop()
+
+
 def test_same_clock_needs_no_drift_correction() -> None:
     eng = make_engine(FakeMarker(scale=0.0))
     eng.backend.source = noise(10.0)

@@ -6,6 +6,12 @@ minutes the output ring would drain (underruns) or grow (latency creep). We watc
 fill and, outside a dead band, drop or repeat one sample per chunk at the quietest point of the
 chunk, where the edit is least audible. One sample per 20 ms chunk at 48 kHz corrects ~1000
 ppm, ten times the drift of ordinary sound cards; up to four per chunk catch up after a stall.
+
+The set point also adapts, like a jitter buffer: an output underrun means the margin was too
+small, and the samples that arrive late then sit in the ring as surplus. Dropping them (what a
+fixed set point does) restores the latency only to underrun again on the next spike, so the
+set point grows by what the underrun lacked (capped) instead, and relaxes by 1 ms per second
+once the output has been fed without a gap for a while.
 """
 
 from __future__ import annotations
@@ -21,8 +27,12 @@ class DriftCorrector:
         smoothing: float = 0.05,
         max_edits: int = 4,
         calibrate: int = 25,
+        max_extra: int = 0,
     ) -> None:
-        self.target_fill = int(target_fill)
+        self.target_fill = int(target_fill)  # the base set point (calibrated at start)
+        self.max_extra = int(max_extra)
+        self.extra = 0  # what underruns added to the set point, 0..max_extra
+        self.peak_extra = 0
         self.max_edits = max_edits
         self.dead_band = int(dead_band)
         self._alpha = float(smoothing)  # EMA weight per chunk: ~20 chunks of memory
@@ -39,6 +49,18 @@ class DriftCorrector:
     @property
     def smoothed_fill(self) -> float:
         return float(self._avg) if self._avg is not None else float(self.target_fill)
+
+    @property
+    def set_point(self) -> int:
+        return self.target_fill + self.extra
+
+    def grow(self, samples: int) -> None:
+        """An underrun lacked ``samples``: keep that much more in the ring (up to the cap)."""
+        self.extra = min(self.max_extra, self.extra + max(0, int(samples)))
+        self.peak_extra = max(self.peak_extra, self.extra)
+
+    def relax(self, samples: int) -> None:
+        self.extra = max(0, self.extra - int(samples))
 
     def reset(self, calibrate: int = 25) -> None:
         self._avg = None
@@ -67,7 +89,7 @@ class DriftCorrector:
         """
         if self._avg is None or chunk.shape[0] < 8 * self.max_edits:
             return chunk
-        err = self._avg - self.target_fill
+        err = self._avg - self.set_point
         if abs(err) <= self.dead_band:
             return chunk
         n = int(min(self.max_edits, 1 + (abs(err) - self.dead_band) // max(1, self.dead_band)))

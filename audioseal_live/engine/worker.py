@@ -29,6 +29,7 @@ from audioseal_live.engine.ring import Fifo, RingBuffer
 log = logging.getLogger(__name__)
 
 OverloadPolicy = Literal["pass", "mute"]
+RELAX_AFTER_S = 10  # seconds without an underrun before the raised set point relaxes
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,11 @@ class Worker:
         self.gain = Fifo(4 * self.chunk_dev)  # 1 = original, 0 = muted (overload policy)
         self.limiter = SoftLimiter(self.rate)
         # Dead band: half a callback block (phase of separate streams) plus 1 ms.
-        self.drift = DriftCorrector(0, dead_band=self.block_size // 2 + self.rate // 1000)
+        self.drift = DriftCorrector(
+            0, dead_band=self.block_size // 2 + self.rate // 1000, max_extra=self.chunk_dev // 2
+        )
+        self._underrun_seen = 0  # io.underrun_samples already answered by the set point
+        self._fed_since_underrun = 0  # output samples produced since the last underrun
         self.out_target = 0
         self.set_out_target(
             int(out_target) if out_target is not None else self.default_target(0.005)
@@ -195,6 +200,7 @@ class Worker:
             # Read the callback side from one value the output callback published: reading
             # two rings here races the callbacks (a GIL switch between the reads is a block).
             held = len(self.orig) - self.in_ring.total_read + self.out_ring.total_written
+            self._adapt_set_point(n)
             if self.io is not None and hasattr(self.io, "io_balance"):
                 self.drift.observe(self.io.io_balance + held)
             else:
@@ -203,6 +209,20 @@ class Worker:
         if produced:
             self._publish()
         return True
+
+    def _adapt_set_point(self, produced: int) -> None:
+        """Underruns raise the output set point by what they lacked; calm lowers it again."""
+        lacked = (self.io.underrun_samples if self.io is not None else 0) - self._underrun_seen
+        if lacked > 0:
+            self._underrun_seen += lacked
+            self.drift.grow(lacked)
+            self._fed_since_underrun = 0
+            return
+        self._fed_since_underrun += produced
+        calm = self._fed_since_underrun - RELAX_AFTER_S * self.rate
+        if self.drift.extra and calm >= 0:
+            self.drift.relax(self.rate // 1000)  # 1 ms ...
+            self._fed_since_underrun -= self.rate  # ... per second of calm
 
     def _process_block(self, block: np.ndarray) -> None:
         ctl = self.controls  # read once per chunk
@@ -266,9 +286,15 @@ class Worker:
     def latency_budget_s(self) -> float:
         io = self.io
         pa = (io.input_latency + io.output_latency) if io else 0.0
-        # Samples in flight = out target + path delay (conserved on one clock) + drift band
-        # + one block of callback scheduling.
-        flight = self.out_target + self.path_delay + self.drift.dead_band + self.block_size
+        # Samples in flight = out target (+ the most underruns raised it by this run) + path
+        # delay (conserved on one clock) + drift band + one block of callback scheduling.
+        flight = (
+            self.out_target
+            + self.drift.peak_extra
+            + self.path_delay
+            + self.drift.dead_band
+            + self.block_size
+        )
         return pa + flight / self.rate
 
     def _publish(self) -> None:
@@ -306,7 +332,7 @@ class Worker:
             rtf=rtf,
             in_ring_fill=in_fill,
             out_ring_fill=out_fill,
-            out_ring_target=self.out_target,
+            out_ring_target=self.out_target + self.drift.extra,
             input_latency_ms=1000 * pa_in,
             output_latency_ms=1000 * pa_out,
             pipeline_delay_ms=1000 * self.path_delay / self.rate,
