@@ -171,6 +171,47 @@ def test_phased_detector_streams_exactly(phased, hops: list[int], seed: int) -> 
     torch.testing.assert_close(torch.cat([o[1] for o in outs], -1), bits_whole, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("cut_hops", [1, 5, 6])
+def test_selected_streams_carry_on_exactly(phased, cut_hops: int) -> None:
+    """Narrowing a running stream to one signal and one phase keeps that entry's state:
+    what follows equals the same entry of the stream that kept running whole."""
+    x = audio(HOP * 12, batch=2, seed=5)
+    cut = HOP * cut_hops
+    with torch.inference_mode():
+        with phased.streaming(2):
+            phased.frame_outputs(x[..., :cut])
+            whole = phased.phase_logits(x[..., cut:])  # (2, P, 2 + nbits, T)
+        with phased.streaming(2):
+            phased.frame_outputs(x[..., :cut])
+            phased.select_streams([1], phases=[2])
+            assert phased.active_phases == (2,)
+            p_one, one = phased.frame_outputs(x[1:, :, cut:])
+    assert one.shape == (1, 1, whole.shape[2] - 2, whole.shape[3])  # (B, P, nbits, T)
+    torch.testing.assert_close(one[0, 0], whole[1, 2, 2:], atol=TOL, rtol=0)
+    torch.testing.assert_close(p_one[0], torch.softmax(whole[1, 2, :2], 0)[1], atol=TOL, rtol=0)
+    with phased.streaming(2):  # a new stream runs every phase again
+        assert phased.active_phases == (0, 1, 2, 3)
+        with pytest.raises(ValueError, match="phases"):
+            phased.select_streams([0], phases=[7])
+        with pytest.raises(ValueError, match="stream indices"):
+            phased.select_streams([2])
+    with pytest.raises(RuntimeError, match="running stream"):
+        phased.select_streams([0])
+
+
+def test_generator_selected_stream_keeps_state_and_message() -> None:
+    gen = AudioSealWM(small_card("generator")).eval()
+    x = audio(HOP * 8, batch=2, seed=6)
+    msg = torch.randint(0, 2, (2, gen.nbits), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        whole = gen.get_watermark(x, message=msg)
+        with gen.streaming(2):
+            gen.get_watermark(x[..., : 3 * HOP], message=msg)
+            gen.select_streams([0])
+            rest = gen.get_watermark(x[:1, :, 3 * HOP :], message=msg[:1])
+    torch.testing.assert_close(rest, whole[:1, :, 3 * HOP :], atol=TOL, rtol=0)
+
+
 @pytest.mark.parametrize("chunk_hops", [1, 5, 20])
 def test_bfloat16_stream_is_close_and_leaves_weights_alone(official, chunk_hops: int) -> None:
     """The opt-in fast mode: bf16 weight copies for the matmuls; ~0.4 % of the watermark."""

@@ -69,6 +69,10 @@ class StreamingConv1d(StreamingModule):
     def _reset_state(self) -> None:
         self._cache = None
 
+    def _select_state(self, index: torch.Tensor) -> None:
+        if self._cache is not None:
+            self._cache = self._cache[index]
+
     def _extra_padding(self, length: int) -> int:
         """Right padding so that the last window is full (audiocraft's pad_for_conv1d)."""
         k, s, p = self.effective_kernel, self.stride, self.padding_total
@@ -182,6 +186,10 @@ class StreamingConvTranspose1d(StreamingModule):
 
     def _reset_state(self) -> None:
         self._partial = None
+
+    def _select_state(self, index: torch.Tensor) -> None:
+        if self._partial is not None:
+            self._partial = self._partial[index]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.is_streaming:

@@ -71,6 +71,10 @@ class StreamingLSTM(StreamingModule):
         self._state = None
         self._layer_cache = None
 
+    def _select_state(self, index: Tensor) -> None:
+        if self._state is not None:  # (layers, batch, hidden)
+            self._state = (self._state[0][:, index], self._state[1][:, index])
+
     def _layers(self) -> list[LayerWeights]:
         # Built once per stream (weights are frozen while streaming), not per chunk.
         layers = self._layer_cache

@@ -96,6 +96,13 @@ class StreamingModule(nn.Module):
     def _reset_state(self) -> None:
         """Drop the cache; the next call starts a fresh stream."""
 
+    def _select_state(self, index: torch.Tensor) -> None:
+        """Keep only the batch entries ``index`` of the cache (batch is dim 0 by default)."""
+
+    def _select_streams(self, index: torch.Tensor) -> None:
+        self._streaming_batch = int(index.numel())
+        self._select_state(index)
+
     def _check_batch(self, x: torch.Tensor) -> None:
         if x.shape[0] != self._streaming_batch:
             raise ValueError(
@@ -144,6 +151,24 @@ class StreamingRoot(nn.Module):
                 m._stop_streaming()
             self._on_stream_stop()
 
+    def select_streams(self, index: list[int] | torch.Tensor) -> None:
+        """Carry on with only these batch entries of the stream, their state intact.
+
+        E.g. a monitor that streamed a signal and its inverse keeps the one that carries the
+        mark: half the work from then on, and no restart (a fresh state needs a while to
+        settle). The next chunks must have the new batch size.
+        """
+        modules = [m for m in self._streaming_modules() if m.is_streaming]
+        if not modules:
+            raise RuntimeError("select_streams() needs a running stream (inside streaming())")
+        idx = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        batch = modules[0]._streaming_batch or 0
+        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= batch:
+            raise ValueError(f"stream indices must lie in [0, {batch}), got {idx.tolist()}")
+        for m in modules:
+            m._select_streams(idx)
+        self._on_select_streams(idx)
+
     def reset_streaming(self) -> None:
         """Start a new stream without leaving the streaming block (e.g. after a seek)."""
         for m in self._streaming_modules():
@@ -156,6 +181,9 @@ class StreamingRoot(nn.Module):
 
     def _on_stream_stop(self) -> None:
         """Hook for model-level stream state."""
+
+    def _on_select_streams(self, index: torch.Tensor) -> None:
+        """Hook: keep the batch entries ``index`` of model-level stream state."""
 
 
 class StreamingAdd(StreamingModule):
@@ -174,6 +202,10 @@ class StreamingAdd(StreamingModule):
     def _reset_state(self) -> None:
         self._rest_a = None
         self._rest_b = None
+
+    def _select_state(self, index: torch.Tensor) -> None:
+        self._rest_a = None if self._rest_a is None else self._rest_a[index]
+        self._rest_b = None if self._rest_b is None else self._rest_b[index]
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if not self.is_streaming or (

@@ -46,6 +46,7 @@ class AudioSealDetector(CardModel):
         )
         self.phases = card.sync_phases
         self._tail: Tensor | None = None  # last hop of input, for the delayed phases
+        self._active = tuple(range(self.phases))  # phases this stream runs (see select_streams)
 
     @contextmanager
     def streaming(
@@ -59,13 +60,41 @@ class AudioSealDetector(CardModel):
 
     def _on_stream_start(self) -> None:
         self._tail = None
+        self._active = tuple(range(self.phases))
 
     def _on_stream_stop(self) -> None:
         self._tail = None
+        self._active = tuple(range(self.phases))
+
+    @property
+    def active_phases(self) -> tuple[int, ...]:
+        """The grid phases this call runs: all of them unless a stream narrowed them."""
+        return self._active
+
+    def select_streams(  # type: ignore[override]
+        self, index: list[int] | Tensor, phases: list[int] | None = None
+    ) -> None:
+        """Carry on with the signals ``index`` of the batch and, if given, only the grid
+        ``phases`` (numbers in [0, P) among those still running), state intact.
+
+        A live monitor searches every phase of x and -x, then keeps the one pair that carries
+        the mark: a quarter (P = 4) to an eighth of the work, without a restart. After it,
+        outputs have len(phases) phases and P(marked) is that of the first kept phase.
+        """
+        signals = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        keep = self._active if phases is None else tuple(int(k) for k in phases)
+        if not keep or any(k not in self._active for k in keep):
+            raise ValueError(f"phases must be among the running ones {self._active}, got {keep}")
+        n = len(self._active)
+        pos = torch.tensor([self._active.index(k) for k in keep], dtype=torch.long)
+        super().select_streams((signals[:, None] * n + pos[None, :]).reshape(-1))
+        if self._tail is not None:
+            self._tail = self._tail[signals]
+        self._active = keep
 
     def _delayed(self, x: Tensor) -> Tensor:
         """(B, 1, T) -> (B * P, 1, T): phase k is x delayed by k * hop // P samples."""
-        if self.phases == 1:
+        if self._active == (0,):
             return x
         hop = self.hop_length
         prev = (
@@ -77,14 +106,14 @@ class AudioSealDetector(CardModel):
         if self.is_streaming:
             self._tail = ext[..., -hop:]
         length = x.shape[-1]
-        starts = [hop - k * hop // self.phases for k in range(self.phases)]
+        starts = [hop - k * hop // self.phases for k in self._active]
         return torch.stack([ext[..., s : s + length] for s in starts], dim=1).flatten(0, 1)
 
     def phase_logits(self, x: Tensor, sample_rate: int | None = None) -> Tensor:
         """Raw per-sample outputs of every phase (B, P, 2 + nbits, T)."""
         self._check_input(x, sample_rate)
         out = self.detector(self._delayed(x))
-        return out.view(x.shape[0], self.phases, *out.shape[1:])
+        return out.view(x.shape[0], len(self._active), *out.shape[1:])
 
     def logits(self, x: Tensor, sample_rate: int | None = None) -> Tensor:
         """Raw per-sample outputs (B, 2 + nbits, T) of phase 0: 2 detection logits, then bits.

@@ -57,6 +57,10 @@ class AudioSealWM(CardModel):
     def _on_stream_stop(self) -> None:
         self._stream_message = None
 
+    def _on_select_streams(self, index: Tensor) -> None:
+        if self._stream_message is not None:
+            self._stream_message = self._stream_message[index]
+
     def random_message(self, batch_size: int) -> Tensor:
         return random_message(batch_size, self.nbits)
 
