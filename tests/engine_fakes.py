@@ -64,18 +64,24 @@ class FakeDetector:
         self.phases = phases
         self.sync = sync
         self.batch = 0
+        self.active = list(range(phases))
+        self.calls: list[int] = []  # batch x phases of every call: the work done
 
     def reset(self, batch_size: int) -> None:
         self.batch = batch_size
+        self.active = list(range(self.phases))
+
+    def narrow(self, signal: int, phase: int) -> None:
+        self.batch, self.active = 1, [phase]
 
     def process(self, x16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert x16k.shape[0] == self.batch
+        self.calls.append(self.batch * len(self.active))
         p = np.where(x16k > self.level, 0.9, 0.1).astype(np.float32)  # polarity-sensitive
         sign = 2 * self.bits - 1
-        per_phase = np.stack(
-            [2.0 * sign if k == self.sync else -0.5 * sign for k in range(self.phases)]
-        )
+        per_phase = np.stack([2.0 * sign if k == self.sync else -0.5 * sign for k in self.active])
         logits = np.broadcast_to(
-            per_phase[None, :, :, None], (x16k.shape[0], self.phases, 16, x16k.shape[1])
+            per_phase[None, :, :, None], (x16k.shape[0], len(self.active), 16, x16k.shape[1])
         )
         return p, np.ascontiguousarray(logits)
 

@@ -380,6 +380,35 @@ class BothPolarities(FakeDetector):
         return p, logits
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_monitor_locks_onto_the_marked_phase_then_searches_again_when_lost(sign: float) -> None:
+    det = FakeDetector(MSG, level=0.05, phases=4, sync=2)
+    eng = Engine(
+        EngineConfig(message=MSG, monitor="output"),
+        marker=FakeMarker(0.0),
+        detector=det,
+        backend_factory=fake_factory(),
+    )
+    eng.start(threads=False)
+    mon = eng.monitor
+    assert mon is not None
+    marked = np.full(48000 * 5, 0.2 * sign, dtype=np.float32)
+    eng.backend.source = np.concatenate([marked, np.zeros(48000 * 4, np.float32), marked])
+    run_engine(eng, 2.5)
+    assert mon.lock is None and det.calls[-1] == 2 * 4  # searching: x and -x, every phase
+    run_engine(eng, 2.0)
+    assert mon.lock == (int(sign < 0), 2)  # the marked polarity and the surest phase
+    assert det.calls[-1] == 1  # an eighth of the work
+    d = eng.snapshot().detection
+    assert d.bits == MSG and d.match and d.inverted == (sign < 0) and d.prob_smoothed > 0.85
+    run_engine(eng, 4.0)  # the mark is gone (silence) for longer than unlock_s
+    assert mon.lock is None and det.calls[-1] == 8 and mon.locks == 1
+    run_engine(eng, 5.0)  # and back: found and locked again
+    assert mon.lock == (int(sign < 0), 2) and mon.locks == 2
+    d = eng.stop().detection
+    assert d.bits == MSG and d.match
+
+
 def test_monitor_calls_polarity_inverted_only_on_clear_evidence() -> None:
     eng = Engine(
         EngineConfig(message=MSG, monitor="output"),

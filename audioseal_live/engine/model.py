@@ -45,6 +45,10 @@ class FrameDetector(Protocol):
         """``x16k`` (B, T) -> P(marked) per sample (B, T), bit logits (B, phases, nbits, T)."""
         ...
 
+    def narrow(self, signal: int, phase: int) -> None:
+        """Keep streaming only ``signal`` of the batch and grid ``phase``, state intact;
+        ``process`` then takes (1, T) and gives (1, T), (1, 1, nbits, T)."""
+
     def close(self) -> None: ...
 
 
@@ -133,6 +137,9 @@ class TorchDetector:
             x = torch.from_numpy(np.ascontiguousarray(x16k, dtype=np.float32))
             p, logits = self.det.frame_outputs(x.unsqueeze(1).to(self.device))
             return p.float().cpu().numpy(), logits.float().cpu().numpy()
+
+    def narrow(self, signal: int, phase: int) -> None:
+        self.det.select_streams([signal], phases=[phase])
 
     def close(self) -> None:
         self._stack.close()

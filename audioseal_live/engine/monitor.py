@@ -3,8 +3,11 @@
 Fed through its own SPSC ring, either by the worker (the marked output, a digital monitor) or
 by a capture callback (a loopback or room mic, to verify the mark after the real chain). Runs
 on its own thread so that detection never delays the output; if it falls behind it drops
-audio (counted), never the output. The detector runs on a batch of two, the signal and its
-inverse, because real chains flip polarity.
+audio (counted), never the output. The detector first searches a batch of two, the signal and
+its inverse (real chains flip polarity), at every grid phase the model reads bits at. Once one
+polarity has carried the mark for a vote window, it locks onto that polarity and its surest
+phase (the stream narrowed, state intact): 1/(2P) of the work from then on. If the mark is then
+lost for a while (a re-routed chain), it searches again.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class DetectorMonitor:
         history_s: float = 10.0,
         threshold: float = 0.5,
         source: str = "output",
+        lock_p: float = 0.8,
+        unlock_s: float = 2.0,
     ) -> None:
         self.det = detector
         self.rate = int(sample_rate)
@@ -58,6 +63,12 @@ class DetectorMonitor:
         self._vote_sum = np.zeros((2, self._n_vote, self.phases, self.nbits))
         self._vote_cnt = np.zeros((2, self._n_vote))
         self._hist: deque[float] = deque(maxlen=max(1, round(history_s / chunk_s)))
+        self.lock_p = lock_p
+        self._n_unlock = max(1, round(unlock_s / chunk_s))
+        self.lock: tuple[int, int] | None = None  # (polarity, phase) once locked
+        self.locks = 0
+        self._since_search = 0  # chunks since the last (re)start of the search
+        self._lost = 0  # chunks in a row below threshold while locked
         self.chunks = 0
         self.errors = 0
         self._detection = Detection(source=source)
@@ -69,7 +80,14 @@ class DetectorMonitor:
         return self._detection
 
     def reset(self) -> None:
+        """(Re)start the search: both polarities, every phase, votes cleared."""
         self.det.reset(batch_size=2)
+        self.lock = None
+        self._since_search = 0
+        self._lost = 0
+        self._probs[:] = 0
+        self._vote_sum[:] = 0
+        self._vote_cnt[:] = 0
 
     def step(self) -> bool:
         avail = self.ring.fill
@@ -81,17 +99,29 @@ class DetectorMonitor:
         return True
 
     def _process(self, block: np.ndarray) -> None:
-        p, logits = self.det.process(np.stack([block, -block]))  # (2,T), (2,P,nbits,T)
         i = self.chunks % self._n_smooth
         v = self.chunks % self._n_vote
         self.chunks += 1
-        self._probs[:, i] = p.mean(axis=1)
-        detected = p > self.threshold  # vote over detected samples only
-        self._vote_cnt[:, v] = detected.sum(axis=1)
-        self._vote_sum[:, v] = np.einsum("bpkt,bt->bpk", logits, detected.astype(logits.dtype))
-        n = min(self.chunks, self._n_smooth)
-        smoothed = self._probs[:, :n].mean(axis=1)
-        b = int(inverted_wins(smoothed[0], smoothed[1]))
+        self._since_search += 1
+        if self.lock is None:
+            p, logits = self.det.process(np.stack([block, -block]))  # (2,T), (2,P,nbits,T)
+            self._probs[:, i] = p.mean(axis=1)
+            detected = p > self.threshold  # vote over detected samples only
+            self._vote_cnt[:, v] = detected.sum(axis=1)
+            self._vote_sum[:, v] = np.einsum("bpkt,bt->bpk", logits, detected.astype(logits.dtype))
+        else:
+            pol, phase = self.lock
+            p, logits = self.det.process((block if pol == 0 else -block)[None])  # (1,T), (1,1,..)
+            self._probs[:, i] = 0.0
+            self._probs[pol, i] = p.mean()
+            detected = p[0] > self.threshold
+            self._vote_cnt[:, v] = 0
+            self._vote_cnt[pol, v] = detected.sum()
+            self._vote_sum[:, v] = 0
+            self._vote_sum[pol, v, phase] = logits[0, 0] @ detected.astype(logits.dtype)
+        n = min(self._since_search, self._n_smooth)  # entries of this search so far
+        smoothed = self._probs[:, [(i - j) % self._n_smooth for j in range(n)]].mean(axis=1)
+        b = int(inverted_wins(smoothed[0], smoothed[1])) if self.lock is None else self.lock[0]
         cnt = self._vote_cnt[b].sum()
         bits: tuple[int, ...] = ()
         conf: tuple[float, ...] = ()
@@ -104,6 +134,7 @@ class DetectorMonitor:
             conf = tuple(float(c) for c in np.abs(2 * prob - 1))
             expected = tuple(int(x) for x in self.message())
             match = bits == expected if expected else None
+        self._update_lock(b, float(smoothed[b]))
         self._hist.append(float(smoothed[b]))
         self._detection = Detection(
             prob_chunk=float(self._probs[b, i]),
@@ -117,6 +148,23 @@ class DetectorMonitor:
             history=tuple(self._hist),
             dropped_samples=self.ring.overflow_samples,
         )
+
+    def _update_lock(self, polarity: int, smoothed: float) -> None:
+        if self.lock is None:
+            if self._since_search >= self._n_vote and smoothed >= self.lock_p:
+                cnt = self._vote_cnt[polarity].sum()
+                if cnt > 0:
+                    phase = best_phase(self._vote_sum[polarity].sum(axis=0) / cnt)
+                    self.det.narrow(polarity, phase)
+                    self.lock = (polarity, phase)
+                    self.locks += 1
+                    self._lost = 0
+                    log.info("monitor locked on polarity %s, phase %d", "-+"[polarity == 0], phase)
+            return
+        self._lost = self._lost + 1 if smoothed < self.threshold else 0
+        if self._lost >= self._n_unlock:
+            log.info("monitor lost the mark for %d chunks: searching again", self._lost)
+            self.reset()
 
     def run(self) -> None:
         ctx: Any = None
