@@ -252,6 +252,39 @@ def test_new_run_can_start_from_exported_weights(corpus: Path, tmp_path: Path) -
         )
 
 
+def test_wider_fresh_detector_against_a_frozen_generator(corpus: Path, tmp_path: Path) -> None:
+    from audioseal_live.training.trainer import models_from_checkpoint, run_training
+
+    a = Trainer(tiny_config(corpus, tmp_path / "a"))
+    a.train_step()
+    a.save()
+    b = run_training(
+        tiny_config(
+            corpus,
+            tmp_path / "b",
+            max_steps=0,
+            init_from=str(tmp_path / "a/last.pt"),
+            det_n_filters=8,
+            freeze_generator=True,
+            start_stage="message",
+        )
+    )
+    assert b.det.card.seanet.n_filters == 8 and b.gen.card.seanet.n_filters == 4
+    gen0 = [p.clone() for p in b.gen.parameters()]
+    det0 = [p.clone() for p in b.det.parameters()]
+    for pa, pb in zip(a.gen.parameters(), gen0, strict=True):
+        assert torch.equal(pa, pb)  # the generator came from the source
+    b.train_step()
+    assert all(torch.equal(p, q) for p, q in zip(b.gen.parameters(), gen0, strict=True))
+    assert any(not torch.equal(p, q) for p, q in zip(b.det.parameters(), det0, strict=True))
+    b.save()
+    gen, det = models_from_checkpoint(tmp_path / "b/last.pt")  # widths come with the cards
+    assert det.card.seanet.n_filters == 8 and gen.card.seanet.n_filters == 4
+    # a resume keeps the run's detector width even if the command line forgets it
+    c = run_training(tiny_config(corpus, tmp_path / "b", max_steps=1))
+    assert c.cfg.det_n_filters == 8 and c.step == 1
+
+
 def test_message_sync_draws_crops_near_the_grid_and_says_which(
     corpus: Path, tmp_path: Path
 ) -> None:

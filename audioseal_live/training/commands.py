@@ -166,6 +166,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="weight of the spectral teacher code (bit k = which half of its band pair is louder)",
     )
     p.add_argument(
+        "--det-n-filters",
+        type=int,
+        default=None,
+        help="detector width, if not the generator's (with --init-from: a fresh detector)",
+    )
+    p.add_argument(
+        "--freeze-generator",
+        action="store_true",
+        default=None,
+        help="train the detector alone against the generator as it is",
+    )
+    p.add_argument(
         "--det-lr-scale",
         type=float,
         default=d["det_lr_scale"],

@@ -126,6 +126,12 @@ class TrainConfig:
     # the detector's learning rate over the generator's: with a code in the watermark, the
     # detector alone learned it 3x faster at 1e-3 than the joint run at 3e-4
     det_lr_scale: float = 1.0
+    # A detector of other width than the generator (None: the same). The shipped detector's
+    # first layer has 8 filters of 7 taps; a wider one may read what the generator carries.
+    # --init-from then loads the generator only and the detector starts fresh.
+    det_n_filters: int | None = None
+    # train the detector alone against a fixed generator (no generator gradients: cheaper)
+    freeze_generator: bool = False
     spec_margin: float = 1.5
     # Where the code lives: the watermark sits 13-25 dB under speech below 3 kHz but within
     # a few dB of it above (measured), so only pairs up there can be read through the voice.
@@ -180,6 +186,8 @@ def sync_phases(msg_jitter: int | None, hop: int = 320) -> int:
 def build_models(cfg: TrainConfig) -> tuple[AudioSealWM, AudioSealDetector]:
     widths = dict(n_filters=cfg.n_filters, dimension=cfg.dimension, lstm=cfg.lstm)
     gen = AudioSealWM(small_card("generator", name="audioseal_live_generator", **widths))
+    if cfg.det_n_filters is not None:
+        widths["n_filters"] = cfg.det_n_filters
     det_card = small_card("detector", name="audioseal_live_detector", **widths)
     det_card = det_card.replace(sync_phases=sync_phases(cfg.msg_jitter, det_card.hop_length))
     return gen, AudioSealDetector(det_card)
@@ -205,6 +213,8 @@ class Trainer:
         self.gen, self.det = build_models(cfg)
         self.gen.to(self.device).train()
         self.det.to(self.device).train()
+        if cfg.freeze_generator:
+            self.gen.requires_grad_(False)
         self.opt = torch.optim.Adam(
             [
                 {"params": list(self.gen.parameters()), "lr": cfg.lr},
@@ -292,14 +302,18 @@ class Trainer:
             parts = [(ModelCard.from_dict(state[f"{k}_card"]), state[k]) for k in KINDS]
         else:
             parts = [read_own(source / f"{k}.json") for k in KINDS]
+        fresh = []
         for kind, (card, weights), model in zip(KINDS, parts, (self.gen, self.det), strict=True):
+            if kind == "detector" and self.cfg.det_n_filters not in (None, card.seanet.n_filters):
+                fresh.append(kind)  # asked for another width: it starts from random weights
+                continue
             if card.seanet != model.card.seanet:
                 raise CheckpointError(
                     f"{source}: {kind} card {card.seanet} differs from this run's widths "
                     f"(--n-filters/--dimension/--lstm)"
                 )
             load_into(model, weights, f"{source} ({kind})")
-        self.event("init", source=str(source))
+        self.event("init", source=str(source), fresh=fresh)
 
     # --- one step --------------------------------------------------------------------------
     def attack_weights(self) -> dict[str, float]:
@@ -696,9 +710,10 @@ def run_training(cfg: TrainConfig, resume: bool = True, keep_lr: bool = True) ->
     last = Path(cfg.run_dir) / "last.pt"
     if resume and last.is_file():
         saved = load_checkpoint(last)["config"]
-        keys = ["n_filters", "dimension", "lstm", "seed", "batch_size", "segment"]
+        keys = ["n_filters", "dimension", "lstm", "det_n_filters", "seed", "batch_size", "segment"]
         for key in keys + (["lr"] if keep_lr else []):
-            setattr(cfg, key, saved[key])
+            if key in saved:  # runs older than a key keep the default
+                setattr(cfg, key, saved[key])
     trainer = Trainer(cfg)
     if resume and last.is_file():
         trainer.load(last)
