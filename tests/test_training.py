@@ -486,3 +486,48 @@ def test_cli_train_reports_a_missing_corpus(tmp_path: Path, capsys: pytest.Captu
     )
     assert rc == 2
     assert "manifest" in capsys.readouterr().err
+
+
+def test_widening_keeps_what_the_model_computes() -> None:
+    from audioseal_live.models import AudioSealDetector, AudioSealWM, small_card
+    from audioseal_live.training.widen import widen
+
+    torch.manual_seed(0)
+    x = 0.1 * torch.randn(2, 1, 3200)
+    msg = torch.randint(0, 2, (2, 16))
+    for cls, kind in ((AudioSealDetector, "detector"), (AudioSealWM, "generator")):
+        card = small_card(kind, n_filters=4, dimension=16)
+        model = cls(card).eval()
+        wide_card = small_card(kind, n_filters=8, dimension=16)
+        wide = widen(model, cls(wide_card).eval())
+        assert sum(p.numel() for p in wide.parameters()) > sum(
+            p.numel() for p in model.parameters()
+        )
+        with torch.inference_mode():
+            if kind == "detector":
+                a, b = model.logits(x), wide.logits(x)
+            else:
+                a, b = model.get_watermark(x, message=msg), wide.get_watermark(x, message=msg)
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+            noisy = widen(model, cls(wide_card).eval(), noise=0.05)
+            c = noisy.logits(x) if kind == "detector" else noisy.get_watermark(x, message=msg)
+            assert not torch.allclose(c, a, atol=1e-5)  # the copies can now drift apart
+
+
+def test_cli_widen_writes_a_model_folder_that_loads(corpus: Path, tmp_path: Path) -> None:
+    from audioseal_live import AudioSeal
+    from audioseal_live.cli import main
+
+    a = Trainer(tiny_config(corpus, tmp_path / "a"))
+    a.save()
+    export(tmp_path / "a" / "last.pt", tmp_path / "model")
+    out = tmp_path / "wide"
+    args = ["widen", "--model", str(tmp_path / "model"), "--detector-filters", "8"]
+    assert main([*args, "--noise", "0", "--out", str(out)]) == 0
+    det = AudioSeal.load_detector(str(out / "detector.json"))
+    small = AudioSeal.load_detector(str(tmp_path / "model" / "detector.json"))
+    assert det.card.seanet.n_filters == 8 and small.card.seanet.n_filters == 4
+    x = 0.1 * torch.randn(1, 1, 1600)
+    with torch.inference_mode():
+        torch.testing.assert_close(det.logits(x), small.logits(x), atol=1e-5, rtol=1e-4)
+    assert (out / "generator.safetensors").is_file()

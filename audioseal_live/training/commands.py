@@ -55,6 +55,29 @@ def _do_export(checkpoint: Path, out: Path, run_dir: Path | None = None) -> None
     print(f"exported {checkpoint} -> {g}, {d}")
 
 
+def _widen(args: argparse.Namespace) -> int:
+    import dataclasses
+    import shutil
+
+    from audioseal_live.models import AudioSealDetector
+    from audioseal_live.models.checkpoint import read_own, save_model
+    from audioseal_live.training.widen import widen
+
+    src, out = Path(args.model), Path(args.out)
+    card, weights = read_own(src / "detector.json")
+    det = AudioSealDetector(card)
+    det.load_state_dict(weights)
+    wide_card = card.replace(
+        seanet=dataclasses.replace(card.seanet, n_filters=args.detector_filters)
+    )
+    wide = widen(det.eval(), AudioSealDetector(wide_card).eval(), noise=args.noise)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("generator.json", "generator.safetensors"):
+        shutil.copy(src / name, out / name)
+    print(f"widened detector -> {save_model(wide, wide_card, out / 'detector.json')}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.run_dir) / "best.pt"
     _do_export(ckpt, Path(args.out), Path(args.run_dir))
@@ -235,6 +258,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="default RUN_DIR/best.pt")
     p.add_argument("--out", default="assets/model")
     p.set_defaults(func=_export)
+
+    p = subparsers.add_parser(
+        "widen", help="a model folder with a wider detector that computes the same (Net2Net)"
+    )
+    p.add_argument("--model", default="assets/model", help="exported model folder")
+    p.add_argument("--detector-filters", type=int, required=True, help="new n_filters")
+    p.add_argument("--noise", type=float, default=0.01, help="symmetry-breaking noise (x std)")
+    p.add_argument("--out", required=True, help="new model folder (generator copied)")
+    p.set_defaults(func=_widen)
 
     p = subparsers.add_parser("eval", help="evaluate a model on the held-out test split")
     p.add_argument("--corpus", default="data/corpus")
