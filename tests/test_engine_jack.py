@@ -72,10 +72,14 @@ def check_audio_path(res: LoopResult, server: object, min_si_snr: float | None =
             f"machine too loaded for real-time audio ({busy}): {snap.xruns} xrun flags, "
             f"feeder saw {res.feeder_xruns}; underruns {snap.underruns}"
         )
-    # A broken audio path misses every period (~4,100 in 22 s at 256 frames); the VM's noise
-    # has given up to 10 xruns and 7 underruns per run. Those are reported (expected failure
-    # with their counts), not failed.
-    assert snap.xruns <= 40, snap
+    # A broken audio path misses every period (~4,100 in 22 s at 256 frames). JACK xruns are
+    # the server's and reach every client: on the shared 2-core VM they came and went with the
+    # host (0-16 per run in sessions 2-3; 24-224 in session 4 with this code and the previous
+    # one alike, 70-88 with the random model's near-zero compute, the separate feeder client
+    # seeing most of them), so they fail only above a tenth of the periods and are otherwise
+    # reported (expected failure with their counts). Underruns are our output ring's: <= 40.
+    periods = SECONDS * res.rate / 256
+    assert snap.xruns <= max(40, periods / 10), snap
     assert snap.underruns <= 40, snap  # our output ring: in our hands
     known = [
         f"{n} {what} in {SECONDS:.0f} s"
