@@ -409,6 +409,28 @@ def test_monitor_locks_onto_the_marked_phase_then_searches_again_when_lost(sign:
     assert d.bits == MSG and d.match
 
 
+def test_monitor_searches_again_on_schedule_without_a_dip() -> None:
+    det = FakeDetector(MSG, level=0.05, phases=4, sync=1)
+    eng = Engine(
+        EngineConfig(message=MSG, monitor="output"),
+        marker=FakeMarker(0.0),
+        detector=det,
+        backend_factory=fake_factory(),
+    )
+    eng.start(threads=False)
+    mon = eng.monitor
+    assert mon is not None
+    eng.backend.source = np.full(48000 * 40, 0.2, dtype=np.float32)
+    run_engine(eng, 5.0)
+    assert mon.lock == (0, 1) and mon.locks == 1
+    run_engine(eng, 25.0)  # past 3 s + relock_s (20 s) + 3 s: searched again, locked again
+    assert mon.locks == 2 and mon.lock == (0, 1)
+    assert 8 in det.calls[-300:]  # the search ran (x and -x, every phase)
+    d = eng.stop().detection
+    assert min(d.history) > 0.85  # the smoothed probability did not dip
+    assert d.bits == MSG and d.match
+
+
 def test_monitor_calls_polarity_inverted_only_on_clear_evidence() -> None:
     eng = Engine(
         EngineConfig(message=MSG, monitor="output"),

@@ -7,7 +7,8 @@ audio (counted), never the output. The detector first searches a batch of two, t
 its inverse (real chains flip polarity), at every grid phase the model reads bits at. Once one
 polarity has carried the mark for a vote window, it locks onto that polarity and its surest
 phase (the stream narrowed, state intact): 1/(2P) of the work from then on. If the mark is then
-lost for a while (a re-routed chain), it searches again.
+lost for a while (a re-routed chain), it searches again, and every ``relock_s`` anyway: drift
+edits and a capture device's own clock slide the audio against the frame grid over time.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class DetectorMonitor:
         source: str = "output",
         lock_p: float = 0.8,
         unlock_s: float = 2.0,
+        relock_s: float = 20.0,
     ) -> None:
         self.det = detector
         self.rate = int(sample_rate)
@@ -65,6 +67,8 @@ class DetectorMonitor:
         self._hist: deque[float] = deque(maxlen=max(1, round(history_s / chunk_s)))
         self.lock_p = lock_p
         self._n_unlock = max(1, round(unlock_s / chunk_s))
+        self._n_relock = max(1, round(relock_s / chunk_s))
+        self._filled = 0  # probability entries since start (kept across re-searches)
         self.lock: tuple[int, int] | None = None  # (polarity, phase) once locked
         self.locks = 0
         self._since_search = 0  # chunks since the last (re)start of the search
@@ -80,14 +84,21 @@ class DetectorMonitor:
         return self._detection
 
     def reset(self) -> None:
-        """(Re)start the search: both polarities, every phase, votes cleared."""
+        """Start afresh: probabilities cleared, then a search."""
+        self._probs[:] = 0
+        self._filled = 0
+        self._vote_sum[:] = 0
+        self._vote_cnt[:] = 0
+        self._search()
+
+    def _search(self) -> None:
+        """(Re)start the search: both polarities, every phase. Probabilities and votes carry
+        on (they age out of their windows), so a scheduled re-search shows no dip; the lock
+        waits for a vote window of the search's own."""
         self.det.reset(batch_size=2)
         self.lock = None
         self._since_search = 0
         self._lost = 0
-        self._probs[:] = 0
-        self._vote_sum[:] = 0
-        self._vote_cnt[:] = 0
 
     def step(self) -> bool:
         avail = self.ring.fill
@@ -103,6 +114,7 @@ class DetectorMonitor:
         v = self.chunks % self._n_vote
         self.chunks += 1
         self._since_search += 1
+        self._filled += 1
         if self.lock is None:
             p, logits = self.det.process(np.stack([block, -block]))  # (2,T), (2,P,nbits,T)
             self._probs[:, i] = p.mean(axis=1)
@@ -119,7 +131,7 @@ class DetectorMonitor:
             self._vote_cnt[pol, v] = detected.sum()
             self._vote_sum[:, v] = 0
             self._vote_sum[pol, v, phase] = logits[0, 0] @ detected.astype(logits.dtype)
-        n = min(self._since_search, self._n_smooth)  # entries of this search so far
+        n = min(self._filled, self._n_smooth)  # entries so far
         smoothed = self._probs[:, [(i - j) % self._n_smooth for j in range(n)]].mean(axis=1)
         b = int(inverted_wins(smoothed[0], smoothed[1])) if self.lock is None else self.lock[0]
         cnt = self._vote_cnt[b].sum()
@@ -165,6 +177,8 @@ class DetectorMonitor:
         if self._lost >= self._n_unlock:
             log.info("monitor lost the mark for %d chunks: searching again", self._lost)
             self.reset()
+        elif self._since_search >= self._n_vote + self._n_relock:
+            self._search()  # the grid phase may have slid: look again
 
     def run(self) -> None:
         ctx: Any = None
