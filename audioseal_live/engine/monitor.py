@@ -115,22 +115,20 @@ class DetectorMonitor:
         self.chunks += 1
         self._since_search += 1
         self._filled += 1
-        if self.lock is None:
+        if self.lock is None:  # search: x and -x, every phase
+            rows, phases = [0, 1], list(range(self.phases))
             p, logits = self.det.process(np.stack([block, -block]))  # (2,T), (2,P,nbits,T)
-            self._probs[:, i] = p.mean(axis=1)
-            detected = p > self.threshold  # vote over detected samples only
-            self._vote_cnt[:, v] = detected.sum(axis=1)
-            self._vote_sum[:, v] = np.einsum("bpkt,bt->bpk", logits, detected.astype(logits.dtype))
-        else:
-            pol, phase = self.lock
-            p, logits = self.det.process((block if pol == 0 else -block)[None])  # (1,T), (1,1,..)
-            self._probs[:, i] = 0.0
-            self._probs[pol, i] = p.mean()
-            detected = p[0] > self.threshold
-            self._vote_cnt[:, v] = 0
-            self._vote_cnt[pol, v] = detected.sum()
-            self._vote_sum[:, v] = 0
-            self._vote_sum[pol, v, phase] = logits[0, 0] @ detected.astype(logits.dtype)
+        else:  # locked: one polarity, one phase; the others' entries age out as zeros
+            rows, phases = [self.lock[0]], [self.lock[1]]
+            p, logits = self.det.process((block if rows[0] == 0 else -block)[None])
+        detected = p > self.threshold  # vote over detected samples only
+        self._probs[:, i] = 0.0
+        self._probs[rows, i] = p.mean(axis=1)
+        self._vote_cnt[:, v] = 0
+        self._vote_cnt[rows, v] = detected.sum(axis=1)
+        self._vote_sum[:, v] = 0
+        sums = np.einsum("bpkt,bt->bpk", logits, detected.astype(logits.dtype))
+        self._vote_sum[np.ix_(rows, [v], phases)] = sums[:, None]
         n = min(self._filled, self._n_smooth)  # entries so far
         smoothed = self._probs[:, [(i - j) % self._n_smooth for j in range(n)]].mean(axis=1)
         b = int(inverted_wins(smoothed[0], smoothed[1])) if self.lock is None else self.lock[0]
