@@ -12,6 +12,7 @@ from audioseal_live.engine import Engine, EngineConfig
 from audioseal_live.engine.audio_io import CallbackIO
 from audioseal_live.engine.delay import DelayLine
 from audioseal_live.engine.limiter import SoftLimiter
+from audioseal_live.engine.model import FrameDetector
 from audioseal_live.engine.recorder import Recorder
 from audioseal_live.engine.resample import PolyphaseResampler
 from audioseal_live.engine.ring import RingBuffer
@@ -132,9 +133,18 @@ def run_engine(
         b.drain(out_block or block)
 
 
-def make_engine(marker: FakeMarker | None = None, **cfg: object) -> Engine:
-    config = EngineConfig(message=MSG, monitor=None, **cfg)  # type: ignore[arg-type]
-    eng = Engine(config, marker=marker or FakeMarker(), backend_factory=fake_factory())
+def make_engine(
+    marker: FakeMarker | None = None, detector: FrameDetector | None = None, **cfg: object
+) -> Engine:
+    """A started engine on the fake backend; with a detector, monitoring its output."""
+    monitor = "output" if detector is not None else None
+    config = EngineConfig(message=MSG, monitor=monitor, **cfg)  # type: ignore[arg-type]
+    eng = Engine(
+        config,
+        marker=marker or FakeMarker(),
+        detector=detector,
+        backend_factory=fake_factory(),
+    )
     eng.start(threads=False)
     return eng
 
@@ -355,13 +365,9 @@ def test_worker_chunk_of_100ms_at_44k() -> None:
 @pytest.mark.parametrize(("sign", "phases"), [(1.0, 1), (-1.0, 1), (1.0, 4)])
 def test_monitor_detects_bits_and_polarity(sign: float, phases: int) -> None:
     # with several grid phases, the bits come from the surest one (here the last)
-    eng = Engine(
-        EngineConfig(message=MSG, monitor="output"),
-        marker=FakeMarker(0.0),
-        detector=FakeDetector(MSG, level=0.05, phases=phases, sync=phases - 1),
-        backend_factory=fake_factory(),
+    eng = make_engine(
+        FakeMarker(0.0), detector=FakeDetector(MSG, level=0.05, phases=phases, sync=phases - 1)
     )
-    eng.start(threads=False)
     eng.backend.source = np.full(48000 * 3, 0.2 * sign, dtype=np.float32)
     run_engine(eng, 3.0)
     det = eng.stop().detection
@@ -383,13 +389,7 @@ class BothPolarities(FakeDetector):
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_monitor_locks_onto_the_marked_phase_then_searches_again_when_lost(sign: float) -> None:
     det = FakeDetector(MSG, level=0.05, phases=4, sync=2)
-    eng = Engine(
-        EngineConfig(message=MSG, monitor="output"),
-        marker=FakeMarker(0.0),
-        detector=det,
-        backend_factory=fake_factory(),
-    )
-    eng.start(threads=False)
+    eng = make_engine(FakeMarker(0.0), detector=det)
     mon = eng.monitor
     assert mon is not None
     marked = np.full(48000 * 5, 0.2 * sign, dtype=np.float32)
@@ -411,13 +411,7 @@ def test_monitor_locks_onto_the_marked_phase_then_searches_again_when_lost(sign:
 
 def test_monitor_searches_again_on_schedule_without_a_dip() -> None:
     det = FakeDetector(MSG, level=0.05, phases=4, sync=1)
-    eng = Engine(
-        EngineConfig(message=MSG, monitor="output"),
-        marker=FakeMarker(0.0),
-        detector=det,
-        backend_factory=fake_factory(),
-    )
-    eng.start(threads=False)
+    eng = make_engine(FakeMarker(0.0), detector=det)
     mon = eng.monitor
     assert mon is not None
     eng.backend.source = np.full(48000 * 40, 0.2, dtype=np.float32)
@@ -432,13 +426,7 @@ def test_monitor_searches_again_on_schedule_without_a_dip() -> None:
 
 
 def test_monitor_calls_polarity_inverted_only_on_clear_evidence() -> None:
-    eng = Engine(
-        EngineConfig(message=MSG, monitor="output"),
-        marker=FakeMarker(0.0),
-        detector=BothPolarities(MSG, level=-1.0),
-        backend_factory=fake_factory(),
-    )
-    eng.start(threads=False)
+    eng = make_engine(FakeMarker(0.0), detector=BothPolarities(MSG, level=-1.0))
     eng.backend.source = np.full(48000 * 2, -0.2, dtype=np.float32)
     run_engine(eng, 2.0)
     det = eng.stop().detection
