@@ -203,6 +203,7 @@ def test_spectral_code_reads_band_pairs_at_any_shift() -> None:
         assert ((contrast > 0).long() == msg).all()
         assert contrast.abs().min() > 3.0  # ~6 dB asked, window leakage blurs the edges
     assert L.spectral_code_loss(wm, msg, 1.5) == 0  # the code holds with margin
+    assert (TrainConfig.spec_lo, TrainConfig.spec_hi) == L.SPEC_CODE_BAND  # one band
     assert L.spectral_code_loss(wm, 1 - msg, 1.5) > 6.0  # every pair the wrong way round
     w = torch.randn(2, 1, 8000, requires_grad=True)
     L.spectral_code_loss(w, msg[:2], 1.5).backward()

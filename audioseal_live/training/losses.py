@@ -57,10 +57,10 @@ def l1_loss(x: Tensor, y: Tensor) -> Tensor:
     return (x - y).abs().mean()
 
 
-def _stft_mag(x: Tensor, n_fft: int) -> Tensor:
+def _stft_mag(x: Tensor, n_fft: int, hop: int | None = None) -> Tensor:
     window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
     spec = torch.stft(
-        x.flatten(0, 1), n_fft, hop_length=n_fft // 4, window=window, return_complex=True
+        x.flatten(0, 1), n_fft, hop_length=hop or n_fft // 4, window=window, return_complex=True
     )
     return spec.abs().clamp_min(1e-7)
 
@@ -164,13 +164,16 @@ def bit_visibility_loss(wm: Tensor, wm_flipped: Tensor, min_ratio: float) -> Ten
     return F.relu(math.log10(min_ratio) - ratio).mean()
 
 
+SPEC_CODE_BAND = (500.0, 7500.0)  # Hz: where the spectral teacher code's band pairs lie
+
+
 @functools.lru_cache(4)
 def spectral_code_bands(
     nbits: int,
     n_fft: int = 512,
     sample_rate: int = 16000,
-    lo_hz: float = 500.0,
-    hi_hz: float = 7500.0,
+    lo_hz: float = SPEC_CODE_BAND[0],
+    hi_hz: float = SPEC_CODE_BAND[1],
 ) -> tuple[tuple[int, int, int], ...]:
     """Bit k's two half-bands (start bin, middle bin, end bin) between lo_hz and hi_hz."""
     bin_hz = sample_rate / n_fft
@@ -181,18 +184,14 @@ def spectral_code_bands(
 
 
 def spectral_code_contrast(
-    wm: Tensor, nbits: int, band: tuple[float, float] = (500.0, 7500.0), n_fft: int = 512
+    wm: Tensor, nbits: int, band: tuple[float, float] = SPEC_CODE_BAND, n_fft: int = 512
 ) -> Tensor:
     """(B, nbits) dB contrast of each bit's lower half-band over its upper half-band.
 
     The watermark's time-averaged power spectrum, read as nbits adjacent band pairs. A code
     in the long-term spectrum survives any time shift, which a waveform code does not.
     """
-    window = torch.hann_window(n_fft, device=wm.device, dtype=wm.dtype)
-    spec = torch.stft(
-        wm.flatten(0, 1), n_fft, hop_length=n_fft // 2, window=window, return_complex=True
-    )
-    power = spec.abs().pow(2).mean(-1)  # (B, F)
+    power = _stft_mag(wm, n_fft, hop=n_fft // 2).pow(2).mean(-1)  # (B, F)
     out = []
     for a, m, b in spectral_code_bands(nbits, n_fft, 16000, *band):
         low = power[:, a:m].mean(-1)
@@ -202,7 +201,7 @@ def spectral_code_contrast(
 
 
 def spectral_code_loss(
-    wm: Tensor, message: Tensor, margin_db: float, band: tuple[float, float] = (500.0, 7500.0)
+    wm: Tensor, message: Tensor, margin_db: float, band: tuple[float, float] = SPEC_CODE_BAND
 ) -> Tensor:
     """Hinge: bit 1 -> lower half-band >= margin_db louder than the upper one, bit 0 the reverse.
 

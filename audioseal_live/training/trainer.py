@@ -123,6 +123,12 @@ class TrainConfig:
     # the model had found three (narrow band contrasts at 5-7 kHz, by itself); the other 13
     # bits changed the waveform by 40 % with no consistent spectral sign (0.6 agreement).
     w_spec_code: float = 0.0
+    spec_margin: float = 1.5
+    # Where the code lives: the watermark sits 13-25 dB under speech below 3 kHz but within
+    # a few dB of it above (measured), so only pairs up there can be read through the voice.
+    # (literals: the CLI reads these defaults from source; = losses.SPEC_CODE_BAND)
+    spec_lo: float = 500.0
+    spec_hi: float = 7500.0
     # the detector's learning rate over the generator's: with a code in the watermark, the
     # detector alone learned it 3x faster at 1e-3 than the joint run at 3e-4
     det_lr_scale: float = 1.0
@@ -132,11 +138,6 @@ class TrainConfig:
     det_n_filters: int | None = None
     # train the detector alone against a fixed generator (no generator gradients: cheaper)
     freeze_generator: bool = False
-    spec_margin: float = 1.5
-    # Where the code lives: the watermark sits 13-25 dB under speech below 3 kHz but within
-    # a few dB of it above (measured), so only pairs up there can be read through the voice.
-    spec_lo: float = 500.0
-    spec_hi: float = 7500.0
     start_stage: str = "detect"
     # fine-tune: a new run starts from these weights (an exported model folder or a training
     # checkpoint) instead of random ones; the optimizer and curriculum start fresh
@@ -216,12 +217,11 @@ class Trainer:
         if cfg.freeze_generator:
             self.gen.requires_grad_(False)
         self.opt = torch.optim.Adam(
-            [
-                {"params": list(self.gen.parameters()), "lr": cfg.lr},
-                {"params": list(self.det.parameters()), "lr": cfg.lr * cfg.det_lr_scale},
-            ],
+            [{"params": list(self.gen.parameters())}, {"params": list(self.det.parameters())}],
+            lr=cfg.lr,
             betas=(0.9, 0.999),
         )
+        self._apply_lr()
         self.step = 0
         self.cur = Curriculum(stage=cfg.start_stage, snr_target=cfg.snr_start)
         self.rng = np.random.default_rng(cfg.seed)
@@ -282,15 +282,18 @@ class Trainer:
         self.gen.load_state_dict(state["generator"])
         self.det.load_state_dict(state["detector"])
         self.opt.load_state_dict(_two_groups(state["optimizer"], len(list(self.gen.parameters()))))
-        # the optimizer state saved its lr; cfg decides
-        self.opt.param_groups[0]["lr"] = self.cfg.lr
-        self.opt.param_groups[1]["lr"] = self.cfg.lr * self.cfg.det_lr_scale
+        self._apply_lr()  # the optimizer state saved its lr; cfg decides
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
         self.cur = Curriculum(**state["curriculum"])
         self.rng.bit_generator.state = state["numpy_rng"]
         self.tgen.set_state(state["torch_gen"])
         torch.set_rng_state(state["torch_rng"])
+
+    def _apply_lr(self) -> None:
+        gen_group, det_group = self.opt.param_groups
+        gen_group["lr"] = self.cfg.lr
+        det_group["lr"] = self.cfg.lr * self.cfg.det_lr_scale
 
     def init_weights(self, source: str | Path) -> None:
         """Start from trained weights (fine-tuning): an exported folder or a training .pt."""
