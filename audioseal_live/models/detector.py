@@ -71,9 +71,7 @@ class AudioSealDetector(CardModel):
         """The grid phases this call runs: all of them unless a stream narrowed them."""
         return self._active
 
-    def select_streams(  # type: ignore[override]
-        self, index: list[int] | Tensor, phases: list[int] | None = None
-    ) -> None:
+    def select_streams(self, index: list[int] | Tensor, phases: list[int] | None = None) -> None:
         """Carry on with the signals ``index`` of the batch and, if given, only the grid
         ``phases`` (numbers in [0, P) among those still running), state intact.
 

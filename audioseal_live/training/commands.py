@@ -59,18 +59,18 @@ def _widen(args: argparse.Namespace) -> int:
     import dataclasses
     import shutil
 
+    from audioseal_live import AudioSeal
     from audioseal_live.models import AudioSealDetector
-    from audioseal_live.models.checkpoint import read_own, save_model
+    from audioseal_live.models.checkpoint import save_model
     from audioseal_live.training.widen import widen
 
     src, out = Path(args.model), Path(args.out)
-    card, weights = read_own(src / "detector.json")
-    det = AudioSealDetector(card)
-    det.load_state_dict(weights)
+    det = AudioSeal.load_detector(str(src / "detector.json")).eval()
+    card = det.card
     wide_card = card.replace(
         seanet=dataclasses.replace(card.seanet, n_filters=args.detector_filters)
     )
-    wide = widen(det.eval(), AudioSealDetector(wide_card).eval(), noise=args.noise)
+    wide = widen(det, AudioSealDetector(wide_card).eval(), noise=args.noise)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("generator.json", "generator.safetensors"):
         shutil.copy(src / name, out / name)
@@ -188,6 +188,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=d["w_spec_code"],
         help="weight of the spectral teacher code (bit k = which half of its band pair is louder)",
     )
+    p.add_argument("--spec-lo", type=float, default=d["spec_lo"], help="code band start, Hz")
+    p.add_argument("--spec-hi", type=float, default=d["spec_hi"], help="code band end, Hz")
+    p.add_argument(
+        "--spec-margin",
+        type=float,
+        default=d["spec_margin"],
+        help="dB contrast the spectral teacher code asks of each band pair",
+    )
+    p.add_argument(
+        "--det-lr-scale",
+        type=float,
+        default=d["det_lr_scale"],
+        help="detector learning rate = --lr times this",
+    )
     p.add_argument(
         "--det-n-filters",
         type=int,
@@ -199,20 +213,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         default=None,
         help="train the detector alone against the generator as it is",
-    )
-    p.add_argument(
-        "--det-lr-scale",
-        type=float,
-        default=d["det_lr_scale"],
-        help="detector learning rate = --lr times this",
-    )
-    p.add_argument("--spec-lo", type=float, default=d["spec_lo"], help="code band start, Hz")
-    p.add_argument("--spec-hi", type=float, default=d["spec_hi"], help="code band end, Hz")
-    p.add_argument(
-        "--spec-margin",
-        type=float,
-        default=d["spec_margin"],
-        help="dB contrast the spectral teacher code asks of each band pair",
     )
     p.add_argument(
         "--max-shift",

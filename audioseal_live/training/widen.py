@@ -35,11 +35,7 @@ def _widen_lstm(old: nn.LSTM, new: nn.LSTM) -> None:
         if name.startswith("bias"):
             p.copy_(w[rows])
             continue
-        w = w[rows]
-        in_n = p.shape[1]
-        idx = torch.arange(in_n) % w.shape[1]
-        counts = torch.bincount(idx, minlength=w.shape[1]).to(w.dtype)[idx]
-        p.copy_(w[:, idx] / counts)
+        p.copy_(_spread(w[rows], p.shape[0], p.shape[1], 0, 1))
 
 
 @torch.no_grad()
