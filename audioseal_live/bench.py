@@ -190,11 +190,17 @@ def run(args: argparse.Namespace) -> int:
     if args.live:
         from audioseal_live.engine.bench_live import live_benchmark  # noqa: PLC0415
 
-        report = live_benchmark(seconds=args.seconds_live)
+        report = live_benchmark(
+            seconds=args.seconds_live,
+            chunk_ms=args.chunk_ms,
+            threads=args.threads or 1,
+            period=args.period,
+        )
         for key, value in report.items():
             print(f"{key:>28}: {value}")
         return 0
     chunks = tuple(int(c) for c in args.chunks.split(","))
+    args.threads = args.threads or 2
     print(
         f"audioseal-live bench: {args.models} cards, streaming, {args.threads} CPU threads, "
         f"{args.seconds:.0f} s of audio x {args.rounds} rounds per chunk size"
@@ -232,7 +238,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seconds", type=float, default=4.0, help="audio per round")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per chunk size\n")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default 2; 1 for --live, leaving a core to JACK and the monitor)",
+    )
     p.add_argument("--no-reference", action="store_true", help="skip the audioseal package")
     p.add_argument(
         "--bf16",
@@ -246,4 +256,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the real-time engine on a JACK loop instead and print its figures",
     )
     p.add_argument("--seconds-live", type=float, default=60.0, help="length of the --live run")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="engine chunk of the --live run")
+    p.add_argument(
+        "--period", type=int, default=256, help="JACK period (frames) of the --live run's server"
+    )
     p.set_defaults(func=run)

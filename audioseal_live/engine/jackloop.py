@@ -398,11 +398,12 @@ def live_benchmark(
     threads: int = 1,
     device: str = "cpu",
     monitor: bool = True,
+    period: int = 256,
 ) -> dict[str, Any]:
     """`audioseal-live bench --live`: the JACK loop with the given model; figures, no asserts."""
     # Realtime scheduling where permitted (as the tests do): a non-realtime dummy server on a
     # busy machine misses its own deadlines, and those xruns say nothing about the engine.
-    with jack_dummy_server(realtime=True) as server:
+    with jack_dummy_server(period=period, realtime=True) as server:
         res = run_jack_loop(
             server,
             seconds,
@@ -426,6 +427,10 @@ def live_benchmark(
         "latency_measured_ms": 1000 * res.lag / res.rate,
         "latency_budget_ms": s.latency_budget_ms,
         "latency_reported_ms": s.latency_ms,
+        # where the budget goes: PortAudio's own latencies, the resamplers, the output ring
+        "portaudio_in_out_ms": (s.input_latency_ms, s.output_latency_ms),
+        "pipeline_delay_ms": s.pipeline_delay_ms,
+        "out_ring_target_ms": 1000 * s.out_ring_target / res.rate,
         "ms_per_chunk_p50": float(np.percentile(ms, 50)) if ms.size else 0.0,
         "ms_per_chunk_p99": float(np.percentile(ms, 99)) if ms.size else 0.0,
         "rtf": s.rtf,
