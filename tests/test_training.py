@@ -286,6 +286,31 @@ def test_wider_fresh_detector_against_a_frozen_generator(corpus: Path, tmp_path:
     assert c.cfg.det_n_filters == 8 and c.step == 1
 
 
+def test_gen_gain_scales_the_watermark_of_the_source(corpus: Path, tmp_path: Path) -> None:
+    from audioseal_live.training.trainer import run_training
+
+    a = Trainer(tiny_config(corpus, tmp_path / "a"))
+    a.save()
+    b = run_training(
+        tiny_config(
+            corpus,
+            tmp_path / "b",
+            max_steps=0,
+            init_from=str(tmp_path / "a/last.pt"),
+            gen_gain_db=-6.0,
+        )
+    )
+    x = 0.1 * torch.randn(2, 1, 4000, generator=torch.Generator().manual_seed(0))
+    msg = torch.tensor([[0, 1] * 8, [1, 1] * 8])
+    with torch.no_grad():
+        wa, wb = (t.gen.get_watermark(x, message=msg) for t in (a, b))
+    assert wa.abs().max() > 0
+    torch.testing.assert_close(wb, wa * 10 ** (-6 / 20), atol=1e-7, rtol=1e-4)
+    c = run_training(tiny_config(corpus, tmp_path / "b", max_steps=0, gen_gain_db=-6.0))
+    with torch.no_grad():  # a resume does not scale again
+        torch.testing.assert_close(c.gen.get_watermark(x, message=msg), wb)
+
+
 def test_message_sync_draws_crops_near_the_grid_and_says_which(
     corpus: Path, tmp_path: Path
 ) -> None:

@@ -215,6 +215,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train the detector alone against the generator as it is",
     )
     p.add_argument(
+        "--gen-gain-db",
+        type=float,
+        default=d["gen_gain_db"],
+        help="with --init-from: scale the generator's watermark by this many dB",
+    )
+    p.add_argument(
         "--max-shift",
         type=int,
         default=d["max_shift"],
