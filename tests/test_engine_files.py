@@ -92,6 +92,30 @@ def test_detect_reads_the_bits_at_the_surest_phase(stereo_44k: Path) -> None:
     assert min(res.bit_confidence) > 0.7  # the sure phase's sigmoid(2), not the others'
 
 
+def test_detect_locks_on_the_marked_pair_after_the_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine_fakes import FakeDetector
+
+    path = tmp_path / "long.wav"
+    t = np.arange(25 * 16000) / 16000
+    sf.write(path, 0.3 * np.sin(2 * np.pi * 220 * t) + 0.5, 16000)  # x > 0.01 everywhere
+    det = FakeDetector(MSG, level=0.01, phases=3, sync=1)
+    res = detect_file(path, det, expected=MSG)
+    assert res.match and res.marked and not res.inverted and res.probability > 0.99
+    searched = int(files.LOCK_SEARCH_S)  # one call per second of audio
+    assert det.calls[:searched] == [2 * 3] * searched  # x and -x, every phase ...
+    assert det.calls[searched:] == [1] * (len(det.calls) - searched)  # ... then one pair
+    # the same answer as a search over the whole file
+    monkeypatch.setattr(files, "LOCK_SEARCH_S", 1e9)
+    full = detect_file(path, FakeDetector(MSG, level=0.01, phases=3, sync=1), expected=MSG)
+    assert (full.bits, full.bit_confidence) == (res.bits, res.bit_confidence)
+    assert full.probability == pytest.approx(res.probability)
+    # nothing marked: nothing to lock on, the search runs to the end
+    unmarked = FakeDetector(MSG, level=10.0, phases=3, sync=1)
+    assert not detect_file(path, unmarked).marked and set(unmarked.calls) == {6}
+
+
 @pytest.mark.parametrize("content", [b"", b"RIFF\x00\x00garbage" * 50, b"not audio at all"])
 def test_corrupt_input_gives_clear_error_and_no_output(
     random_models: Path, tmp_path: Path, content: bytes

@@ -28,6 +28,11 @@ from audioseal_live.engine.ring import Fifo
 from audioseal_live.errors import AudioFileError
 
 BLOCK_S = 1.0  # seconds read per step: memory stays O(block), not O(file)
+# Detection locks as the live monitor does: after this much audio with the mark found in
+# enough of it, the polarity and grid phase are settled, and the rest of the file streams
+# through that one pair instead of 2 x sync_phases (30x less work for a 15-phase detector).
+LOCK_SEARCH_S = 10.0
+LOCK_MARKED_S = 3.0
 
 
 def open_audio(path: str | os.PathLike[str]) -> Any:
@@ -179,15 +184,29 @@ def detect_file(
         total = 0
         windows: list[float] = []
         win_acc, win_n = 0.0, 0
+        locked: tuple[int, int] | None = None  # (signal, phase) once settled
 
         def run(x16: np.ndarray) -> None:
-            nonlocal total, win_acc, win_n
-            p, logits = detector.process(np.stack([x16, -x16]))
-            det = p > threshold
-            n_det[:] += det.sum(axis=1)
-            p_sum[:] += p.sum(axis=1)
-            logit_sum[:] += np.einsum("bpkt,bt->bpk", logits, det.astype(logits.dtype))
+            nonlocal total, win_acc, win_n, locked
+            if locked is None:  # search: x and -x at every grid phase
+                p, logits = detector.process(np.stack([x16, -x16]))
+                det = p > threshold
+                n_det[:] += det.sum(axis=1)
+                p_sum[:] += p.sum(axis=1)
+                logit_sum[:] += np.einsum("bpkt,bt->bpk", logits, det.astype(logits.dtype))
+            else:  # locked: the one pair that carries the mark
+                b, k = locked
+                p, logits = detector.process((-x16 if b else x16)[None])
+                det = p[0] > threshold
+                n_det[b] += det.sum()
+                p_sum[b] += p[0].sum()
+                logit_sum[b, k] += logits[0, 0] @ det.astype(logits.dtype)
             total += x16.shape[0]
+            if locked is None and total >= LOCK_SEARCH_S * MODEL_RATE:
+                b = int(inverted_wins(n_det[0] / total, n_det[1] / total))
+                if n_det[b] >= LOCK_MARKED_S * MODEL_RATE:
+                    locked = (b, best_phase(logit_sum[b]))
+                    detector.narrow(*locked)
             for v in p.max(axis=0).reshape(-1):  # per-second windows for the report
                 win_acc += float(v)
                 win_n += 1
@@ -211,9 +230,12 @@ def detect_file(
     detector.close()
     if total == 0:
         raise AudioFileError(f"{src}: too short to detect (needs at least 20 ms)")
-    b = int(inverted_wins(n_det[0] / total, n_det[1] / total))
+    if locked is None:
+        b = int(inverted_wins(n_det[0] / total, n_det[1] / total))
+        locked = (b, best_phase(logit_sum[b]))
+    b, k = locked
     cnt = n_det[b]
-    mean_logit = logit_sum[b, best_phase(logit_sum[b])] / cnt if cnt else np.zeros(nb)
+    mean_logit = logit_sum[b, k] / cnt if cnt else np.zeros(nb)
     prob = 1 / (1 + np.exp(-mean_logit))
     bits = tuple(int(v) for v in prob > 0.5)
     frac = float(cnt / total)
