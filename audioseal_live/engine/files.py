@@ -30,7 +30,7 @@ from audioseal_live.errors import AudioFileError
 BLOCK_S = 1.0  # seconds read per step: memory stays O(block), not O(file)
 # Detection locks as the live monitor does: after this much audio with the mark found in
 # enough of it, the polarity and grid phase are settled, and the rest of the file streams
-# through that one pair instead of 2 x sync_phases (30x less work for a 15-phase detector).
+# through that one pair instead of 2 x sync_phases (8x less work for the 4-phase default).
 LOCK_SEARCH_S = 10.0
 LOCK_MARKED_S = 3.0
 
