@@ -200,9 +200,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key:>28}: {value}")
         return 0
     chunks = tuple(int(c) for c in args.chunks.split(","))
-    args.threads = args.threads or 2
+    threads = args.threads or 2
     print(
-        f"audioseal-live bench: {args.models} cards, streaming, {args.threads} CPU threads, "
+        f"audioseal-live bench: {args.models} cards, streaming, {threads} CPU threads, "
         f"{args.seconds:.0f} s of audio x {args.rounds} rounds per chunk size"
     )
     if args.bf16:
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         chunks,
         args.seconds,
         args.rounds,
-        args.threads,
+        threads,
         reference=not args.no_reference,
         bf16=args.bf16,
     )

@@ -186,6 +186,11 @@ def detect_file(
         win_acc, win_n = 0.0, 0
         locked: tuple[int, int] | None = None  # (signal, phase) once settled
 
+        def settle() -> tuple[int, int]:
+            """The signal (x or -x) that carries the mark so far, and its surest phase."""
+            b = int(inverted_wins(n_det[0] / total, n_det[1] / total))
+            return b, best_phase(logit_sum[b])
+
         def run(x16: np.ndarray) -> None:
             nonlocal total, win_acc, win_n, locked
             if locked is None:  # search: x and -x at every grid phase
@@ -203,10 +208,10 @@ def detect_file(
                 logit_sum[b, k] += logits[0, 0] @ det.astype(logits.dtype)
             total += x16.shape[0]
             if locked is None and total >= LOCK_SEARCH_S * MODEL_RATE:
-                b = int(inverted_wins(n_det[0] / total, n_det[1] / total))
+                b, k = settle()
                 if n_det[b] >= LOCK_MARKED_S * MODEL_RATE:
-                    locked = (b, best_phase(logit_sum[b]))
-                    detector.narrow(*locked)
+                    locked = (b, k)
+                    detector.narrow(b, k)
             for v in p.max(axis=0).reshape(-1):  # per-second windows for the report
                 win_acc += float(v)
                 win_n += 1
@@ -230,10 +235,7 @@ def detect_file(
     detector.close()
     if total == 0:
         raise AudioFileError(f"{src}: too short to detect (needs at least 20 ms)")
-    if locked is None:
-        b = int(inverted_wins(n_det[0] / total, n_det[1] / total))
-        locked = (b, best_phase(logit_sum[b]))
-    b, k = locked
+    b, k = locked or settle()
     cnt = n_det[b]
     mean_logit = logit_sum[b, k] / cnt if cnt else np.zeros(nb)
     prob = 1 / (1 + np.exp(-mean_logit))
