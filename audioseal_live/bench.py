@@ -20,6 +20,8 @@ from typing import Any
 SAMPLE_RATE = 16000
 DEFAULT_CHUNKS = (320, 640, 1600, 16000)
 OURS, OURS_BF16 = "audioseal-live", "audioseal-live bf16"
+# our streams through the traced step, as the real-time engine runs them (blocks.traced)
+OURS_TRACED = "audioseal-live traced"
 
 
 @dataclass
@@ -101,6 +103,22 @@ def _step(kind: str, model: Any, msg: Any) -> Callable[[Any], Any]:
     return lambda x: model(x)
 
 
+def _traced_step(kind: str, model: Any, msg: Any) -> Any:
+    """The same computation as :func:`_step` through a StreamStep (graphs kept per model)."""
+    from audioseal_live.blocks.traced import StreamStep  # noqa: PLC0415
+
+    step = getattr(model, "_bench_step", None)
+    if step is None:
+        model.requires_grad_(False)
+        if kind == "generator":
+            step = StreamStep(model, lambda x, m: (x + model.watermark_of(x, m),))
+        else:
+            step = StreamStep(model, lambda x: model(x), lambda: model.active_phases)
+        model._bench_step = step
+    step.drop()  # a new stream starts
+    return (lambda x: step(x, msg)) if kind == "generator" else step
+
+
 def run_bench(
     which: str = "official",
     chunks: tuple[int, ...] = DEFAULT_CHUNKS,
@@ -115,6 +133,7 @@ def run_bench(
 
     torch.set_num_threads(threads)
     impls: dict[str, dict[str, Any]] = {OURS: _models(which)}
+    impls[OURS_TRACED] = impls[OURS]  # same models, through traced steps
     if bf16:
         impls[OURS_BF16] = impls[OURS]  # same models, streamed with bfloat16 weight copies
     if reference and which == "official":
@@ -137,10 +156,15 @@ def run_bench(
                 for _ in range(rounds):
                     for name, models in impls.items():
                         model = models[kind]
-                        step = _step(kind, model, msg)
                         with _streaming(model, name):
-                            step(pieces[0])  # warm-up outside the timing
-                            samples[name].append(_time_stream(step, pieces[1:]))
+                            if name == OURS_TRACED:
+                                step = _traced_step(kind, model, msg)
+                            else:
+                                step = _step(kind, model, msg)
+                            # warm-up outside the timing (the traced step traces at its 2nd)
+                            step(pieces[0])
+                            step(pieces[1])
+                            samples[name].append(_time_stream(step, pieces[2:]))
                 for name, per_round in samples.items():
                     # The quietest round: other work on a shared machine only ever adds time.
                     times = min(per_round, key=statistics.fmean)
@@ -160,19 +184,27 @@ def run_bench(
 
 def format_table(results: list[Timing]) -> str:
     ours = {(r.model, r.chunk): r for r in results if r.impl == OURS}
+    traced = {(r.model, r.chunk): r for r in results if r.impl == OURS_TRACED}
     fast = {(r.model, r.chunk): r for r in results if r.impl == OURS_BF16}
-    refs = {(r.model, r.chunk): r for r in results if r.impl not in (OURS, OURS_BF16)}
+    mine = (OURS, OURS_TRACED, OURS_BF16)
+    refs = {(r.model, r.chunk): r for r in results if r.impl not in mine}
     head = f"{'model':<10} {'chunk':>6} {'ms':>5} | {'ours p50':>8} {'mean':>6} {'RTF':>6}"
+    if traced:
+        head += f" | {'traced p50':>10} {'RTF':>6}"
     if fast:
         head += f" | {'bf16 p50':>8} {'RTF':>6}"
     if refs:
-        head += f" | {'ref p50':>8} {'mean':>6} {'RTF':>6} | {'speed-up':>8}"
+        head += f" | {'ref p50':>8} {'mean':>6} {'RTF':>6} | {'speed-up':>8} {'traced':>7}"
     lines = [head, "-" * len(head)]
     # ms: chunk length; p50/mean: compute per chunk in ms, in the quietest of the alternating
-    # rounds; RTF: mean compute / chunk length
+    # rounds; RTF: mean compute / chunk length; ours: the eager API (model(x) in streaming());
+    # traced: the same through blocks.traced, what the real-time engine runs
     for (model, chunk), r in ours.items():
         line = f"{model:<10} {chunk:>6} {chunk / 16:>5.0f} | "
         line += f"{r.ms_p50:>8.2f} {r.ms_mean:>6.2f} {r.rtf:>6.3f}"
+        t = traced.get((model, chunk))
+        if t:
+            line += f" | {t.ms_p50:>10.2f} {t.rtf:>6.3f}"
         if fast:
             f = fast[(model, chunk)]
             line += f" | {f.ms_p50:>8.2f} {f.rtf:>6.3f}"
@@ -181,6 +213,7 @@ def format_table(results: list[Timing]) -> str:
             line += (
                 f" | {ref.ms_p50:>8.2f} {ref.ms_mean:>6.2f} {ref.rtf:>6.3f}"
                 f" | {ref.ms_p50 / r.ms_p50:>7.2f}x"
+                + (f" {ref.ms_p50 / t.ms_p50:>6.2f}x" if t else "")
             )
         lines.append(line)
     return "\n".join(lines)

@@ -18,7 +18,7 @@ def test_bench_prints_a_row_per_model_and_chunk() -> None:
         ("detector", "320"),
         ("detector", "1600"),
     ]
-    assert "bf16 p50" in out
-    for r in rows:  # ours p50, mean, RTF, then bf16 p50, RTF: all positive numbers
+    assert "bf16 p50" in out and "traced p50" in out
+    for r in rows:  # ours p50, mean, RTF, then traced and bf16 p50, RTF: all positive numbers
         nums = [float(v) for v in r[3:] if v != "|"]
-        assert len(nums) == 5 and all(v > 0 for v in nums)
+        assert len(nums) == 7 and all(v > 0 for v in nums)

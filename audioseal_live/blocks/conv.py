@@ -39,6 +39,8 @@ class StreamingConv1d(StreamingModule):
     is filled. The cache holds the samples from the next frame's start.
     """
 
+    _carried = ("_cache",)
+
     def __init__(
         self,
         in_channels: int,
@@ -161,6 +163,8 @@ class StreamingConvTranspose1d(StreamingModule):
     of every call are partial sums that the next call completes (causal, all trimming on the
     right, as in every official card).
     """
+
+    _carried = ("_partial",)
 
     def __init__(
         self,

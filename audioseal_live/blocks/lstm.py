@@ -59,6 +59,8 @@ def lstm_steps(
 
 
 class StreamingLSTM(StreamingModule):
+    _carried = ("_state",)
+
     def __init__(self, dimension: int, num_layers: int = 2, skip: bool = True) -> None:
         super().__init__()
         self.skip = skip

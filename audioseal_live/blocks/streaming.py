@@ -53,6 +53,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 class StreamingModule(nn.Module):
     """A module with a cache that only exists while streaming."""
 
+    # attributes that carry the stream's state between calls (see blocks.traced)
+    _carried: tuple[str, ...] = ()
+
     def __init__(self) -> None:
         super().__init__()
         self._streaming_batch: int | None = None
@@ -193,6 +196,8 @@ class StreamingAdd(StreamingModule):
     ahead of the other (possible in general) has its surplus kept for the next call, so the
     sum is always of aligned samples.
     """
+
+    _carried = ("_rest_a", "_rest_b")
 
     def __init__(self) -> None:
         super().__init__()

@@ -80,68 +80,99 @@ def _torch_device(device: str) -> Any:
 
 
 class TorchMarker:
-    """Adapter: ``AudioSealWM`` (or anything with ``streaming`` and ``get_watermark``)."""
+    """Adapter: ``AudioSealWM`` (or anything with ``streaming`` and ``watermark_of``).
 
-    def __init__(self, generator: Any, device: str = "cpu") -> None:
+    ``traced``: run steady-state chunks through a traced graph of the streaming step
+    (blocks.traced; the same floats, ~2.5x less time per 20 ms chunk on CPU).
+    """
+
+    def __init__(self, generator: Any, device: str = "cpu", traced: bool = True) -> None:
         import torch
+
+        from audioseal_live.blocks.traced import StreamStep
 
         self._torch = torch
         self.device = _torch_device(device)
-        self.gen = generator.to(self.device).eval()
+        self.gen = generator.to(self.device).eval().requires_grad_(False)
         self.nbits = int(getattr(generator, "nbits", NBITS))
         self._stack = contextlib.ExitStack()
         self._msg_key: tuple[int, ...] | None = None
         self._msg: Any = None
+        self._step = StreamStep(self.gen, self._watermark) if traced else None
+
+    def _watermark(self, x: Any, msg: Any) -> tuple[Any]:
+        return (self.gen.watermark_of(x, msg),)
 
     def reset(self) -> None:
-        self._stack.close()
+        self.close()
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(self.gen.streaming(batch_size=1))
 
     def process(self, x16k: np.ndarray, message: Sequence[int]) -> np.ndarray:
         torch = self._torch
         key = tuple(int(b) for b in message)
-        if key != self._msg_key:  # tensor built only when the message changes
-            self._msg = torch.tensor([key], dtype=torch.long, device=self.device)
+        if key != self._msg_key:  # validated and built only when the message changes
+            from audioseal_live.models.messages import to_message_tensor
+
+            self._msg = to_message_tensor(torch.tensor([key]), 1, self.nbits).to(self.device)
             self._msg_key = key
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(x16k, dtype=np.float32))
-            wm = self.gen.get_watermark(x.view(1, 1, -1).to(self.device), message=self._msg)
+            x = torch.from_numpy(np.ascontiguousarray(x16k, dtype=np.float32)).view(1, 1, -1)
+            self.gen._check_input(x, None)  # before the stream's state sees a NaN
+            x = x.to(self.device)
+            if self._step is None:
+                (wm,) = self._watermark(x, self._msg)
+            else:
+                (wm,) = self._step(x, self._msg)
             return wm.reshape(-1).float().cpu().numpy()
 
     def close(self) -> None:
+        if self._step is not None:
+            self._step.drop()
         self._stack.close()
 
 
 class TorchDetector:
-    """Adapter: ``AudioSealDetector.frame_outputs`` in streaming mode."""
+    """Adapter: ``AudioSealDetector.frame_outputs`` in streaming mode (``traced`` as for
+    :class:`TorchMarker`)."""
 
-    def __init__(self, detector: Any, device: str = "cpu") -> None:
+    def __init__(self, detector: Any, device: str = "cpu", traced: bool = True) -> None:
         import torch
+
+        from audioseal_live.blocks.traced import StreamStep
 
         self._torch = torch
         self.device = _torch_device(device)
-        self.det = detector.to(self.device).eval()
+        self.det = detector.to(self.device).eval().requires_grad_(False)
         self.nbits = int(getattr(detector, "nbits", NBITS))
         self.phases = int(getattr(detector, "phases", 1))
         self._stack = contextlib.ExitStack()
+        layout = lambda: getattr(self.det, "active_phases", None)  # noqa: E731
+        self._step = StreamStep(self.det, self.det.frame_outputs, layout) if traced else None
 
     def reset(self, batch_size: int) -> None:
-        self._stack.close()
+        self.close()
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(self.det.streaming(batch_size=batch_size))
 
     def process(self, x16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(x16k, dtype=np.float32))
-            p, logits = self.det.frame_outputs(x.unsqueeze(1).to(self.device))
+            x = torch.from_numpy(np.ascontiguousarray(x16k, dtype=np.float32)).unsqueeze(1)
+            self.det._check_input(x, None)  # before the stream's state sees a NaN
+            x = x.to(self.device)
+            step = self._step or self.det.frame_outputs
+            p, logits = step(x)
             return p.float().cpu().numpy(), logits.float().cpu().numpy()
 
     def narrow(self, signal: int, phase: int) -> None:
+        if self._step is not None:
+            self._step.release()  # the modules must hold the state that select_streams cuts
         self.det.select_streams([signal], phases=[phase])
 
     def close(self) -> None:
+        if self._step is not None:
+            self._step.drop()
         self._stack.close()
 
 

@@ -39,6 +39,8 @@ class AudioSealDetector(CardModel):
     are always those of the undelayed input (phase 0), so P = 1 is exactly the reference.
     """
 
+    _carried = ("_tail",)
+
     def __init__(self, card: ModelCard) -> None:
         super().__init__(card)
         self.detector = nn.Sequential(

@@ -98,11 +98,19 @@ class AudioSealWM(CardModel):
         chunk sizes use :class:`audioseal_live.ChunkedStream`.
         """
         self._check_input(x, sample_rate)
-        length = x.shape[-1]
-        hidden = self.encoder(x)
+        msg = None
         if self.msg_processor is not None:
             msg = self._resolve_message(message, x.shape[0]).to(x.device)
-            hidden = self.msg_processor(hidden, msg)
+        return self.watermark_of(x, msg)
+
+    def watermark_of(self, x: Tensor, message: Tensor | None) -> Tensor:
+        """:meth:`get_watermark`'s arithmetic alone: ``x`` already checked, ``message`` a
+        validated (B, nbits) tensor of 0/1. No Python-side decisions on tensor values, so a
+        traced streaming step (blocks.traced) keeps the message as an input."""
+        length = x.shape[-1]
+        hidden = self.encoder(x)
+        if self.msg_processor is not None and message is not None:
+            hidden = self.msg_processor(hidden, message)
         return self.decoder(hidden)[..., :length]
 
     def forward(

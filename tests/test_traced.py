@@ -1,0 +1,128 @@
+"""The traced streaming step (blocks.traced) computes what the eager stream computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from audioseal_live.blocks import StreamingModule, StreamingRoot
+from audioseal_live.blocks.traced import StreamStep
+from audioseal_live.engine.model import TorchDetector, TorchMarker
+from audioseal_live.models import OFFICIAL_CARDS, AudioSealDetector, AudioSealWM, small_card
+
+HOP = 320
+TOL = 1e-5
+
+
+def audio(n: int, seed: int = 0) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal(n)).astype(np.float32)
+
+
+@pytest.mark.parametrize("card", ["small", "official"])
+def test_traced_marker_equals_offline_through_a_message_change(card: str) -> None:
+    torch.manual_seed(0)
+    gen = AudioSealWM(
+        small_card("generator") if card == "small" else OFFICIAL_CARDS["audioseal_wm_streaming"]
+    ).eval()
+    chunk, n = 2 * HOP, 16
+    x = audio(chunk * n)
+    a, b = [1, 0] * 8, [0, 0, 1, 1] * 4
+    marker = TorchMarker(gen)
+    marker.reset()
+    out = np.concatenate(
+        [marker.process(x[i * chunk : (i + 1) * chunk], a if i < 9 else b) for i in range(n)]
+    )
+    step = marker._step
+    assert step is not None and step.eager_calls == 2 and step.traced_calls == n - 2
+    marker.close()
+    with torch.inference_mode():
+        xt = torch.from_numpy(x).view(1, 1, -1)
+        whole_a = gen.get_watermark(xt, message=torch.tensor([a])).reshape(-1).numpy()
+    cut = 9 * chunk  # the message changed here; the state carried on
+    np.testing.assert_allclose(out[:cut], whole_a[:cut], atol=TOL, rtol=0)
+    with torch.inference_mode(), gen.streaming(1):
+        gen.get_watermark(xt[..., :cut], message=torch.tensor([a]))
+        rest = gen.get_watermark(xt[..., cut:], message=torch.tensor([b])).reshape(-1).numpy()
+    np.testing.assert_allclose(out[cut:], rest, atol=TOL, rtol=0)
+    assert np.abs(out[cut:] - whole_a[cut:]).max() > 1e-3  # the graph took the new message
+
+
+def test_traced_detector_narrows_and_equals_eager() -> None:
+    torch.manual_seed(1)
+    det = AudioSealDetector(small_card("detector").replace(sync_phases=4)).eval()
+    x = audio(HOP * 5 * 12, seed=2)
+    xx = np.stack([x, -x])
+
+    def run(traced: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+        d = TorchDetector(det, traced=traced)
+        d.reset(2)
+        outs = []
+        for i in range(12):
+            block = xx[:, i * 5 * HOP : (i + 1) * 5 * HOP]
+            if i == 6:
+                d.narrow(1, det.phases - 1)
+            outs.append(d.process(block if i < 6 else block[1:]))
+        if traced:  # both layouts ran through graphs: 2 eager calls each, the rest traced
+            assert d._step is not None and (d._step.eager_calls, d._step.traced_calls) == (4, 8)
+        d.close()
+        return outs
+
+    for (p, bits), (p_ref, bits_ref) in zip(run(True), run(False), strict=True):
+        np.testing.assert_allclose(p, p_ref, atol=TOL, rtol=0)
+        np.testing.assert_allclose(bits, bits_ref, atol=TOL, rtol=0)
+
+
+def test_nan_chunk_is_refused_before_it_reaches_the_state() -> None:
+    torch.manual_seed(2)
+    gen = AudioSealWM(small_card("generator")).eval()
+    x = audio(HOP * 8, seed=3)
+    msg = [1] * 16
+    marker = TorchMarker(gen)
+    marker.reset()
+    clean = [marker.process(x[i * HOP : (i + 1) * HOP], msg) for i in range(8)]
+    marker.reset()
+    got = []
+    for i in range(8):
+        if i == 4:
+            with pytest.raises(ValueError, match="NaN"):
+                marker.process(np.full(HOP, np.nan, dtype=np.float32), msg)
+        got.append(marker.process(x[i * HOP : (i + 1) * HOP], msg))
+    marker.close()
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(clean))
+
+
+class Growing(StreamingModule):
+    """A cache that grows every call: no fixed-shape graph can carry it."""
+
+    _carried = ("_seen",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: torch.Tensor | None = None
+
+    def _reset_state(self) -> None:
+        self._seen = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._seen = x if self._seen is None else torch.cat([self._seen, x], -1)
+        return x * self._seen.shape[-1]
+
+
+class Root(StreamingRoot):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Growing()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def test_a_state_that_changes_shape_stays_eager() -> None:
+    root = Root()
+    step = StreamStep(root, lambda x: (root(x),))
+    x = torch.ones(1, 1, 4)
+    with root.streaming(1):
+        outs = [step(x)[0] for _ in range(5)]
+    assert [float(o[0, 0, 0]) for o in outs] == [4.0, 8.0, 12.0, 16.0, 20.0]
+    assert step.traced_calls == 0 and step.eager_calls == 5
