@@ -63,8 +63,8 @@ def test_traced_detector_narrows_and_equals_eager() -> None:
             if i == 6:
                 d.narrow(1, det.phases - 1)
             outs.append(d.process(block if i < 6 else block[1:]))
-        if traced:  # both layouts ran through graphs: 2 eager calls each, the rest traced
-            assert d._step is not None and (d._step.eager_calls, d._step.traced_calls) == (4, 8)
+        if traced:  # the search traced after 2 eager calls; narrowed, it stays eager
+            assert d._step is not None and (d._step.eager_calls, d._step.traced_calls) == (2, 4)
         d.close()
         return outs
 

@@ -210,6 +210,7 @@ class Engine:
                 mon = DetectorMonitor(
                     self._detector, rate, lambda: self._controls.message, source=src
                 )
+                mon.warm_up()
                 if src == "output":
                     w.monitor_ring = mon.ring
                 else:

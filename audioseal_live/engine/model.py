@@ -149,9 +149,11 @@ class TorchDetector:
         self._stack = contextlib.ExitStack()
         layout = lambda: getattr(self.det, "active_phases", None)  # noqa: E731
         self._step = StreamStep(self.det, self.det.frame_outputs, layout) if traced else None
+        self._narrowed = False
 
     def reset(self, batch_size: int) -> None:
         self.close()
+        self._narrowed = False
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(self.det.streaming(batch_size=batch_size))
 
@@ -161,7 +163,7 @@ class TorchDetector:
             x = torch.from_numpy(np.ascontiguousarray(x16k, dtype=np.float32)).unsqueeze(1)
             self.det._check_input(x, None)  # before the stream's state sees a NaN
             x = x.to(self.device)
-            step = self._step or self.det.frame_outputs
+            step = self.det.frame_outputs if self._narrowed or not self._step else self._step
             p, logits = step(x)
             return p.float().cpu().numpy(), logits.float().cpu().numpy()
 
@@ -169,6 +171,9 @@ class TorchDetector:
         if self._step is not None:
             self._step.release()  # the modules must hold the state that select_streams cuts
         self.det.select_streams([signal], phases=[phase])
+        # One signal at one phase is an eighth of the search's work: it stays eager rather than
+        # trace a new layout (~0.3 s of Python holding the GIL) next to live audio callbacks.
+        self._narrowed = True
 
     def close(self) -> None:
         if self._step is not None:
