@@ -210,6 +210,24 @@ def test_spectral_code_reads_band_pairs_at_any_shift() -> None:
     assert w.grad is not None and w.grad.abs().sum() > 0  # the generator gets a push
 
 
+def test_template_code_reads_signed_templates_on_the_grid_only() -> None:
+    msg = torch.randint(0, 2, (3, 16), generator=torch.Generator().manual_seed(2))
+    t = L.grid_templates(16)
+    assert torch.allclose(t @ t.T, torch.eye(16), atol=1e-5)  # orthonormal
+    frames = (2.0 * msg.float() - 1.0) @ t  # (B, 320): every bit's template, signed
+    wm = frames.repeat(1, 40)[:, None, :]  # 40 frames on the generator's grid
+    corr = L.template_code_correlation(wm, 16)
+    assert ((corr > 0).long() == msg).all()
+    torch.testing.assert_close(corr.abs(), torch.full_like(corr, 0.25))  # 1/sqrt(16) each
+    assert L.template_code_loss(wm, msg, 0.2) == 0
+    assert L.template_code_loss(wm, 1 - msg, 0.2) == pytest.approx(0.45)  # 0.2 + 0.25
+    off = L.template_code_correlation(wm[..., 40:], 16)  # a grid 40 samples off: lost
+    assert ((off > 0).long() == msg).float().mean() < 0.75
+    w = torch.randn(2, 1, 3200, requires_grad=True)
+    L.template_code_loss(w, msg[:2], 0.2).backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+
+
 def test_new_run_can_start_from_exported_weights(corpus: Path, tmp_path: Path) -> None:
     from audioseal_live.errors import CheckpointError
     from audioseal_live.training.trainer import run_training

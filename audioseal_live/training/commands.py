@@ -197,6 +197,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="dB contrast the spectral teacher code asks of each band pair",
     )
     p.add_argument(
+        "--w-template-code",
+        type=float,
+        default=d["w_template_code"],
+        help="weight of the grid template code (bit k's template in every frame, signed)",
+    )
+    p.add_argument(
+        "--template-margin",
+        type=float,
+        default=d["template_margin"],
+        help="correlation each bit's template must reach in the watermark",
+    )
+    p.add_argument("--template-lo", type=float, default=d["template_lo"], help="band start, Hz")
+    p.add_argument("--template-hi", type=float, default=d["template_hi"], help="band end, Hz")
+    p.add_argument(
         "--det-lr-scale",
         type=float,
         default=d["det_lr_scale"],

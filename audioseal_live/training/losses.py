@@ -213,6 +213,49 @@ def spectral_code_loss(
     return F.relu(margin_db - sign * contrast).mean()
 
 
+TEMPLATE_SEED = 20261201
+TEMPLATE_BAND = (300.0, 3400.0)  # Hz: the telephone band survives the attack suite's filters
+
+
+@functools.lru_cache(4)
+def grid_templates(
+    nbits: int, hop: int = 320, band: tuple[float, float] = TEMPLATE_BAND, sample_rate: int = 16000
+) -> Tensor:
+    """(nbits, hop) orthonormal band-limited noise templates, one generator frame long."""
+    g = torch.Generator().manual_seed(TEMPLATE_SEED)
+    spec = torch.fft.rfft(torch.randn(nbits, hop, generator=g))
+    freqs = torch.fft.rfftfreq(hop, 1.0 / sample_rate)
+    spec[:, (freqs < band[0]) | (freqs > band[1])] = 0
+    q, _ = torch.linalg.qr(torch.fft.irfft(spec, n=hop).T)
+    return q.T.contiguous()
+
+
+def template_code_correlation(
+    wm: Tensor, nbits: int, hop: int = 320, band: tuple[float, float] = TEMPLATE_BAND
+) -> Tensor:
+    """(B, nbits): each bit's template correlated with the watermark frame by frame on the
+    generator's grid (sample 0 of its input), summed over frames, over sqrt(frames x energy):
+    1 when all of the watermark is that template, 1/sqrt(nbits) per bit for an even code."""
+    frames = wm.shape[-1] // hop
+    z = wm[..., : frames * hop].reshape(wm.shape[0], frames, hop)
+    t = grid_templates(nbits, hop, band).to(wm)
+    corr = torch.einsum("bfh,kh->bk", z, t)
+    return corr / (frames * z.pow(2).sum((1, 2))).sqrt().clamp_min(EPS)[:, None]
+
+
+def template_code_loss(
+    wm: Tensor, message: Tensor, margin: float, band: tuple[float, float] = TEMPLATE_BAND
+) -> Tensor:
+    """Hinge: bit k's template sits in every frame of the watermark with the bit's sign, at
+    least ``margin`` (correlation, see above). A coherent, grid-locked code: simulated at 27 dB
+    under held-out speech, read in step with the grid, 16 such bits decode exactly in 98 %
+    of 1 s windows (a long-term-spectrum code: 0.64-0.75 per bit); it needs the reader
+    within 1-2 samples of the grid."""
+    corr = template_code_correlation(wm, message.shape[-1], band=band)
+    sign = 2.0 * message.to(corr.dtype) - 1.0
+    return F.relu(margin - sign * corr).mean()
+
+
 def mean_message_loss(logits: Tensor, message: Tensor, marked: Tensor) -> Tensor:
     """BCE of the bit logits averaged over each example's marked samples: the decode users see."""
     weight = marked.to(logits.dtype)[:, None, :]
