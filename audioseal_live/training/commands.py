@@ -102,6 +102,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_corpus)
 
     d = _train_defaults()
+
+    def opt(field: str, help: str | None = None, kind: type = float) -> None:
+        """--field-name, with TrainConfig's default for that field."""
+        p.add_argument("--" + field.replace("_", "-"), type=kind, default=d[field], help=help)
+
     p = subparsers.add_parser(
         "train",
         help="train a generator + detector (resumes RUN_DIR/last.pt)",
@@ -117,105 +122,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch threads (default 1: leaves a core free for other work)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    opt("seed", kind=int)
+    opt("batch_size", kind=int)
     p.add_argument(
         "--lr",
         type=float,
         default=None,
         help=f"Adam learning rate (new run: {d['lr']}; a resumed run keeps its own unless given)",
     )
-    p.add_argument("--n-filters", type=int, default=d["n_filters"])
-    p.add_argument("--dimension", type=int, default=d["dimension"])
-    p.add_argument("--lstm", type=int, default=d["lstm"])
-    p.add_argument("--max-steps", type=int, default=d["max_steps"])
-    p.add_argument(
-        "--max-hours",
-        type=float,
-        default=d["max_hours"],
-        help="stop after this many training hours (counted over resumes)",
-    )
-    p.add_argument("--ckpt-minutes", type=float, default=d["ckpt_minutes"])
-    p.add_argument("--val-every", type=int, default=d["val_every"])
-    p.add_argument("--log-every", type=int, default=d["log_every"])
+    opt("n_filters", kind=int)
+    opt("dimension", kind=int)
+    opt("lstm", kind=int)
+    opt("max_steps", kind=int)
+    opt("max_hours", "stop after this many training hours (counted over resumes)")
+    opt("ckpt_minutes")
+    opt("val_every", kind=int)
+    opt("log_every", kind=int)
     p.add_argument("--max-clips", type=int, default=None, help="read at most N clips (smoke)")
-    p.add_argument("--snr-start", type=float, default=d["snr_start"])
-    p.add_argument("--snr-final", type=float, default=d["snr_final"])
-    p.add_argument(
-        "--snr-every",
-        type=int,
-        default=d["snr_every"],
-        help="steps between SNR target moves in the quality stage",
-    )
-    p.add_argument(
-        "--bit-switch",
-        type=float,
-        default=d["bit_switch"],
-        help="running bit accuracy that starts the quality stage",
-    )
+    opt("snr_start")
+    opt("snr_final")
+    opt("snr_every", "steps between SNR target moves in the quality stage", kind=int)
+    opt("bit_switch", "running bit accuracy that starts the quality stage")
     p.add_argument("--start-stage", choices=STAGES, default=d["start_stage"])
     # quality-stage mix; taken from the command line on every (re)start, like the limits
-    p.add_argument("--attack-prob", type=float, default=d["attack_prob"])
-    p.add_argument("--mask-prob", type=float, default=d["mask_prob"])
-    p.add_argument(
-        "--noise-negatives",
-        type=float,
-        default=d["noise_negatives"],
-        help="share of unmarked clips replaced by white/pink noise",
+    opt("attack_prob")
+    opt("mask_prob")
+    opt("noise_negatives", "share of unmarked clips replaced by white/pink noise")
+    opt("w_msg", "message loss weight")
+    opt("w_msg_mean", "weight of the message loss on time-averaged bit logits")
+    opt(
+        "w_visible", "weight of the bit-visibility hinge (a one-bit flip must change the watermark)"
     )
-    p.add_argument("--w-msg", type=float, default=d["w_msg"], help="message loss weight")
-    p.add_argument(
-        "--w-msg-mean",
-        type=float,
-        default=d["w_msg_mean"],
-        help="weight of the message loss on time-averaged bit logits",
+    opt("visible_min", "energy share of the watermark a one-bit flip must change")
+    opt(
+        "w_spec_code",
+        "weight of the spectral teacher code (bit k = which half of its band pair is louder)",
     )
-    p.add_argument(
-        "--w-visible",
-        type=float,
-        default=d["w_visible"],
-        help="weight of the bit-visibility hinge (a one-bit flip must change the watermark)",
+    opt("spec_lo", "code band start, Hz")
+    opt("spec_hi", "code band end, Hz")
+    opt("spec_margin", "dB contrast the spectral teacher code asks of each band pair")
+    opt(
+        "w_template_code",
+        "weight of the grid template code (bit k's template in every frame, signed)",
     )
-    p.add_argument(
-        "--visible-min",
-        type=float,
-        default=d["visible_min"],
-        help="energy share of the watermark a one-bit flip must change",
-    )
-    p.add_argument(
-        "--w-spec-code",
-        type=float,
-        default=d["w_spec_code"],
-        help="weight of the spectral teacher code (bit k = which half of its band pair is louder)",
-    )
-    p.add_argument("--spec-lo", type=float, default=d["spec_lo"], help="code band start, Hz")
-    p.add_argument("--spec-hi", type=float, default=d["spec_hi"], help="code band end, Hz")
-    p.add_argument(
-        "--spec-margin",
-        type=float,
-        default=d["spec_margin"],
-        help="dB contrast the spectral teacher code asks of each band pair",
-    )
-    p.add_argument(
-        "--w-template-code",
-        type=float,
-        default=d["w_template_code"],
-        help="weight of the grid template code (bit k's template in every frame, signed)",
-    )
-    p.add_argument(
-        "--template-margin",
-        type=float,
-        default=d["template_margin"],
-        help="correlation each bit's template must reach in the watermark",
-    )
-    p.add_argument("--template-lo", type=float, default=d["template_lo"], help="band start, Hz")
-    p.add_argument("--template-hi", type=float, default=d["template_hi"], help="band end, Hz")
-    p.add_argument(
-        "--det-lr-scale",
-        type=float,
-        default=d["det_lr_scale"],
-        help="detector learning rate = --lr times this",
-    )
+    opt("template_margin", "correlation each bit's template must reach in the watermark")
+    opt("template_lo", "band start, Hz")
+    opt("template_hi", "band end, Hz")
+    opt("det_lr_scale", "detector learning rate = --lr times this")
     p.add_argument(
         "--det-n-filters",
         type=int,
@@ -228,17 +181,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="train the detector alone against the generator as it is",
     )
-    p.add_argument(
-        "--gen-gain-db",
-        type=float,
-        default=d["gen_gain_db"],
-        help="with --init-from: scale the generator's watermark by this many dB",
-    )
-    p.add_argument(
-        "--max-shift",
-        type=int,
-        default=d["max_shift"],
-        help="the detector sees the audio cropped by 0..N-1 samples (desynchronisation)",
+    opt("gen_gain_db", "with --init-from: scale the generator's watermark by this many dB")
+    opt(
+        "max_shift",
+        "the detector sees the audio cropped by 0..N-1 samples (desynchronisation)",
+        kind=int,
     )
     p.add_argument(
         "--msg-jitter",
@@ -247,10 +194,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="bits trained only within N samples of the frame grid (decoders search phases); "
         "elsewhere towards 'don't know'",
     )
-    p.add_argument("--w-unsync", type=float, default=d["w_unsync"])
-    p.add_argument("--sync-prob", type=float, default=d["sync_prob"])
-    p.add_argument("--w-mel", type=float, default=d["w_mel"], help="mel loss weight")
-    p.add_argument("--w-loud", type=float, default=d["w_loud"], help="TF-loudness loss weight")
+    opt("w_unsync")
+    opt("sync_prob")
+    opt("w_mel", "mel loss weight")
+    opt("w_loud", "TF-loudness loss weight")
     p.add_argument(
         "--force-stage",
         choices=STAGES,
