@@ -139,6 +139,8 @@ def conv_transpose_overlap_add(
     be a low-precision copy; the result keeps x's dtype).
     """
     cin, cout, kernel = weight.shape
+    if weight_t is not None:  # its rows set the output channels (e.g. a 1x1 conv folded in)
+        cout = weight_t.shape[0] // kernel
     if kernel % stride:
         return F.conv_transpose1d(x, weight, None, stride)
     batch, _, frames = x.shape
@@ -147,6 +149,8 @@ def conv_transpose_overlap_add(
         weight_t = weight.reshape(cin, cout * kernel).t()
     # (B, T, Cin) @ (Cin, Cout*K) → (B, T, Cout, parts, stride)
     z = linear(x.transpose(1, 2), weight_t)
+    if parts == 1:  # kernel == stride: frames do not overlap, nothing to add up
+        return z.view(batch, frames, cout, stride).transpose(1, 2).reshape(batch, cout, -1)
     z = z.view(batch, frames, cout, parts, stride).permute(0, 2, 3, 1, 4)
     y = x.new_zeros(batch, cout, (frames + parts - 1) * stride)
     for p in range(parts):  # part p of frame t lands at (t + p) * stride

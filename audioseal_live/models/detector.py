@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from audioseal_live.blocks import StreamingConvTranspose1d
+from audioseal_live.blocks.conv import conv_transpose_overlap_add
 from audioseal_live.models.base import CardModel
 from audioseal_live.models.cards import ModelCard
 from audioseal_live.models.seanet import SEANetEncoder
@@ -49,6 +50,7 @@ class AudioSealDetector(CardModel):
         self.phases = card.sync_phases
         self._tail: Tensor | None = None  # last hop of input, for the delayed phases
         self._active = tuple(range(self.phases))  # phases this stream runs (see select_streams)
+        self._fused: tuple[Tensor, Tensor] | None = None  # folded head while streaming
 
     @contextmanager
     def streaming(
@@ -63,10 +65,23 @@ class AudioSealDetector(CardModel):
     def _on_stream_start(self) -> None:
         self._tail = None
         self._active = tuple(range(self.phases))
+        self._fused = self._fold_head()
+
+    def _fold_head(self) -> tuple[Tensor, Tensor] | None:
+        """(weight (C_out * K, dimension) for the overlap-add matmul, bias (C_out,)) of the
+        transposed conv followed by the 1x1 conv; weights are frozen while streaming."""
+        up = self.detector[0].reverse_convolution.convtr
+        head = self.detector[1]
+        with torch.no_grad():
+            w1 = head.weight[:, :, 0]  # (18, C)
+            w = torch.einsum("oc,dck->dok", w1, up.weight)  # (dimension, 18, K)
+            bias = head.bias + (w1 @ up.bias if up.bias is not None else 0.0)
+            return w.reshape(w.shape[0], -1).t().contiguous(), bias.detach()
 
     def _on_stream_stop(self) -> None:
         self._tail = None
         self._active = tuple(range(self.phases))
+        self._fused = None
 
     @property
     def active_phases(self) -> tuple[int, ...]:
@@ -112,8 +127,23 @@ class AudioSealDetector(CardModel):
     def phase_logits(self, x: Tensor, sample_rate: int | None = None) -> Tensor:
         """Raw per-sample outputs of every phase (B, P, 2 + nbits, T)."""
         self._check_input(x, sample_rate)
-        out = self.detector(self._delayed(x))
+        out = self._run(self._delayed(x))
         return out.view(x.shape[0], len(self._active), *out.shape[1:])
+
+    def _run(self, x: Tensor) -> Tensor:
+        """``self.detector(x)``; while streaming with the 1x1 output conv folded into the
+        transposed conv before it (both linear, kernel == stride): ~45 % of the detector's
+        time per chunk went to the 32-channel per-sample features between them."""
+        if not self.is_streaming:
+            return self.detector(x)
+        encoder = self.detector[0]
+        up = encoder.reverse_convolution
+        if up.convtr.kernel_size[0] != up.stride or self._fused is None:
+            return self.detector(x)
+        weight_t, bias = self._fused
+        frames = encoder.model(x)  # (B, dimension, F)
+        out = conv_transpose_overlap_add(frames, up.convtr.weight, up.stride, weight_t)
+        return (out + bias[:, None])[..., : x.shape[-1]]
 
     def logits(self, x: Tensor, sample_rate: int | None = None) -> Tensor:
         """Raw per-sample outputs (B, 2 + nbits, T) of phase 0: 2 detection logits, then bits.
@@ -123,7 +153,7 @@ class AudioSealDetector(CardModel):
         """
         if self.phases == 1 or not self.is_streaming:
             self._check_input(x, sample_rate)
-            return self.detector(x)
+            return self._run(x)
         return self.phase_logits(x, sample_rate)[:, 0]
 
     def frame_outputs(self, x: Tensor, sample_rate: int | None = None) -> tuple[Tensor, Tensor]:
