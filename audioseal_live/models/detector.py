@@ -67,7 +67,7 @@ class AudioSealDetector(CardModel):
         self._active = tuple(range(self.phases))
         self._fused = self._fold_head()
 
-    def _fold_head(self) -> tuple[Tensor, Tensor] | None:
+    def _fold_head(self) -> tuple[Tensor, Tensor]:
         """(weight (C_out * K, dimension) for the overlap-add matmul, bias (C_out,)) of the
         transposed conv followed by the 1x1 conv; weights are frozen while streaming."""
         up = self.detector[0].reverse_convolution.convtr
