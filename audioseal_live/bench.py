@@ -103,18 +103,19 @@ def _step(kind: str, model: Any, msg: Any) -> Callable[[Any], Any]:
     return lambda x: model(x)
 
 
-def _traced_step(kind: str, model: Any, msg: Any) -> Any:
-    """The same computation as :func:`_step` through a StreamStep (graphs kept per model)."""
+def _traced_step(kind: str, model: Any, msg: Any, steps: dict[str, Any]) -> Any:
+    """The same computation as :func:`_step` through a StreamStep (kept in ``steps`` by kind,
+    so its graphs serve every round)."""
     from audioseal_live.blocks.traced import StreamStep  # noqa: PLC0415
 
-    step = getattr(model, "_bench_step", None)
+    step = steps.get(kind)
     if step is None:
         model.requires_grad_(False)
         if kind == "generator":
             step = StreamStep(model, lambda x, m: (x + model.watermark_of(x, m),))
         else:
             step = StreamStep(model, lambda x: model(x), lambda: model.active_phases)
-        model._bench_step = step
+        steps[kind] = step
     step.drop()  # a new stream starts
     return (lambda x: step(x, msg)) if kind == "generator" else step
 
@@ -146,6 +147,7 @@ def run_bench(
     audio = 0.1 * torch.randn(1, 1, int(seconds * SAMPLE_RATE), generator=gen)
     msg = torch.randint(0, 2, (1, 16), generator=gen)
     results: list[Timing] = []
+    traced_steps: dict[str, Any] = {}
     with torch.inference_mode():
         for kind in ("generator", "detector"):
             for chunk in chunks:
@@ -158,7 +160,7 @@ def run_bench(
                         model = models[kind]
                         with _streaming(model, name):
                             if name == OURS_TRACED:
-                                step = _traced_step(kind, model, msg)
+                                step = _traced_step(kind, model, msg, traced_steps)
                             else:
                                 step = _step(kind, model, msg)
                             # warm-up outside the timing (the traced step traces at its 2nd)

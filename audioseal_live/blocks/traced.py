@@ -76,7 +76,7 @@ class StreamStep:
 
     ``layout`` returns what else the graph depends on (e.g. the detector's running phases);
     a change of it, like a change of input shapes, means an eager call and a new trace.
-    Inference only: the model's parameters must not require grad (see :meth:`for_model`).
+    Inference only: the model's parameters must not require grad (``requires_grad_(False)``).
     """
 
     def __init__(
@@ -85,7 +85,6 @@ class StreamStep:
         fn: Callable[..., tuple[Tensor, ...]],
         layout: Callable[[], Hashable] = lambda: None,
     ) -> None:
-        self.model = model
         self.fn = fn
         self.layout = layout
         self.slots = carried_slots(model)
@@ -126,12 +125,14 @@ class StreamStep:
         self.release()
         outs = self.fn(*inputs)
         self.eager_calls += 1
+        if key not in self._graphs and key not in self._seen:
+            # Trace a shape once it repeats: a file's short last chunk is not worth 0.2 s.
+            self._seen.add(key)
+            return outs
+        if self._graphs.get(key, True) is None:  # traced before: its state changes layout
+            return outs
         flat, spec = _flatten(self._read())
         if key not in self._graphs:
-            # Trace a shape once it repeats: a file's short last chunk is not worth 0.2 s.
-            if key not in self._seen:
-                self._seen.add(key)
-                return outs
             self._graphs[key] = self._trace(inputs, flat, spec)
         if self._graphs[key] is not None and flat:
             self._held, self._held_key, self._spec = flat, key, spec
@@ -139,15 +140,12 @@ class StreamStep:
 
     def _trace(self, inputs: tuple[Tensor, ...], flat: list[Tensor], spec: tuple) -> Any:
         """Trace one step from this state; None if the state would not keep its layout."""
-        n_out: list[int] = []
-
         def step(*args: Tensor) -> tuple[Tensor, ...]:
             self._write(_unflatten(args[len(inputs) :], spec))
             outs = self.fn(*args[: len(inputs)])
             new, new_spec = _flatten(self._read())
             if new_spec != spec:
                 raise _LayoutChanged(f"{spec} -> {new_spec}")
-            n_out.append(len(outs))
             return (*outs, *new)
 
         # The trace runs one step; it must not advance the stream: restore the state after.

@@ -67,10 +67,13 @@ class AudioSealDetector(CardModel):
         self._active = tuple(range(self.phases))
         self._fused = self._fold_head()
 
-    def _fold_head(self) -> tuple[Tensor, Tensor]:
+    def _fold_head(self) -> tuple[Tensor, Tensor] | None:
         """(weight (C_out * K, dimension) for the overlap-add matmul, bias (C_out,)) of the
-        transposed conv followed by the 1x1 conv; weights are frozen while streaming."""
+        transposed conv followed by the 1x1 conv; weights are frozen while streaming. None
+        unless kernel == stride (frames that overlap keep the unfolded path)."""
         up = self.detector[0].reverse_convolution.convtr
+        if up.kernel_size[0] != up.stride[0]:
+            return None
         head = self.detector[1]
         with torch.no_grad():
             w1 = head.weight[:, :, 0]  # (18, C)
@@ -134,12 +137,10 @@ class AudioSealDetector(CardModel):
         """``self.detector(x)``; while streaming with the 1x1 output conv folded into the
         transposed conv before it (both linear, kernel == stride): ~45 % of the detector's
         time per chunk went to the 32-channel per-sample features between them."""
-        if not self.is_streaming:
+        if not self.is_streaming or self._fused is None:
             return self.detector(x)
         encoder = self.detector[0]
         up = encoder.reverse_convolution
-        if up.convtr.kernel_size[0] != up.stride or self._fused is None:
-            return self.detector(x)
         weight_t, bias = self._fused
         frames = encoder.model(x)  # (B, dimension, F)
         out = conv_transpose_overlap_add(frames, up.convtr.weight, up.stride, weight_t)

@@ -209,8 +209,13 @@ def spectral_code_loss(
     without waiting for the detector to find a code (bits stuck at chance for 30k steps).
     """
     contrast = spectral_code_contrast(wm, message.shape[-1], band)
-    sign = 2.0 * message.to(contrast.dtype) - 1.0
-    return F.relu(margin_db - sign * contrast).mean()
+    return signed_hinge(contrast, message, margin_db)
+
+
+def signed_hinge(score: Tensor, message: Tensor, margin: float) -> Tensor:
+    """Mean of relu(margin - s * score), s = +1 for a 1 bit, -1 for a 0 bit."""
+    sign = 2.0 * message.to(score.dtype) - 1.0
+    return F.relu(margin - sign * score).mean()
 
 
 TEMPLATE_SEED = 20261201
@@ -252,8 +257,7 @@ def template_code_loss(
     of 1 s windows (a long-term-spectrum code: 0.64-0.75 per bit); it needs the reader
     within 1-2 samples of the grid."""
     corr = template_code_correlation(wm, message.shape[-1], band=band)
-    sign = 2.0 * message.to(corr.dtype) - 1.0
-    return F.relu(margin - sign * corr).mean()
+    return signed_hinge(corr, message, margin)
 
 
 def mean_message_loss(logits: Tensor, message: Tensor, marked: Tensor) -> Tensor:
