@@ -140,6 +140,7 @@ class StreamStep:
 
     def _trace(self, inputs: tuple[Tensor, ...], flat: list[Tensor], spec: tuple) -> Any:
         """Trace one step from this state; None if the state would not keep its layout."""
+
         def step(*args: Tensor) -> tuple[Tensor, ...]:
             self._write(_unflatten(args[len(inputs) :], spec))
             outs = self.fn(*args[: len(inputs)])
