@@ -3,8 +3,6 @@ a JACK client feeding real speech into the engine's input port and recording its
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -56,46 +54,27 @@ def windowed_si_snr(
     return float(np.median(values))
 
 
-def machine_overloaded(server: object) -> str:
-    """Why this machine cannot keep JACK's deadlines, or '' if it should."""
-    load = os.getloadavg()[0] / (os.cpu_count() or 1)
-    if server.baseline_xruns:  # type: ignore[attr-defined]
-        return f"{server.baseline_xruns} xruns in 3 s with no client"  # type: ignore[attr-defined]
-    if load > 1.0:
-        return f"load average {load:.1f} per core"
-    return ""
-
-
 def check_audio_path(res: LoopResult, server: object, min_si_snr: float | None = 20.0) -> list[str]:
     """Assert the engine's duties; min_si_snr=None leaves the watermark level to the caller.
 
-    Returns the known engine shortfalls left to report: a few JACK xruns and output-ring
-    underruns per run at 20 ms chunks on the 2-core test VM (0-10 in 22 s, even with the
-    machine otherwise idle; GC pauses ruled out, the feeder process sees some of them too).
+    Returns the shortfalls left to report (the caller marks the test an expected failure with
+    them): JACK xruns the host caused, and output-ring underruns, which follow them.
     """
-    snap = res.snapshot
-    busy = machine_overloaded(server)
-    if snap.xruns and busy:
-        # PortAudio's xrun flags are JACK server xruns: glitches in what is recorded. On a
-        # machine that cannot keep JACK's deadlines they say nothing about the engine.
-        pytest.xfail(
-            f"machine too loaded for real-time audio ({busy}): {snap.xruns} xrun flags, "
-            f"feeder saw {res.feeder_xruns}; underruns {snap.underruns}"
-        )
-    # A broken audio path misses every period (~4,100 in 22 s at 256 frames). JACK xruns are
-    # the server's and reach every client: on the shared 2-core VM they came and went with the
-    # host (0-16 per run in sessions 2-3; 24-224 in session 4 with this code and the previous
-    # one alike, 70-88 with the random model's near-zero compute, the separate feeder client
-    # seeing most of them), so they fail only above a tenth of the periods and are otherwise
-    # reported (expected failure with their counts). Underruns are our output ring's: <= 40.
-    periods = SECONDS * res.rate / 256
-    assert snap.xruns <= max(40, periods / 10), snap
+    snap, causes = res.snapshot, res.xrun_causes
+    # PortAudio's xrun flags are JACK's and reach every client, whoever was late; on the shared
+    # 2-core VMs they come and go with the host (0-16 per 22 s run in sessions 2-3, 24-224 in
+    # session 4, 434 in one CI run; 1 and 181 in two back-to-back runs of a do-nothing
+    # passthrough client in session 7). jackd's log says who was late at each xrun: the engine
+    # answers for the xruns where its callback was still running and nothing else was late. A
+    # slow or blocked callback misses nearly every one of the ~4,100 periods; the bound is
+    # 40 per run, or 3x the xruns the host shows at the same time (timer late, feeder late).
+    assert causes.engine_alone <= max(40, 3 * causes.host), causes.summary()
     assert snap.underruns <= 40, snap  # our output ring: in our hands
-    known = [
-        f"{n} {what} in {SECONDS:.0f} s"
-        for n, what in ((snap.xruns, "JACK xruns"), (snap.underruns, "output-ring underruns"))
-        if n
-    ]
+    known = []
+    if snap.xruns:
+        known.append(f"{snap.xruns} JACK xruns in {SECONDS:.0f} s ({causes.summary()})")
+    if snap.underruns:
+        known.append(f"{snap.underruns} output-ring underruns in {SECONDS:.0f} s")
     assert snap.callback_errors == 0, snap.last_error
     assert snap.chunks >= SECONDS * 50 * 0.95  # 20 ms chunks
     x, y = aligned(res)

@@ -448,3 +448,34 @@ def test_recorder_is_atomic(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["rec.flac"]
     with pytest.raises(AudioFileError):
         Recorder(tmp_path / "x.mp3", 48000)
+
+
+def test_xrun_causes_reads_who_was_late(tmp_path) -> None:
+    """jackd 1.9's log of four xruns (lines as it prints them): only the last is the engine's."""
+    from audioseal_live.engine.jackloop import xrun_causes
+
+    err = "JackAudioDriver::ProcessGraphAsyncMaster: Process error"
+    late = "JackEngine::XRun: client = {} was not finished, state = {}"
+    log = tmp_path / "jackd.log"
+    log.write_text("jackdmp 1.9.21\n")
+    since = log.stat().st_size
+    lines = [
+        "JackTimedDriver::Process XRun = 5324 usec",
+        late.format("PortAudio", "Running"),
+        err,  # the server's timer woke late: the host
+        late.format("PortAudio", "Triggered"),
+        late.format("asl-feeder", "Running"),
+        err,  # the feeder (first in the graph) ran late: the host
+        late.format("PortAudio", "Triggered"),
+        err,  # ours not yet scheduled, nothing else late
+        late.format("PortAudio", "Running"),
+        err,  # ours still in its callback, everything else on time: the engine's
+    ]
+    with open(log, "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    c = xrun_causes(log, since)
+    assert (c.events, c.timer_late, c.others_late) == (4, 1, 1)
+    engine = (c.engine_waiting, c.engine_running, c.engine_alone, c.engine_waiting_alone)
+    assert engine == (2, 2, 1, 1)
+    assert c.host == 2
+    assert xrun_causes(log, log.stat().st_size).events == 0  # only what came after the mark

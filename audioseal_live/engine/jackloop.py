@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,80 @@ class JackServer:
     realtime: bool
     baseline_xruns: int = 0  # xruns of the idle server (no engine) over ``baseline_s``
     baseline_s: float = 0.0
+
+    def log_mark(self) -> int:
+        """Where jackd's log ends now: pass it to :func:`xrun_causes` after a run."""
+        return self.log.stat().st_size
+
+
+@dataclass(frozen=True)
+class XrunCauses:
+    """Who jackd says was late at each xrun of a run (from its log; one event per xrun).
+
+    JACK's xrun callback reaches every client, whoever missed the deadline, once per late
+    client and once more if the timer was late: one missed cycle can count 2-3 xruns (the
+    xrun counts of the engine and the feeder). jackd logs, per missed cycle, whether its own timer woke late and which clients had not finished the cycle, and
+    in which state: "Triggered" (its thread not yet scheduled) or "Running" (inside its
+    callback). Only an event where our client was running and nothing else was late can be
+    the engine's doing (a slow callback, a lock, the GIL); the rest is the host's.
+    """
+
+    events: int = 0
+    timer_late: int = 0  # the server's own timer woke late
+    others_late: int = 0  # another client (the feeder: a trivial callback) had not finished
+    engine_waiting: int = 0  # ours had not been scheduled yet
+    engine_running: int = 0  # ours was in its callback (with or without others late)
+    engine_alone: int = 0  # ours was in its callback and nothing else was late
+    engine_waiting_alone: int = 0  # ours not yet scheduled, nothing else late
+
+    @property
+    def host(self) -> int:
+        """Events where the server's timer or another client was late too: the machine's."""
+        return self.events - self.engine_waiting_alone - self.engine_alone
+
+    def summary(self) -> str:
+        return (
+            f"{self.events} missed cycles in jackd's log: server timer late {self.timer_late}, "
+            f"other clients late {self.others_late}, engine not yet scheduled "
+            f"{self.engine_waiting}, engine in its callback {self.engine_running} "
+            f"({self.engine_alone} with nothing else late)"
+        )
+
+
+_LATE = re.compile(r"client = (.+) was not finished, state = (\w+)")
+
+
+def xrun_causes(log: Path, since: int = 0, engine: str = "PortAudio") -> XrunCauses:
+    """Read jackd 1.9's per-xrun lines after byte ``since`` of its log.
+
+    Each xrun is logged as optional "JackTimedDriver::Process XRun" (timer late) and
+    "JackEngine::XRun: client = NAME was not finished, state = S" lines, closed by
+    "ProcessGraphAsyncMaster: Process error".
+    """
+    with open(log, "rb") as fh:
+        fh.seek(since)
+        text = fh.read().decode(errors="replace")
+    n = dict.fromkeys(("events", "timer", "feeder", "wait", "run", "alone", "wait_alone"), 0)
+    timer, late = False, {}
+    for line in text.splitlines():
+        if "Process XRun" in line:
+            timer = True
+        elif m := _LATE.search(line):
+            late[m.group(1)] = m.group(2)
+        elif "Process error" in line:
+            ours = late.pop(engine, None)
+            n["events"] += 1
+            n["timer"] += timer
+            n["feeder"] += bool(late)
+            n["wait"] += ours == "Triggered"
+            n["run"] += ours == "Running"
+            nothing_else = not timer and not late
+            n["alone"] += ours == "Running" and nothing_else
+            n["wait_alone"] += ours == "Triggered" and nothing_else
+            timer, late = False, {}
+    return XrunCauses(
+        n["events"], n["timer"], n["feeder"], n["wait"], n["run"], n["alone"], n["wait_alone"]
+    )
 
 
 @contextlib.contextmanager
@@ -107,6 +182,7 @@ def jack_dummy_server(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.unlink(missing_ok=True)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -265,6 +341,7 @@ class LoopResult:
     feeder_xruns: int
     rss_trace_mb: list[float] = field(default_factory=list)  # every 5 s
     live_detection: Any = None  # the monitor's Detection when speech last reached the input
+    xrun_causes: XrunCauses = field(default_factory=XrunCauses)  # jackd's log of this run
 
 
 def rss_mb() -> float:
@@ -297,6 +374,7 @@ def run_jack_loop(
     eng = Engine(cfg, marker=marker, detector=detector)
     feeder = FeederProcess(server, sig, seconds)
     rss0 = 0.0
+    mark = server.log_mark()
     try:
         eng.start()
         rss0 = rss_mb()  # after model load and warm-up: growth from here would be a leak
@@ -333,8 +411,9 @@ def run_jack_loop(
             feeder.proc.kill()
     rss1 = rss_mb()
     lag = measured_lag(fed, recorded, max_lag=rate // 2)
+    causes = xrun_causes(server.log, mark)
     return LoopResult(
-        fed, recorded, lag, rate, snap, compute, rss0, rss1, feeder_xruns, trace, live[0]
+        fed, recorded, lag, rate, snap, compute, rss0, rss1, feeder_xruns, trace, live[0], causes
     )
 
 
@@ -439,6 +518,7 @@ def live_benchmark(
         "unmarked_spans": s.unmarked_spans,
         "drift_corrections": s.drift_corrections,
         "feeder_xruns": res.feeder_xruns,
+        "xrun_causes": res.xrun_causes.summary(),
         "rss_start_mb": res.rss_start_mb,
         "rss_end_mb": res.rss_end_mb,
         "rss_every_5s_mb": res.rss_trace_mb,
