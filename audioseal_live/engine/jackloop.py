@@ -46,14 +46,15 @@ class JackServer:
 
 @dataclass(frozen=True)
 class XrunCauses:
-    """Who jackd says was late at each xrun of a run (from its log; one event per xrun).
+    """Who jackd says was late at each missed cycle of a run (from its log).
 
     JACK's xrun callback reaches every client, whoever missed the deadline, once per late
     client and once more if the timer was late: one missed cycle can count 2-3 xruns (the
-    xrun counts of the engine and the feeder). jackd logs, per missed cycle, whether its own timer woke late and which clients had not finished the cycle, and
-    in which state: "Triggered" (its thread not yet scheduled) or "Running" (inside its
-    callback). Only an event where our client was running and nothing else was late can be
-    the engine's doing (a slow callback, a lock, the GIL); the rest is the host's.
+    xrun counts of the engine and the feeder). jackd logs, per missed cycle, whether its own
+    timer woke late and which clients had not finished, and in which state: "Triggered" (its
+    thread not yet scheduled) or "Running" (inside its callback). Only a cycle where our
+    client was running and nothing else was late can be the engine's doing (a slow callback,
+    a lock, the GIL); the rest is the host's.
     """
 
     events: int = 0
