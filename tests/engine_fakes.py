@@ -85,6 +85,9 @@ class FakeDetector:
         )
         return p, np.ascontiguousarray(logits)
 
+    def code_stream(self, seconds: float) -> None:
+        return None  # bits from the logits
+
     def close(self) -> None:
         pass
 

@@ -20,14 +20,15 @@ class Detection:
 
     prob_chunk: float = 0.0  # mean P(marked) over the last chunk
     prob_smoothed: float = 0.0  # mean over the last ~1 s
-    bits: tuple[int, ...] = ()  # decoded by vote over detected samples only
-    bit_confidence: tuple[float, ...] = ()  # |2 sigmoid(mean logit) - 1| per bit
+    bits: tuple[int, ...] = ()  # the code's reader, or a vote over detected samples
+    bit_confidence: tuple[float, ...] = ()  # |2 sigmoid(z or mean logit) - 1| per bit
     match: bool | None = None  # bits == embedded message (None: nothing detected yet)
     inverted: bool = False  # the inverted polarity scored higher
     source: str = "output"  # "output" (digital) or the capture device's name
     chunks: int = 0
     history: tuple[float, ...] = ()  # smoothed probability, one value per chunk (last ~10 s)
     dropped_samples: int = 0  # monitor fell behind and skipped audio (never affects output)
+    code_sync: float | None = None  # the message code's sync score (None: no code)
 
 
 @dataclass(frozen=True)

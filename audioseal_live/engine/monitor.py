@@ -75,6 +75,8 @@ class DetectorMonitor:
         self._lost = 0  # chunks in a row below threshold while locked
         self.chunks = 0
         self.errors = 0
+        # A model with a message code: bits from its reader over the vote window
+        self.code = detector.code_stream(vote_s)
         self._detection = Detection(source=source)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,6 +91,8 @@ class DetectorMonitor:
         self._filled = 0
         self._vote_sum[:] = 0
         self._vote_cnt[:] = 0
+        if self.code is not None:
+            self.code.reset()
         self._search()
 
     def warm_up(self, blocks: int = 3) -> None:
@@ -145,9 +149,19 @@ class DetectorMonitor:
         bits: tuple[int, ...] = ()
         conf: tuple[float, ...] = ()
         match: bool | None = None
-        if cnt > 0:
+        mean_logit: np.ndarray | None = None
+        sync = None
+        if self.code is not None:
+            self.code.push(block)
+            read = self.code.read()
+            if read is not None:
+                sync = read[1]
+                if cnt > 0 or sync >= self.code.sync_min:  # an inverted chain flips every bit
+                    mean_logit = -read[0] if b else read[0]
+        elif cnt > 0:
             mean_logits = self._vote_sum[b].sum(axis=0) / cnt  # (P, nbits)
             mean_logit = mean_logits[best_phase(mean_logits)]
+        if mean_logit is not None:
             prob = 1.0 / (1.0 + np.exp(-mean_logit))
             bits = tuple(int(x) for x in (prob > 0.5))
             conf = tuple(float(c) for c in np.abs(2 * prob - 1))
@@ -166,6 +180,7 @@ class DetectorMonitor:
             chunks=self.chunks,
             history=tuple(self._hist),
             dropped_samples=self.ring.overflow_samples,
+            code_sync=sync,
         )
 
     def _update_lock(self, polarity: int, smoothed: float) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from audioseal_live.models.message_code import TemplateCode
+
 # Activations a card may name. A closed list, so that a checkpoint's config cannot make us
 # instantiate arbitrary torch.nn attributes.
 ACTIVATIONS = ("ELU", "ReLU", "LeakyReLU", "GELU", "SiLU", "Tanh", "PReLU")
@@ -70,6 +72,9 @@ class ModelCard:
     # live chain or a file shifts arbitrarily; detection itself reads phase 0 at any shift.
     # Official cards: 1 (the reference's behaviour).
     sync_phases: int = 1
+    # detector only: the message is a grid template code (models.message_code) read by its
+    # own self-synchronising reader, not by the bit head; None for official cards.
+    template_code: TemplateCode | None = None
     # where the weights live: a file name on the hub (official cards) or beside the card
     checkpoint: str | None = None
     description: str = ""
@@ -112,6 +117,9 @@ class ModelCard:
             problems.append(f"sync_phases must be in [1, hop], not {self.sync_phases}")
         if s.channels != 1:
             problems.append("only mono models (seanet.channels == 1) are supported")
+        code = self.template_code
+        if code is not None and not 0 <= code.lo_hz < code.hi_hz <= self.sample_rate / 2:
+            problems.append(f"template_code band must lie within 0..{self.sample_rate / 2} Hz")
         if problems:
             raise ValueError(f"invalid model card {self.name!r}: " + "; ".join(problems))
         return self
@@ -131,7 +139,13 @@ class ModelCard:
         seanet_known = {f.name for f in dataclasses.fields(SEANetCard)}
         seanet = {k: v for k, v in seanet.items() if k in seanet_known}
         seanet["ratios"] = [int(r) for r in seanet.get("ratios", [8, 5, 4, 2])]
-        return cls(seanet=SEANetCard(**seanet), **data).validate()
+        code = data.pop("template_code", None)
+        if code is not None:
+            code_known = {f.name for f in dataclasses.fields(TemplateCode)}
+            if not isinstance(code, dict) or set(code) - code_known:
+                raise ValueError(f"template_code must be an object with fields {code_known}")
+            code = TemplateCode(**code)
+        return cls(seanet=SEANetCard(**seanet), template_code=code, **data).validate()
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -12,6 +12,7 @@ from audioseal_live.blocks import StreamingConvTranspose1d
 from audioseal_live.blocks.conv import conv_transpose_overlap_add
 from audioseal_live.models.base import CardModel
 from audioseal_live.models.cards import ModelCard
+from audioseal_live.models.message_code import CodeReader
 from audioseal_live.models.seanet import SEANetEncoder
 
 
@@ -51,6 +52,10 @@ class AudioSealDetector(CardModel):
         self._tail: Tensor | None = None  # last hop of input, for the delayed phases
         self._active = tuple(range(self.phases))  # phases this stream runs (see select_streams)
         self._fused: tuple[Tensor, Tensor] | None = None  # folded head while streaming
+        self.code: CodeReader | None = None  # the message's reader, if the card has a code
+        if card.template_code is not None:
+            code = card.template_code
+            self.code = CodeReader(code, card.nbits, self.hop_length, card.sample_rate)
 
     @contextmanager
     def streaming(
@@ -163,8 +168,13 @@ class AudioSealDetector(CardModel):
         return torch.softmax(out[:, 0, :2], dim=1)[:, 1], out[:, :, 2:]
 
     def forward(self, x: Tensor, sample_rate: int | None = None) -> tuple[Tensor, Tensor]:
-        """Per-sample probabilities (B, 2, T) [unmarked, marked], bit probabilities (B, nbits)."""
+        """Per-sample probabilities (B, 2, T) [unmarked, marked], bit probabilities (B, nbits).
+
+        A card with a template code reads the message with the code's reader over the
+        whole input (see ``models.message_code``), not with the bit head."""
         out = self.phase_logits(x, sample_rate)
+        if self.code is not None:
+            return torch.softmax(out[:, 0, :2], dim=1), self.code.read_offline(x).probabilities
         mean_logits = out[:, :, 2:].mean(dim=-1)  # (B, P, nbits)
         best = most_confident_phase(mean_logits)
         message = mean_logits[torch.arange(x.shape[0], device=x.device), best]

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from audioseal_live.models.message_code import TemplateCode
+
 EPS = 1e-8
 
 # --------------------------------------------------------------------------------------------
@@ -218,21 +220,14 @@ def signed_hinge(score: Tensor, message: Tensor, margin: float) -> Tensor:
     return F.relu(margin - sign * score).mean()
 
 
-TEMPLATE_SEED = 20261201
 TEMPLATE_BAND = (300.0, 3400.0)  # Hz: the telephone band survives the attack suite's filters
 
 
-@functools.lru_cache(4)
 def grid_templates(
     nbits: int, hop: int = 320, band: tuple[float, float] = TEMPLATE_BAND, sample_rate: int = 16000
 ) -> Tensor:
     """(nbits, hop) orthonormal band-limited noise templates, one generator frame long."""
-    g = torch.Generator().manual_seed(TEMPLATE_SEED)
-    spec = torch.fft.rfft(torch.randn(nbits, hop, generator=g))
-    freqs = torch.fft.rfftfreq(hop, 1.0 / sample_rate)
-    spec[:, (freqs < band[0]) | (freqs > band[1])] = 0
-    q, _ = torch.linalg.qr(torch.fft.irfft(spec, n=hop).T)
-    return q.T.contiguous()
+    return TemplateCode(lo_hz=band[0], hi_hz=band[1]).templates(nbits, hop, sample_rate)
 
 
 def template_code_correlation(

@@ -37,6 +37,7 @@ from audioseal_live.errors import CheckpointError
 from audioseal_live.models.cards import ModelCard, small_card
 from audioseal_live.models.detector import AudioSealDetector
 from audioseal_live.models.generator import AudioSealWM
+from audioseal_live.models.message_code import TemplateCode
 from audioseal_live.training import losses as L
 from audioseal_live.training.data import Batch, SegmentPool, make_batch
 
@@ -222,8 +223,18 @@ def build_models(cfg: TrainConfig) -> tuple[AudioSealWM, AudioSealDetector]:
     if cfg.det_n_filters is not None:
         widths["n_filters"] = cfg.det_n_filters
     det_card = small_card("detector", name="audioseal_live_detector", **widths)
-    det_card = det_card.replace(sync_phases=sync_phases(cfg.msg_jitter, det_card.hop_length))
-    return gen, AudioSealDetector(det_card)
+    return gen, AudioSealDetector(reader_card(det_card, dataclasses.asdict(cfg)))
+
+
+def reader_card(det_card: ModelCard, config: dict[str, Any]) -> ModelCard:
+    """How a run's detector reads its message: the template code's reader when the run
+    trained one (the bit head then runs at one phase), else the bit head at as many grid
+    phases as the run's message sync needs."""
+    if config.get("w_template_code", 0.0) > 0:
+        lo = config.get("template_lo", L.TEMPLATE_BAND[0])
+        hi = config.get("template_hi", L.TEMPLATE_BAND[1])
+        return det_card.replace(template_code=TemplateCode(lo_hz=lo, hi_hz=hi), sync_phases=1)
+    return det_card.replace(sync_phases=sync_phases(config.get("msg_jitter"), det_card.hop_length))
 
 
 def straight_through(x: Tensor, y: Tensor) -> Tensor:
@@ -719,10 +730,9 @@ def models_from_checkpoint(path: str | Path) -> tuple[AudioSealWM, AudioSealDete
     """Generator and detector (eval mode, CPU) from a training checkpoint."""
     state = load_checkpoint(path)
     gen = AudioSealWM(ModelCard.from_dict(state["generator_card"]))
-    det_card = ModelCard.from_dict(state["detector_card"])
-    # the run's message sync decides how many phases its decoder tries
-    phases = sync_phases(state["config"].get("msg_jitter"), det_card.hop_length)
-    det = AudioSealDetector(det_card.replace(sync_phases=phases))
+    det = AudioSealDetector(
+        reader_card(ModelCard.from_dict(state["detector_card"]), state["config"])
+    )
     gen.load_state_dict(state["generator"])
     det.load_state_dict(state["detector"])
     return gen.eval(), det.eval()

@@ -1,0 +1,173 @@
+"""The grid template code our default model carries its bits in, and its reader.
+
+The generator is trained (``training.losses.template_code_loss``) to put bit k's template,
+signed by the bit, into every 20 ms frame of its watermark. Reading it needs no network and
+finds its own alignment:
+
+- **fold**: cut the audio into hop-long frames from wherever it starts, scale each frame to
+  unit energy in the code's band (a loud syllable would otherwise drown the rest) and sum
+  them: the code adds up coherently, the host audio as noise;
+- **whiten**: divide each frequency bin of the sum by the RMS of that bin over the frames,
+  so that the host's strong partials (voice harmonics, a held note) stop dominating
+  (measured on our default at 1 s: music 0.71 -> 0.96 exact 16 bits, speech 0.96 -> 1.00);
+- **sync**: correlate the folded frame with every template at every circular lag (one FFT);
+  the lag where the summed |z-scores| peak is the generator's frame grid;
+- **bits**: the signs of the correlations at that lag, each with its z-score against the
+  same template's correlations at all other lags.
+
+A neural bit head trained on our 2 CPU cores read 16 bits exactly only at the generator's own
+frame grid; this code reads them at any alignment (measured in the model card).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class TemplateCode:
+    """The code's definition, stored in the detector's card: the templates are regenerated
+    from the seed (CPU generator, so every machine gets the same ones)."""
+
+    seed: int = 20261201
+    lo_hz: float = 300.0
+    hi_hz: float = 3400.0
+
+    def templates(self, nbits: int, hop: int, sample_rate: int) -> Tensor:
+        """(nbits, hop) orthonormal band-limited noise, one generator frame long."""
+        return _templates(self, nbits, hop, sample_rate).clone()
+
+    def band_mask(self, hop: int, sample_rate: int) -> Tensor:
+        freqs = torch.fft.rfftfreq(hop, 1.0 / sample_rate)
+        return (freqs >= self.lo_hz) & (freqs <= self.hi_hz)
+
+
+@lru_cache(maxsize=8)
+def _templates(code: TemplateCode, nbits: int, hop: int, sample_rate: int) -> Tensor:
+    g = torch.Generator().manual_seed(code.seed)
+    spec = torch.fft.rfft(torch.randn(nbits, hop, generator=g))
+    spec[:, ~code.band_mask(hop, sample_rate)] = 0
+    q, _ = torch.linalg.qr(torch.fft.irfft(spec, n=hop).T)
+    return q.T.contiguous()
+
+
+@dataclass(frozen=True)
+class CodeRead:
+    """What the reader found in a window (batch first)."""
+
+    bits: Tensor  # (B, nbits) int64
+    z: Tensor  # (B, nbits) each bit's correlation over its spread across lags (signed)
+    lag: Tensor  # (B,) the grid's phase in the folded frame, samples
+    sync: Tensor  # (B,) peak of the summed |z| over its spread across lags: >~ 6 is a code
+
+    @property
+    def probabilities(self) -> Tensor:
+        """(B, nbits) in (0, 1), the reference's message-probability convention."""
+        return torch.sigmoid(self.z)
+
+
+@dataclass
+class Folded:
+    """Frames folded so far: their summed spectra, summed powers per bin, and count."""
+
+    spec: Tensor  # (B, bins) complex
+    power: Tensor  # (B, bins)
+    frames: int
+
+    def __add__(self, other: Folded) -> Folded:
+        return Folded(self.spec + other.spec, self.power + other.power, self.frames + other.frames)
+
+    def __sub__(self, other: Folded) -> Folded:
+        return Folded(self.spec - other.spec, self.power - other.power, self.frames - other.frames)
+
+
+class CodeReader:
+    """Folds audio frame by frame and reads the code; offline or as a stream.
+
+    ``window_frames`` = N keeps about the last N frames of a stream (whole pushed chunks;
+    None: everything since ``reset``). Frames start at the first sample pushed; any start
+    works, the sync finds the grid. Batch of B independent signals.
+    """
+
+    def __init__(
+        self,
+        code: TemplateCode,
+        nbits: int,
+        hop: int = 320,
+        sample_rate: int = 16000,
+        window_frames: int | None = None,
+    ) -> None:
+        self.code, self.nbits, self.hop = code, nbits, hop
+        t = code.templates(nbits, hop, sample_rate)
+        self._t_spec = torch.fft.rfft(t).conj()  # (nbits, bins)
+        self._band = code.band_mask(hop, sample_rate)
+        self.window = window_frames
+        self.reset()
+
+    def reset(self) -> None:
+        self._rest: Tensor | None = None  # < hop samples not yet a frame
+        self._chunks: deque[Folded] = deque()
+        self._sum: Folded | None = None
+
+    @property
+    def frames(self) -> int:
+        return 0 if self._sum is None else self._sum.frames
+
+    def fold(self, x: Tensor) -> Folded:
+        """(B, T) -> its frames folded; a tail < hop is dropped. :meth:`push` for streams."""
+        n = x.shape[-1] // self.hop
+        frames = x[..., : n * self.hop].reshape(x.shape[0], n, self.hop).float()
+        spec = torch.fft.rfft(frames)  # (B, n, bins)
+        energy = spec[..., self._band.to(x.device)].abs().pow(2).sum(-1, keepdim=True)
+        spec = spec / energy.sqrt().clamp_min(EPS)
+        return Folded(spec.sum(1), spec.abs().pow(2).sum(1), n)
+
+    def push(self, x: Tensor) -> None:
+        """Add a chunk (B, T) of a stream."""
+        if self._rest is not None:
+            x = torch.cat([self._rest, x], dim=-1)
+        n = x.shape[-1] // self.hop
+        self._rest = x[..., n * self.hop :]
+        if n == 0:
+            return
+        part = self.fold(x[..., : n * self.hop])
+        self._chunks.append(part)
+        self._sum = part if self._sum is None else self._sum + part
+        while self.window is not None and self._sum.frames - self._chunks[0].frames >= self.window:
+            self._sum = self._sum - self._chunks.popleft()
+
+    def read(self, folded: Folded | None = None) -> CodeRead | None:
+        """Read folded frames (from :meth:`fold`), or the stream's window; None if empty."""
+        folded = folded or self._sum
+        if folded is None or folded.frames == 0:
+            return None
+        white = folded.spec / folded.power.clamp_min(EPS).sqrt()
+        # circular cross-correlation with every template at every lag: (B, nbits, hop)
+        corr = torch.fft.irfft(white[:, None, :] * self._t_spec.to(white.device), n=self.hop)
+        spread = corr.std(dim=-1).clamp_min(EPS)  # each bit's correlation across lags
+        z_all = corr / spread[..., None]
+        score = z_all.abs().sum(dim=1)  # (B, hop)
+        lag = score.argmax(dim=-1)
+        z = z_all.gather(-1, lag[:, None, None].expand(-1, self.nbits, 1))[..., 0]
+        peak = score.gather(-1, lag[:, None])[:, 0]
+        sync = (peak - score.mean(-1)) / score.std(-1).clamp_min(EPS)
+        return CodeRead((z > 0).long(), z, lag, sync)
+
+    def read_offline(self, x: Tensor) -> CodeRead:
+        """Fold and read each signal of (B, T) or (B, 1, T) whole. Under one frame there is
+        nothing to read: every z is 0 (probability 0.5)."""
+        if x.dim() == 3:
+            x = x[:, 0]
+        read = self.read(self.fold(x))
+        if read is None:
+            zeros = x.new_zeros(x.shape[0], self.nbits)
+            none = torch.zeros(x.shape[0], dtype=torch.long)
+            return CodeRead(zeros.long(), zeros, none, zeros[:, 0])
+        return read

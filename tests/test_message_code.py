@@ -1,0 +1,139 @@
+"""The grid template code's reader: offline, as a stream, in a card, a detector and the monitor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from audioseal_live.models import AudioSealDetector, small_card
+from audioseal_live.models.cards import ModelCard
+from audioseal_live.models.message_code import CodeReader, TemplateCode
+
+HOP, RATE = 320, 16000
+MSG = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0])
+CODE = TemplateCode()
+
+
+def host(seconds: float, seed: int = 0) -> torch.Tensor:
+    """Speech-like host: noise under a slow loudness envelope with silent gaps, and a strong
+    200 Hz harmonic series that a reader without whitening trips over."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * RATE)
+    t = torch.arange(n) / RATE
+    env = (torch.sin(2 * torch.pi * 3 * t + torch.rand(1, generator=g) * 6) > -0.3).float()
+    voice = sum(torch.sin(2 * torch.pi * 200 * k * t) / k for k in range(1, 12))
+    return 0.3 * env * (0.5 * torch.randn(n, generator=g) + voice)
+
+
+def coded(x: torch.Tensor, bits: torch.Tensor, snr_db: float = 25.0) -> torch.Tensor:
+    """``x`` plus the code on the grid of sample 0, ``snr_db`` below ``x``."""
+    t = CODE.templates(16, HOP, RATE)
+    frame = ((2 * bits.float() - 1) @ t).repeat(x.shape[-1] // HOP + 1)[: x.shape[-1]]
+    scale = x.norm() / frame.norm() * 10 ** (-snr_db / 20)
+    return x + scale * frame
+
+
+def test_templates_are_pinned() -> None:
+    """Shipped models carry these exact templates: a torch or platform change that altered
+    them would silently break every model, so their first values are pinned here."""
+    t = CODE.templates(16, HOP, RATE)
+    assert torch.allclose(t @ t.T, torch.eye(16), atol=1e-5)
+    first = torch.tensor([-0.0367014408, 0.0378183089, 0.0727617145, 0.0581474155])
+    assert torch.allclose(t[0, :4], first, atol=1e-6)
+    spec = torch.fft.rfft(t).abs()
+    assert float(spec[:, ~CODE.band_mask(HOP, RATE)].max()) < 1e-4  # band-limited
+
+
+@pytest.mark.parametrize("shift", [0, 1, 123, 319])
+def test_reader_finds_grid_and_bits_at_any_shift(shift: int) -> None:
+    y = coded(host(2.0), MSG)[shift : shift + RATE]
+    r = CodeReader(CODE, 16).read_offline(y[None])
+    assert torch.equal(r.bits[0], MSG)
+    assert int(r.lag[0]) == (-shift) % HOP  # the generator's grid, found
+    assert float(r.sync[0]) >= 5.0
+    assert float(r.probabilities[0].sub(MSG.float()).abs().max()) < 0.5
+
+
+def test_unmarked_audio_has_no_sync_and_inversion_flips_bits() -> None:
+    reader = CodeReader(CODE, 16)
+    plain = torch.stack([host(1.0, seed) for seed in range(8)])
+    assert float(reader.read_offline(plain).sync.max()) < 5.0
+    y = coded(host(1.0), MSG)
+    assert torch.equal(reader.read_offline(-y[None]).bits[0], 1 - MSG)
+
+
+def test_whitening_reads_through_a_strong_harmonic_host() -> None:
+    """40 dB below a harmonic host, 3 s: the whitened fold reads every bit of six hosts (an
+    unwhitened fold misses a bit in two of them)."""
+    y = torch.stack([coded(host(3.0, seed=s), MSG, snr_db=40.0) for s in range(4, 10)])
+    assert bool((CodeReader(CODE, 16).read_offline(y).bits == MSG).all())
+
+
+def test_stream_equals_offline_and_window_forgets() -> None:
+    y = coded(host(2.0), MSG)[None]
+    whole = CodeReader(CODE, 16).read_offline(y)
+    stream = CodeReader(CODE, 16)
+    rng = np.random.default_rng(0)
+    pos = 0
+    while pos < y.shape[-1]:
+        n = int(rng.integers(1, 900))
+        stream.push(y[:, pos : pos + n])
+        pos += n
+    r = stream.read()
+    assert r is not None and stream.frames == y.shape[-1] // HOP
+    assert torch.equal(r.bits, whole.bits) and torch.allclose(r.z, whole.z, atol=1e-4)
+    # a 1 s window: after 2 s of unmarked audio the code is gone from it
+    win = CodeReader(CODE, 16, window_frames=50)
+    win.push(y)
+    assert float(win.read().sync[0]) >= 5.0  # type: ignore[union-attr]
+    for k in range(20):
+        win.push(host(0.1, seed=100 + k)[None])
+    assert win.frames <= 50 + 5 and float(win.read().sync[0]) < 5.0  # type: ignore[union-attr]
+    assert CodeReader(CODE, 16).read() is None
+
+
+def test_card_round_trip_and_validation(tmp_path) -> None:
+    card = small_card("detector").replace(template_code=TemplateCode(lo_hz=400.0))
+    card.save(tmp_path / "d.json")
+    assert ModelCard.load(tmp_path / "d.json").template_code == TemplateCode(lo_hz=400.0)
+    data = card.to_dict()
+    with pytest.raises(ValueError, match="template_code band"):
+        ModelCard.from_dict({**data, "template_code": {"lo_hz": 300.0, "hi_hz": 9000.0}})
+    with pytest.raises(ValueError, match="template_code must be"):
+        ModelCard.from_dict({**data, "template_code": {"seed": 1, "bogus": 2}})
+    assert ModelCard.from_dict({**data, "template_code": None}).template_code is None
+
+
+def test_detector_with_a_code_reads_its_message_with_the_reader() -> None:
+    torch.manual_seed(0)
+    det = AudioSealDetector(small_card("detector").replace(template_code=CODE)).eval()
+    plain = AudioSealDetector(small_card("detector")).eval()
+    plain.load_state_dict(det.state_dict())  # same weights: only the message path differs
+    y = coded(host(2.0), MSG)[None, None, 77:]
+    with torch.inference_mode():
+        p, msg = det.detect_watermark(y)
+        p0, msg0 = plain.detect_watermark(y)
+    assert torch.equal(msg[0], MSG.int())
+    assert torch.equal(p, p0) and not torch.equal(msg0[0], MSG.int())  # a random head
+
+
+def test_monitor_reads_the_code_live() -> None:
+    """The live monitor with a real (random-weight) detector whose card has a code: the
+    bits come from the code window, read in the polarity the detector chose."""
+    from audioseal_live.engine.model import TorchDetector
+    from audioseal_live.engine.monitor import DetectorMonitor
+
+    torch.manual_seed(0)
+    det = TorchDetector(AudioSealDetector(small_card("detector").replace(template_code=CODE)))
+    for sign in (1.0, -1.0):
+        mon = DetectorMonitor(det, RATE, message=lambda: tuple(MSG.tolist()), vote_s=2.0)
+        mon.reset()
+        x = (sign * coded(host(4.0, seed=7), MSG)).numpy().astype(np.float32)
+        mon.ring.write(x)
+        mon.step()
+        d = mon.detection
+        assert d.code_sync is not None and d.code_sync >= 5.0
+        want = tuple(MSG.tolist()) if not d.inverted else tuple((1 - MSG).tolist())
+        assert d.bits == (want if sign > 0 else tuple((1 - torch.tensor(want)).tolist()))
+        mon.stop()
