@@ -144,20 +144,25 @@ class DetectorMonitor:
         self._vote_sum[np.ix_(rows, [v], phases)] = sums[:, None]
         n = min(self._filled, self._n_smooth)  # entries so far
         smoothed = self._probs[:, [(i - j) % self._n_smooth for j in range(n)]].mean(axis=1)
-        b = int(inverted_wins(smoothed[0], smoothed[1])) if self.lock is None else self.lock[0]
+        read = None
+        if self.code is not None:
+            self.code.push(block)
+            read = self.code.read()
+        if self.lock is not None:
+            b = self.lock[0]
+        elif read is not None and read[2] is not None:
+            b = int(read[2])  # the code's polarity check, surer than comparing P(marked)
+        else:
+            b = int(inverted_wins(smoothed[0], smoothed[1]))
         cnt = self._vote_cnt[b].sum()
         bits: tuple[int, ...] = ()
         conf: tuple[float, ...] = ()
         match: bool | None = None
         mean_logit: np.ndarray | None = None
-        sync = None
+        sync = None if read is None else read[1]
         if self.code is not None:
-            self.code.push(block)
-            read = self.code.read()
-            if read is not None:
-                sync = read[1]
-                if cnt > 0 or sync >= self.code.sync_min:  # an inverted chain flips every bit
-                    mean_logit = -read[0] if b else read[0]
+            if read is not None and (cnt > 0 or read[1] >= self.code.sync_min):
+                mean_logit = -read[0] if b else read[0]  # an inverted chain flips every bit
         elif cnt > 0:
             mean_logits = self._vote_sum[b].sum(axis=0) / cnt  # (P, nbits)
             mean_logit = mean_logits[best_phase(mean_logits)]
