@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 from engine_fakes import FakeClock, FakeDetector, FakeMarker, fake_factory
@@ -246,6 +248,43 @@ def test_drift_corrections_keep_fill_bounded() -> None:
         lo, hi = late.min(), late.max()
         assert lo > 0 and hi < eng.worker.out_target + 2 * drift.dead_band
         assert snap.underruns == 0
+
+
+class CounterMarker(FakeMarker):
+    """A watermark that counts the samples it has marked: any edit after marking shows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = 0
+
+    def process(self, x16k: np.ndarray, message: Sequence[int]) -> np.ndarray:
+        n = x16k.shape[0]
+        self.pos += n
+        return (1e-5 * (np.arange(self.pos - n, self.pos) % 10000)).astype(np.float32)
+
+
+def test_drift_edits_leave_the_watermark_unbroken() -> None:
+    """Drift edits go in before marking: the mark's frame grid runs on through the output."""
+    eng = Engine(
+        EngineConfig(message=MSG, sample_rate=16000),
+        marker=CounterMarker(),
+        backend_factory=fake_factory(rate=16000),
+    )
+    eng.start(threads=False)
+    b = eng.backend
+    b.source = np.zeros(16000 * 40, dtype=np.float32)  # silence: the output is the mark alone
+    for i in range(int(30 * 16000 / 256)):
+        b.feed(256)
+        eng.pump()
+        b.drain(255 if i % 8 == 0 else 256)  # a fast output clock: samples must be dropped
+    eng.stop()
+    assert eng.worker.drift.drops > 30  # past the dead band (9 ms) after ~19 s
+    y = b.output().astype(np.float64)
+    y = y[np.argmax(y > 0) :]  # from the first marked sample
+    steps = np.diff(y)
+    wraps = np.isclose(steps, 1e-5 - 0.1, atol=2e-7)  # the counter wraps every 10,000
+    assert np.allclose(steps[~wraps], 1e-5, atol=2e-7)  # every sample of the mark, in order
+    assert 0 < wraps.sum() < len(y) / 9000
 
 
 def test_underruns_raise_the_set_point_then_calm_lowers_it() -> None:

@@ -3,9 +3,11 @@
 Input and output devices run on separate crystals (a virtual cable is not the mic's clock), so
 the worker produces samples at the input's rate while the output consumes at its own. Over
 minutes the output ring would drain (underruns) or grow (latency creep). We watch a smoothed
-fill and, outside a dead band, drop or repeat one sample per chunk at the quietest point of the
-chunk, where the edit is least audible. One sample per 20 ms chunk at 48 kHz corrects ~1000
-ppm, ten times the drift of ordinary sound cards; up to four per chunk catch up after a stall.
+fill and, outside a dead band, drop or repeat one sample per block the worker reads at the
+quietest point of the block, where the edit is least audible. The worker edits its input,
+before the watermark, so that the mark's frame grid runs on unbroken. One sample per 20 ms
+at 48 kHz corrects ~1000 ppm, ten times the drift of ordinary sound cards; up to four per
+block catch up after a stall.
 
 The set point also adapts, like a jitter buffer: an output underrun means the margin was too
 small, and the samples that arrive late then sit in the ring as surplus. Dropping them (what a

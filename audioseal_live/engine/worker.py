@@ -187,9 +187,14 @@ class Worker:
             return False
         x = self.in_ring.read(min(avail, 4 * self.chunk_dev))
         self.samples_in += x.shape[0]
-        self.orig.push(x)
         for sink in self.input_sinks:
             sink.push(x)
+        # Drift edits (a sample dropped or repeated) go in before the watermark, not after:
+        # the mark's 20 ms frame grid then runs on unbroken through the output, where a
+        # reader locks onto it (an edit after marking shifted the grid: ~10 a second in the
+        # JACK loop while the set point settled, and the live code window lost its sync).
+        x = self.drift.apply(x)
+        self.orig.push(x)
         self.fifo16.push(self.down.process(x))
         produced = False
         while len(self.fifo16) >= self.chunk16:
@@ -270,7 +275,6 @@ class Worker:
     def _emit(self, orig: np.ndarray, wm: np.ndarray, gain: np.ndarray, x_in: np.ndarray) -> None:
         out = orig * gain + wm
         out = self.limiter.process(out)
-        out = self.drift.apply(out)
         self.out_ring.write(out)
         self.samples_out += out.shape[0]
         if self.monitor_ring is not None:
