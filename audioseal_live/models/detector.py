@@ -15,7 +15,6 @@ from audioseal_live.models.cards import ModelCard
 from audioseal_live.models.message_code import CodeRead, CodeReader
 from audioseal_live.models.seanet import SEANetEncoder
 
-
 # How much better the bit head must agree with the flipped code to call the audio inverted.
 POLARITY_EVIDENCE = 0.4
 
