@@ -85,7 +85,7 @@ class FakeDetector:
         )
         return p, np.ascontiguousarray(logits)
 
-    def code_stream(self, seconds: float) -> None:
+    def code_stream(self, seconds: float | None) -> None:
         return None  # bits from the logits
 
     def close(self) -> None:

@@ -174,3 +174,9 @@ def test_default_model_file_round_trip(stereo_44k: Path, tmp_path: Path) -> None
     if shortfall and not res.match:
         pytest.xfail(f"{shortfall}; from the file it decoded {res.bits}")
     assert res.match
+    # What a file goes through: cut anywhere (off the generator's frame grid) and inverted.
+    y, rate = sf.read(out, dtype="float32")
+    cut = tmp_path / "cut_inverted.wav"
+    sf.write(cut, -y[12345:], rate)
+    res = detect_file(cut, TorchDetector(AudioSeal.load_detector()), expected=MSG)
+    assert res.marked and res.match and res.inverted, res

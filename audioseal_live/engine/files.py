@@ -156,6 +156,7 @@ class DetectResult:
     marked: bool
     match: bool | None = None
     windows: list[float] = field(default_factory=list)  # P(marked) per second
+    code_sync: float | None = None  # the message code's sync over the file (None: no code)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -185,6 +186,7 @@ def detect_file(
         windows: list[float] = []
         win_acc, win_n = 0.0, 0
         locked: tuple[int, int] | None = None  # (signal, phase) once settled
+        code = detector.code_stream(None)  # a model with a message code: read over the file
 
         def settle() -> tuple[int, int]:
             """The signal (x or -x) that carries the mark so far, and its surest phase."""
@@ -206,6 +208,8 @@ def detect_file(
                 n_det[b] += det.sum()
                 p_sum[b] += p[0].sum()
                 logit_sum[b, k] += logits[0, 0] @ det.astype(logits.dtype)
+            if code is not None:
+                code.push(x16)
             total += x16.shape[0]
             if locked is None and total >= LOCK_SEARCH_S * MODEL_RATE:
                 b, k = settle()
@@ -238,9 +242,16 @@ def detect_file(
     b, k = locked or settle()
     cnt = n_det[b]
     mean_logit = logit_sum[b, k] / cnt if cnt else np.zeros(nb)
+    frac = float(cnt / total)
+    marked = frac > 0.5
+    read = code.read() if code is not None else None
+    if read is not None:  # the code: bits at any alignment, its own polarity check
+        z, sync, inverted = read
+        b = int(inverted) if inverted is not None else b
+        mean_logit = -z if b else z
+        marked = marked or sync >= code.sync_marked  # type: ignore[union-attr]
     prob = 1 / (1 + np.exp(-mean_logit))
     bits = tuple(int(v) for v in prob > 0.5)
-    frac = float(cnt / total)
     match = None if expected is None else bits == tuple(int(v) for v in expected)
     return DetectResult(
         path=str(src),
@@ -250,7 +261,8 @@ def detect_file(
         bits=bits,
         bit_confidence=tuple(float(c) for c in np.abs(2 * prob - 1)),
         inverted=bool(b),
-        marked=frac > 0.5,
+        marked=marked,
         match=match,
         windows=windows,
+        code_sync=None if read is None else read[1],
     )

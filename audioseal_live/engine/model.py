@@ -37,7 +37,8 @@ class CodeStream(Protocol):
     """The detector's message code (if its card has one) read over a sliding window of one
     monitored signal at 16 kHz; see ``models.message_code``."""
 
-    sync_min: float  # sync scores at or above this say the code is there
+    sync_min: float  # sync scores from which the bits are shown
+    sync_marked: float  # sync scores from which the audio counts as marked
 
     def reset(self) -> None: ...
 
@@ -66,9 +67,9 @@ class FrameDetector(Protocol):
         """Keep streaming only ``signal`` of the batch and grid ``phase``, state intact;
         ``process`` then takes (1, T) and gives (1, T), (1, 1, nbits, T)."""
 
-    def code_stream(self, seconds: float) -> CodeStream | None:
-        """A reader of the message code over the last ``seconds``; None: bits come from the
-        bit logits of ``process``."""
+    def code_stream(self, seconds: float | None) -> CodeStream | None:
+        """A reader of the message code over the last ``seconds`` (None: all it is fed);
+        None: bits come from the bit logits of ``process``."""
         ...
 
     def close(self) -> None: ...
@@ -197,13 +198,13 @@ class TorchDetector:
         # trace a new layout (~0.3 s of Python holding the GIL) next to live audio callbacks.
         self._narrowed = True
 
-    def code_stream(self, seconds: float) -> TorchCodeStream | None:
+    def code_stream(self, seconds: float | None) -> TorchCodeStream | None:
         card = self.det.card
         if card.template_code is None:
             return None
         from audioseal_live.models.message_code import CodeReader
 
-        frames = max(1, round(seconds * MODEL_RATE / HOP))
+        frames = None if seconds is None else max(1, round(seconds * MODEL_RATE / HOP))
         reader = CodeReader(card.template_code, card.nbits, card.hop_length, MODEL_RATE, frames)
         # A second detector for the polarity check's offline passes: the live one streams.
         offline = type(self.det)(card).eval().requires_grad_(False)
@@ -222,8 +223,9 @@ class TorchCodeStream:
     code is there: two detector passes over 1 s, ~2 % of a core at the default 3 s."""
 
     # Sync scores of 1 s windows (whitened fold, default model, held-out test set): unmarked
-    # speech and music median 3.0, max 4.4 of 250; marked 5th percentile 6.2-6.7.
+    # speech and music median 3.0, max 4.4 of 250; marked 5th percentile 7.1.
     sync_min = 5.0
+    sync_marked = 6.0  # models.message_code.SYNC_CENTER: even odds in the detector's P
 
     def __init__(self, reader: Any, detector: Any, recheck_s: float = 3.0) -> None:
         import torch

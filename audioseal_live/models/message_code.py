@@ -29,6 +29,10 @@ import torch
 from torch import Tensor
 
 EPS = 1e-8
+# Sync score of a 1 s window at which the code counts as even odds of being there. Measured on
+# the default model, held-out test speech and music: unmarked median 3.0, max 4.4 of 250;
+# marked 5th percentile 7.1, also low-passed at 3.5 kHz, telephone band or 8 kHz resampled.
+SYNC_CENTER = 6.0
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,28 @@ class CodeReader:
         peak = score.gather(-1, lag[:, None])[:, 0]
         sync = (peak - score.mean(-1)) / score.std(-1).clamp_min(EPS)
         return CodeRead((z > 0).long(), z, lag, sync)
+
+    def presence(self, x: Tensor, window: int, stride: int) -> Tensor:
+        """(B, T) P(code here) per sample from the sync of ``window``-sample windows every
+        ``stride`` samples, each window's value given to its central ``stride`` samples (the
+        ends take the nearest window's): ``sigmoid(2 (sync - SYNC_CENTER))``."""
+        if x.dim() == 3:
+            x = x[:, 0]
+        batch, length = x.shape
+        if length <= window:
+            sync = self.read_offline(x).sync[:, None]
+            starts = [0]
+        else:
+            starts = list(range(0, length - window + 1, stride))
+            frames = x.unfold(-1, window, stride).reshape(-1, window)  # (B * W, window)
+            sync = self.read_offline(frames).sync.view(batch, -1)
+        p = torch.sigmoid(2.0 * (sync - SYNC_CENTER))  # (B, W)
+        centres = torch.tensor([s + window // 2 for s in starts], dtype=torch.float32)
+        # each sample takes the window whose centre is nearest
+        idx = torch.bucketize(
+            torch.arange(length, dtype=torch.float32), (centres[1:] + centres[:-1]) / 2
+        )
+        return p[:, idx.to(p.device)].to(x.dtype)
 
     def read_offline(self, x: Tensor) -> CodeRead:
         """Fold and read each signal of (B, T) or (B, 1, T) whole. Under one frame there is
