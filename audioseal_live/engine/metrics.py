@@ -19,7 +19,7 @@ class Detection:
     """Live detector result (monitor)."""
 
     prob_chunk: float = 0.0  # mean P(marked) over the last chunk
-    prob_smoothed: float = 0.0  # mean over the last ~1 s
+    prob_smoothed: float = 0.0  # mean over the last ~1 s, or the code's evidence if higher
     bits: tuple[int, ...] = ()  # the code's reader, or a vote over detected samples
     bit_confidence: tuple[float, ...] = ()  # |2 sigmoid(z or mean logit) - 1| per bit
     match: bool | None = None  # bits == embedded message (None: nothing detected yet)

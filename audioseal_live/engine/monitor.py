@@ -173,10 +173,15 @@ class DetectorMonitor:
             expected = tuple(int(x) for x in self.message())
             match = bits == expected if expected else None
         self._update_lock(b, float(smoothed[b]))
-        self._hist.append(float(smoothed[b]))
+        shown = float(smoothed[b])
+        if sync is not None and self.code is not None:
+            # The code's own evidence, as the detector's offline P: it survives the
+            # telephone band where the network's detection does not.
+            shown = max(shown, 1.0 / (1.0 + np.exp(-2.0 * (sync - self.code.sync_marked))))
+        self._hist.append(shown)
         self._detection = Detection(
             prob_chunk=float(self._probs[b, i]),
-            prob_smoothed=float(smoothed[b]),
+            prob_smoothed=shown,
             bits=bits,
             bit_confidence=conf,
             match=match,
