@@ -92,12 +92,13 @@ def check_audio_path(res: LoopResult, server: object, min_si_snr: float | None =
 
 
 def offline_probability(det: torch.nn.Module, x48k: np.ndarray) -> np.ndarray:
-    """P(marked) per 1 s window (the monitor's smoothing) over a whole recording."""
+    """P(marked) per 1 s window over a whole recording, as ``det(x)`` gives it (with a
+    message code, the code's evidence counts too)."""
     x16 = SoxrResampler(48000, 16000).process(x48k)
     x16 = x16[: x16.shape[0] // 16000 * 16000]
     with torch.inference_mode():
-        p, _ = det.frame_outputs(torch.from_numpy(x16).view(1, 1, -1))
-    return p.view(-1, 16000).mean(dim=1).numpy()
+        probs, _ = det(torch.from_numpy(x16).view(-1, 1, 16000))
+    return probs[:, 1].mean(dim=-1).numpy()
 
 
 def test_random_model_audio_path(jack_server: object) -> None:
