@@ -191,12 +191,12 @@ class AudioSealDetector(CardModel):
     def with_code_presence(self, probs: Tensor, x: Tensor) -> Tensor:
         """(B, 2, T) with P(marked) raised to the code's own evidence where it is higher.
 
-        The code is read on 1 s windows every 0.25 s (``CodeReader.presence``): it lives in
+        The code is read on 1 s windows every 0.24 s (``CodeReader.presence``): it lives in
         300-3400 Hz, so it is still found where the network's detection is not (low-passed,
         telephone band, 8 kHz resampled: measured in the model card). Offline only.
         """
-        rate = self.sample_rate
-        code = self.code.presence(x, window=rate, stride=rate // 4)  # type: ignore[union-attr]
+        frames = self.sample_rate // self.hop_length  # 1 s windows, every 0.24 s
+        code = self.code.presence(x, window=frames, stride=frames // 4)  # type: ignore[union-attr]
         marked = torch.maximum(probs[:, 1], code)
         return torch.stack([1 - marked, marked], dim=1)
 

@@ -124,14 +124,20 @@ class CodeReader:
     def frames(self) -> int:
         return 0 if self._sum is None else self._sum.frames
 
-    def fold(self, x: Tensor) -> Folded:
-        """(B, T) -> its frames folded; a tail < hop is dropped. :meth:`push` for streams."""
+    def _frames(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T) -> each whole frame's spectrum at unit in-band energy, and its power per
+        bin: (B, n, bins) both; a tail < hop is dropped."""
         n = x.shape[-1] // self.hop
         frames = x[..., : n * self.hop].reshape(x.shape[0], n, self.hop).float()
-        spec = torch.fft.rfft(frames)  # (B, n, bins)
+        spec = torch.fft.rfft(frames)
         energy = spec[..., self._band.to(x.device)].abs().pow(2).sum(-1, keepdim=True)
         spec = spec / energy.sqrt().clamp_min(EPS)
-        return Folded(spec.sum(1), spec.abs().pow(2).sum(1), n)
+        return spec, spec.abs().pow(2)
+
+    def fold(self, x: Tensor) -> Folded:
+        """(B, T) -> its frames folded; a tail < hop is dropped. :meth:`push` for streams."""
+        spec, power = self._frames(x)
+        return Folded(spec.sum(1), power.sum(1), spec.shape[1])
 
     def push(self, x: Tensor) -> None:
         """Add a chunk (B, T) of a stream."""
@@ -149,7 +155,7 @@ class CodeReader:
 
     def read(self, folded: Folded | None = None) -> CodeRead | None:
         """Read folded frames (from :meth:`fold`), or the stream's window; None if empty."""
-        folded = folded or self._sum
+        folded = self._sum if folded is None else folded
         if folded is None or folded.frames == 0:
             return None
         white = folded.spec / folded.power.clamp_min(EPS).sqrt()
@@ -165,25 +171,30 @@ class CodeReader:
         return CodeRead((z > 0).long(), z, lag, sync)
 
     def presence(self, x: Tensor, window: int, stride: int) -> Tensor:
-        """(B, T) P(code here) per sample from the sync of ``window``-sample windows every
-        ``stride`` samples, each window's value given to its central ``stride`` samples (the
-        ends take the nearest window's): ``sigmoid(2 (sync - SYNC_CENTER))``."""
+        """(B, T) P(code here) per sample, ``sigmoid(2 (sync - SYNC_CENTER))``, from windows of
+        ``window`` frames every ``stride`` frames; each sample takes the window whose centre
+        is nearest. Every frame is transformed once (windows are differences of running sums)."""
         if x.dim() == 3:
             x = x[:, 0]
         batch, length = x.shape
-        if length <= window:
-            sync = self.read_offline(x).sync[:, None]
-            starts = [0]
+        spec, power = self._frames(x)  # (B, n, bins) each
+        n = spec.shape[1]
+        if n <= window:
+            sync = self.read(Folded(spec.sum(1), power.sum(1), n)).sync[:, None]  # type: ignore[union-attr]
+            centres = torch.tensor([length / 2])
         else:
-            starts = list(range(0, length - window + 1, stride))
-            frames = x.unfold(-1, window, stride).reshape(-1, window)  # (B * W, window)
-            sync = self.read_offline(frames).sync.view(batch, -1)
+            zero = spec.new_zeros(batch, 1, spec.shape[-1])
+            cs = torch.cat([zero, spec.cumsum(1)], dim=1)
+            cp = torch.cat([zero.real, power.cumsum(1)], dim=1)
+            starts = torch.arange(0, n - window + 1, stride)
+            win_spec = (cs[:, starts + window] - cs[:, starts]).flatten(0, 1)
+            win_power = (cp[:, starts + window] - cp[:, starts]).flatten(0, 1)
+            read = self.read(Folded(win_spec, win_power, window))
+            sync = read.sync.view(batch, -1)  # type: ignore[union-attr]
+            centres = ((starts + window / 2) * self.hop).float()
         p = torch.sigmoid(2.0 * (sync - SYNC_CENTER))  # (B, W)
-        centres = torch.tensor([s + window // 2 for s in starts], dtype=torch.float32)
-        # each sample takes the window whose centre is nearest
-        idx = torch.bucketize(
-            torch.arange(length, dtype=torch.float32), (centres[1:] + centres[:-1]) / 2
-        )
+        edges = ((centres[1:] + centres[:-1]) / 2).to(torch.float32)
+        idx = torch.bucketize(torch.arange(length, dtype=torch.float32), edges)
         return p[:, idx.to(p.device)].to(x.dtype)
 
     def read_offline(self, x: Tensor) -> CodeRead:
