@@ -102,7 +102,24 @@ def _torch_device(device: str) -> Any:
     return torch.device(device)
 
 
-class TorchMarker:
+class _StreamHolder:
+    """A model held in streaming mode for an adapter, with its traced step if any."""
+
+    _step: Any
+    _stack: contextlib.ExitStack
+
+    def _restart(self, model: Any, batch_size: int) -> None:
+        self.close()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(model.streaming(batch_size=batch_size))
+
+    def close(self) -> None:
+        if self._step is not None:
+            self._step.drop()
+        self._stack.close()
+
+
+class TorchMarker(_StreamHolder):
     """Adapter: ``AudioSealWM`` (or anything with ``streaming`` and ``watermark_of``).
 
     ``traced``: run steady-state chunks through a traced graph of the streaming step
@@ -127,9 +144,7 @@ class TorchMarker:
         return (self.gen.watermark_of(x, msg),)
 
     def reset(self) -> None:
-        self.close()
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(self.gen.streaming(batch_size=1))
+        self._restart(self.gen, 1)
 
     def process(self, x16k: np.ndarray, message: Sequence[int]) -> np.ndarray:
         torch = self._torch
@@ -149,13 +164,8 @@ class TorchMarker:
                 (wm,) = self._step(x, self._msg)
             return wm.reshape(-1).float().cpu().numpy()
 
-    def close(self) -> None:
-        if self._step is not None:
-            self._step.drop()
-        self._stack.close()
 
-
-class TorchDetector:
+class TorchDetector(_StreamHolder):
     """Adapter: ``AudioSealDetector.frame_outputs`` in streaming mode (``traced`` as for
     :class:`TorchMarker`)."""
 
@@ -175,10 +185,8 @@ class TorchDetector:
         self._narrowed = False
 
     def reset(self, batch_size: int) -> None:
-        self.close()
+        self._restart(self.det, batch_size)
         self._narrowed = False
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(self.det.streaming(batch_size=batch_size))
 
     def process(self, x16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
@@ -194,7 +202,7 @@ class TorchDetector:
         if self._step is not None:
             self._step.release()  # the modules must hold the state that select_streams cuts
         self.det.select_streams([signal], phases=[phase])
-        # One signal at one phase is an eighth of the search's work: it stays eager rather than
+        # One signal at one phase is 1/(2P) of the search's work: it stays eager rather than
         # trace a new layout (~0.3 s of Python holding the GIL) next to live audio callbacks.
         self._narrowed = True
 
@@ -210,11 +218,6 @@ class TorchDetector:
         offline = type(self.det)(card).eval().requires_grad_(False)
         offline.load_state_dict(self.det.state_dict())
         return TorchCodeStream(reader, offline.cpu())
-
-    def close(self) -> None:
-        if self._step is not None:
-            self._step.drop()
-        self._stack.close()
 
 
 class TorchCodeStream:
