@@ -85,6 +85,9 @@ class FakeDetector:
         )
         return p, np.ascontiguousarray(logits)
 
+    def warm_up(self, chunk: int) -> None:
+        pass
+
     def code_stream(self, seconds: float | None) -> None:
         return None  # bits from the logits
 

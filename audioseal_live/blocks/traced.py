@@ -114,8 +114,19 @@ class StreamStep:
         """Forget the held state (the model's stream was reset or left); graphs stay."""
         self._held = None
 
+    def _key(self, inputs: tuple[Tensor, ...]) -> Hashable:
+        return (
+            tuple(tuple(x.shape) for x in inputs),
+            tuple(x.dtype for x in inputs),
+            self.layout(),
+        )
+
+    def traced_for(self, *inputs: Tensor) -> bool:
+        """Whether a graph for inputs like these (and the current layout) is traced already."""
+        return self._graphs.get(self._key(inputs)) is not None
+
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
-        key = (tuple(tuple(x.shape) for x in inputs), tuple(x.dtype for x in inputs), self.layout())
+        key = self._key(inputs)
         if self._held is not None and key == self._held_key:
             outs = self._graphs[key](*inputs, *self._held)
             n = len(outs) - len(self._held)

@@ -67,6 +67,9 @@ class FrameDetector(Protocol):
         """Keep streaming only ``signal`` of the batch and grid ``phase``, state intact;
         ``process`` then takes (1, T) and gives (1, T), (1, 1, nbits, T)."""
 
+    def warm_up(self, chunk: int) -> None:
+        """Prepare for ``process`` calls of ``chunk`` samples before the audio starts."""
+
     def code_stream(self, seconds: float | None) -> CodeStream | None:
         """A reader of the message code over the last ``seconds`` (None: all it is fed);
         None: bits come from the bit logits of ``process``."""
@@ -183,6 +186,7 @@ class TorchDetector(_StreamHolder):
         layout = lambda: getattr(self.det, "active_phases", None)  # noqa: E731
         self._step = StreamStep(self.det, self.det.frame_outputs, layout) if traced else None
         self._narrowed = False
+        self._warming = False
 
     def reset(self, batch_size: int) -> None:
         self._restart(self.det, batch_size)
@@ -194,17 +198,36 @@ class TorchDetector(_StreamHolder):
             x = torch.from_numpy(np.ascontiguousarray(x16k, dtype=np.float32)).unsqueeze(1)
             self.det._check_input(x, None)  # before the stream's state sees a NaN
             x = x.to(self.device)
-            step = self.det.frame_outputs if self._narrowed or not self._step else self._step
-            p, logits = step(x)
+            step = self._step
+            if step is not None and self._narrowed and not self._warming:
+                # Locked: traced if warm_up traced this layout, else eager rather than trace
+                # (~0.3 s of Python holding the GIL) next to live audio callbacks.
+                step = step if step.traced_for(x) else None
+            p, logits = (step or self.det.frame_outputs)(x)
             return p.float().cpu().numpy(), logits.float().cpu().numpy()
 
     def narrow(self, signal: int, phase: int) -> None:
         if self._step is not None:
             self._step.release()  # the modules must hold the state that select_streams cuts
         self.det.select_streams([signal], phases=[phase])
-        # One signal at one phase is 1/(2P) of the search's work: it stays eager rather than
-        # trace a new layout (~0.3 s of Python holding the GIL) next to live audio callbacks.
         self._narrowed = True
+
+    def warm_up(self, chunk: int, blocks: int = 3) -> None:
+        """Trace, on silence before the audio starts, the search's layout (x and -x) and the
+        locked one (one signal at phase 0, the only phase of a one-phase card): a lock then
+        halves the work without tracing next to live callbacks."""
+        z = np.zeros((2, chunk), dtype=np.float32)
+        self.reset(batch_size=2)
+        for _ in range(blocks):
+            self.process(z)
+        self.narrow(0, 0)
+        self._warming = True
+        try:
+            for _ in range(blocks):
+                self.process(z[:1])
+        finally:
+            self._warming = False
+        self.reset(batch_size=2)
 
     def code_stream(self, seconds: float | None) -> TorchCodeStream | None:
         card = self.det.card

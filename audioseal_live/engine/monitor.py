@@ -95,14 +95,10 @@ class DetectorMonitor:
             self.code.reset()
         self._search()
 
-    def warm_up(self, blocks: int = 3) -> None:
-        """Run the search on silence before the audio starts: a traced detector traces on its
-        second call, ~0.3 s of Python that would hold the GIL beside the audio callbacks."""
-        z = np.zeros((2, self.chunk16), dtype=np.float32)
-        self.det.reset(batch_size=2)
-        for _ in range(blocks):
-            self.det.process(z)
-        self.det.reset(batch_size=2)
+    def warm_up(self) -> None:
+        """Let the detector prepare before the audio starts (a traced detector traces its
+        layouts: ~0.3 s of Python each that would hold the GIL beside the audio callbacks)."""
+        self.det.warm_up(self.chunk16)
 
     def _search(self) -> None:
         """(Re)start the search: both polarities, every phase. Probabilities and votes carry
