@@ -104,6 +104,16 @@ def test_card_round_trip_and_validation(tmp_path) -> None:
     with pytest.raises(ValueError, match="template_code must be"):
         ModelCard.from_dict({**data, "template_code": {"seed": 1, "bogus": 2}})
     assert ModelCard.from_dict({**data, "template_code": None}).template_code is None
+    with pytest.raises(ValueError, match="integer seed"):
+        ModelCard.from_dict({**data, "template_code": {"seed": "abc"}})
+
+
+@pytest.mark.parametrize("n", [1, 100, 319])
+def test_detector_with_a_code_takes_audio_shorter_than_a_frame(n: int) -> None:
+    det = AudioSealDetector(small_card("detector").replace(template_code=CODE)).eval()
+    with torch.inference_mode():
+        probs, msg = det(torch.randn(2, 1, n))
+    assert probs.shape == (2, 2, n) and torch.equal(msg, torch.full((2, 16), 0.5))
 
 
 def test_detector_with_a_code_reads_its_message_with_the_reader() -> None:

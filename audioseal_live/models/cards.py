@@ -118,8 +118,12 @@ class ModelCard:
         if s.channels != 1:
             problems.append("only mono models (seanet.channels == 1) are supported")
         code = self.template_code
-        if code is not None and not 0 <= code.lo_hz < code.hi_hz <= self.sample_rate / 2:
-            problems.append(f"template_code band must lie within 0..{self.sample_rate / 2} Hz")
+        if code is not None:
+            numbers = all(isinstance(v, (int, float)) for v in (code.lo_hz, code.hi_hz))
+            if not isinstance(code.seed, int) or not numbers:
+                problems.append("template_code needs an integer seed and numbers lo_hz, hi_hz")
+            elif not 0 <= code.lo_hz < code.hi_hz <= self.sample_rate / 2:
+                problems.append(f"template_code band must lie within 0..{self.sample_rate / 2} Hz")
         if problems:
             raise ValueError(f"invalid model card {self.name!r}: " + "; ".join(problems))
         return self

@@ -128,6 +128,9 @@ class CodeReader:
         """(B, T) -> each whole frame's spectrum at unit in-band energy, and its power per
         bin: (B, n, bins) both; a tail < hop is dropped."""
         n = x.shape[-1] // self.hop
+        if n == 0:  # no whole frame (an FFT of nothing errors on some backends)
+            spec = torch.zeros(x.shape[0], 0, self.hop // 2 + 1, dtype=torch.complex64)
+            return spec.to(x.device), spec.real
         frames = x[..., : n * self.hop].reshape(x.shape[0], n, self.hop).float()
         spec = torch.fft.rfft(frames)
         energy = spec[..., self._band.to(x.device)].abs().pow(2).sum(-1, keepdim=True)
@@ -179,6 +182,8 @@ class CodeReader:
         batch, length = x.shape
         spec, power = self._frames(x)  # (B, n, bins) each
         n = spec.shape[1]
+        if n == 0:
+            return x.new_zeros(batch, length)
         if n <= window:
             sync = self.read(Folded(spec.sum(1), power.sum(1), n)).sync[:, None]  # type: ignore[union-attr]
             centres = torch.tensor([length / 2])
