@@ -202,8 +202,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(json.dumps(res.to_dict(), indent=2))
     else:
         verdict = "MARKED" if res.marked else "not marked"
+        # P: the share of samples the network calls marked; sync: the message code's own
+        # evidence over the file (>= 6 counts as marked; unmarked audio stays below ~4.5).
+        sync = "" if res.code_sync is None else f", code sync {res.code_sync:.1f}"
         line = (
-            f"{res.path}: {verdict} (P {res.probability:.2f} of {res.seconds:.1f} s"
+            f"{res.path}: {verdict} (P {res.probability:.2f} of {res.seconds:.1f} s{sync}"
             f"{', inverted polarity' if res.inverted else ''})"
         )
         if res.marked:
