@@ -182,3 +182,27 @@ def test_default_model_through_a_telephone_band_cut_anywhere_and_inverted() -> N
         d = mon.detection
         assert d.prob_smoothed > 0.9 and d.match and d.inverted == inverted, d
         mon.stop()
+
+
+def test_streaming_detector_reads_the_message_over_the_stream_so_far() -> None:
+    """While streaming, det(x) returns the code read over everything streamed so far (its
+    folded frames are carried state: traced steps and select_streams keep them)."""
+    from audioseal_live.blocks.traced import StreamStep
+
+    torch.manual_seed(0)
+    det = AudioSealDetector(small_card("detector").replace(template_code=CODE)).eval()
+    det.requires_grad_(False)
+    y = torch.stack([coded(host(2.0, seed=s), MSG if s == 0 else 1 - MSG) for s in (0, 1)])
+    y = y[:, None, 123 : 123 + 320 * 90]
+    whole = CodeReader(CODE, 16).read_offline(y).probabilities
+    step = StreamStep(det, lambda c: det(c))
+    with torch.inference_mode(), det.streaming(2):
+        for i in range(0, 320 * 60, 640):
+            _, msg = step(y[..., i : i + 640])
+        step.release()
+        det.select_streams([1])  # the second signal carries on alone, its sums intact
+        for i in range(320 * 60, y.shape[-1], 640):
+            _, msg = det(y[1:, :, i : i + 640])
+    assert step.traced_calls > 20
+    assert torch.allclose(msg, whole[1:], atol=1e-4)
+    assert torch.equal((msg[0] > 0.5).long(), 1 - MSG)

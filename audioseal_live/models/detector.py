@@ -12,7 +12,7 @@ from audioseal_live.blocks import StreamingConvTranspose1d
 from audioseal_live.blocks.conv import conv_transpose_overlap_add
 from audioseal_live.models.base import CardModel
 from audioseal_live.models.cards import ModelCard
-from audioseal_live.models.message_code import CodeRead, CodeReader
+from audioseal_live.models.message_code import CodeRead, CodeReader, Folded
 from audioseal_live.models.seanet import SEANetEncoder
 
 # How much better the bit head must agree with the flipped code to call the audio inverted.
@@ -44,7 +44,7 @@ class AudioSealDetector(CardModel):
     are always those of the undelayed input (phase 0), so P = 1 is exactly the reference.
     """
 
-    _carried = ("_tail",)
+    _carried = ("_tail", "_code_sum")
 
     def __init__(self, card: ModelCard) -> None:
         super().__init__(card)
@@ -56,6 +56,7 @@ class AudioSealDetector(CardModel):
         self._active = tuple(range(self.phases))  # phases this stream runs (see select_streams)
         self._fused: tuple[Tensor, Tensor] | None = None  # folded head while streaming
         self.code: CodeReader | None = None  # the message's reader, if the card has a code
+        self._code_sum: tuple[Tensor, Tensor] | None = None  # the stream's folded frames
         if card.template_code is not None:
             code = card.template_code
             self.code = CodeReader(code, card.nbits, self.hop_length, card.sample_rate)
@@ -72,6 +73,7 @@ class AudioSealDetector(CardModel):
 
     def _on_stream_start(self) -> None:
         self._tail = None
+        self._code_sum = None
         self._active = tuple(range(self.phases))
         self._fused = self._fold_head()
 
@@ -91,6 +93,7 @@ class AudioSealDetector(CardModel):
 
     def _on_stream_stop(self) -> None:
         self._tail = None
+        self._code_sum = None
         self._active = tuple(range(self.phases))
         self._fused = None
 
@@ -116,6 +119,8 @@ class AudioSealDetector(CardModel):
         super().select_streams((signals[:, None] * n + pos[None, :]).reshape(-1))
         if self._tail is not None:
             self._tail = self._tail[signals]
+        if self._code_sum is not None:
+            self._code_sum = (self._code_sum[0][signals], self._code_sum[1][signals])
         self._active = keep
 
     def _delayed(self, x: Tensor) -> Tensor:
@@ -177,16 +182,28 @@ class AudioSealDetector(CardModel):
         whole input (see ``models.message_code``), not with the bit head."""
         out = self.phase_logits(x, sample_rate)
         if self.code is not None:
-            read = self.code.read_offline(x)
             probs = torch.softmax(out[:, 0, :2], dim=1)
             if self.is_streaming:
-                return probs, torch.sigmoid(read.z)
+                return probs, self._stream_message(x)
+            read = self.code.read_offline(x)
             z = read.z * self.code_polarity(x, read)[:, None]
             return self.with_code_presence(probs, x), torch.sigmoid(z)
         mean_logits = out[:, :, 2:].mean(dim=-1)  # (B, P, nbits)
         best = most_confident_phase(mean_logits)
         message = mean_logits[torch.arange(x.shape[0], device=x.device), best]
         return torch.softmax(out[:, 0, :2], dim=1), torch.sigmoid(message)
+
+    def _stream_message(self, x: Tensor) -> Tensor:
+        """While streaming: the message read over everything streamed so far (the folded
+        frames are carried state; chunks are whole hops), as it comes, polarity unchecked."""
+        assert self.code is not None
+        part = self.code.fold(x[:, 0])
+        if self._code_sum is not None:
+            part = Folded(part.spec + self._code_sum[0], part.power + self._code_sum[1], 1)
+        self._code_sum = (part.spec, part.power)
+        read = self.code.read(Folded(part.spec, part.power, 1))  # frames > 0: a count of 1
+        assert read is not None
+        return read.probabilities
 
     def with_code_presence(self, probs: Tensor, x: Tensor) -> Tensor:
         """(B, 2, T) with P(marked) raised to the code's own evidence where it is higher.
