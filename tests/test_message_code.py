@@ -206,3 +206,9 @@ def test_streaming_detector_reads_the_message_over_the_stream_so_far() -> None:
     assert step.traced_calls > 20
     assert torch.allclose(msg, whole[1:], atol=1e-4)
     assert torch.equal((msg[0] > 0.5).long(), 1 - MSG)
+    # its per-sample P (the detection rows of the head alone) is the offline network's
+    with torch.inference_mode():
+        offline = torch.softmax(det.logits(y)[:, :2], dim=1)
+        with det.streaming(2):
+            streamed = torch.cat([det(y[..., i : i + 640])[0] for i in range(0, 320 * 90, 640)], -1)
+    assert float((streamed - offline).abs().max()) <= 1e-5
