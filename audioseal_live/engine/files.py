@@ -246,10 +246,9 @@ def detect_file(
     marked = frac > 0.5
     read = code.read() if code is not None else None
     if read is not None:  # the code: bits at any alignment, its own polarity check
-        z, sync, inverted = read
-        b = int(inverted) if inverted is not None else b
-        mean_logit = -z if b else z
-        marked = marked or sync >= code.sync_marked  # type: ignore[union-attr]
+        b = int(read.inverted) if read.inverted is not None else b
+        mean_logit = -read.z if b else read.z
+        marked = marked or read.p_marked >= 0.5
     prob = 1 / (1 + np.exp(-mean_logit))
     bits = tuple(int(v) for v in prob > 0.5)
     match = None if expected is None else bits == tuple(int(v) for v in expected)
@@ -264,5 +263,5 @@ def detect_file(
         marked=marked,
         match=match,
         windows=windows,
-        code_sync=None if read is None else read[1],
+        code_sync=None if read is None else read.sync,
     )

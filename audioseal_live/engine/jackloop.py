@@ -92,7 +92,7 @@ def xrun_causes(log: Path, since: int = 0, engine: str = "PortAudio") -> XrunCau
     with open(log, "rb") as fh:
         fh.seek(since)
         text = fh.read().decode(errors="replace")
-    n = dict.fromkeys(("events", "timer", "feeder", "wait", "run", "alone", "wait_alone"), 0)
+    n = dict.fromkeys(("events", "timer", "others", "wait", "run", "alone", "wait_alone"), 0)
     timer, late = False, {}
     for line in text.splitlines():
         if "Process XRun" in line:
@@ -103,7 +103,7 @@ def xrun_causes(log: Path, since: int = 0, engine: str = "PortAudio") -> XrunCau
             ours = late.pop(engine, None)
             n["events"] += 1
             n["timer"] += timer
-            n["feeder"] += bool(late)
+            n["others"] += bool(late)
             n["wait"] += ours == "Triggered"
             n["run"] += ours == "Running"
             nothing_else = not timer and not late
@@ -111,7 +111,7 @@ def xrun_causes(log: Path, since: int = 0, engine: str = "PortAudio") -> XrunCau
             n["wait_alone"] += ours == "Triggered" and nothing_else
             timer, late = False, {}
     return XrunCauses(
-        n["events"], n["timer"], n["feeder"], n["wait"], n["run"], n["alone"], n["wait_alone"]
+        n["events"], n["timer"], n["others"], n["wait"], n["run"], n["alone"], n["wait_alone"]
     )
 
 

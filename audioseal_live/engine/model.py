@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,21 +34,29 @@ class Marker(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class CodeReadout:
+    """What a :class:`CodeStream` reads in its window."""
+
+    z: np.ndarray  # signed z-score per bit (nbits,) of the signal as pushed
+    sync: float  # the code's sync score
+    p_marked: float  # the sync as P(marked) (models.message_code.sync_probability)
+    inverted: bool | None  # whether the signal came inverted: None until checked
+
+
 class CodeStream(Protocol):
     """The detector's message code (if its card has one) read over a sliding window of one
     monitored signal at 16 kHz; see ``models.message_code``."""
 
     sync_min: float  # sync scores from which the bits are shown
-    sync_marked: float  # sync scores from which the audio counts as marked
 
     def reset(self) -> None: ...
 
     def push(self, x16k: np.ndarray) -> None:
         """Add a chunk (T,) of the signal."""
 
-    def read(self) -> tuple[np.ndarray, float, bool | None] | None:
-        """(signed z-score per bit (nbits,) of the signal as pushed, sync score, whether the
-        signal is inverted: None until known) of the window; None while empty."""
+    def read(self) -> CodeReadout | None:
+        """The window's readout; None while empty."""
         ...
 
 
@@ -251,7 +260,6 @@ class TorchCodeStream:
     # Sync scores of 1 s windows (whitened fold, default model, held-out test set): unmarked
     # speech and music median 3.0, max 4.4 of 250; marked 5th percentile 7.1.
     sync_min = 5.0
-    sync_marked = 6.0  # models.message_code.SYNC_CENTER: even odds in the detector's P
 
     def __init__(self, reader: Any, detector: Any, recheck_s: float = 3.0) -> None:
         import torch
@@ -270,15 +278,18 @@ class TorchCodeStream:
         self.inverted: bool | None = None
 
     def push(self, x16k: np.ndarray) -> None:
-        x = np.asarray(x16k, dtype=np.float32)[-MODEL_RATE:]
+        x = np.asarray(x16k, dtype=np.float32)
         with self._torch.inference_mode():
-            self.reader.push(self._torch.from_numpy(np.asarray(x16k, dtype=np.float32))[None])
-        self._buf = np.concatenate([self._buf[x.shape[0] :], x])
-        self._fill = min(MODEL_RATE, self._fill + x.shape[0])
+            self.reader.push(self._torch.from_numpy(x)[None])
+        tail = x[-MODEL_RATE:]
+        self._buf = np.concatenate([self._buf[tail.shape[0] :], tail])
+        self._fill = min(MODEL_RATE, self._fill + tail.shape[0])
         if self._since is not None:
-            self._since += len(x16k)
+            self._since += x.shape[0]
 
-    def read(self) -> tuple[np.ndarray, float, bool | None] | None:
+    def read(self) -> CodeReadout | None:
+        from audioseal_live.models.message_code import sync_probability
+
         torch = self._torch
         with torch.inference_mode():
             r = self.reader.read()
@@ -291,7 +302,8 @@ class TorchCodeStream:
                 last = self.det.code.read_offline(x)
                 self.inverted = bool(self.det.code_polarity(x, last)[0] < 0)
                 self._since = 0
-        return r.z[0].numpy(), sync, self.inverted
+            p_marked = float(sync_probability(r.sync[0]))
+        return CodeReadout(r.z[0].numpy(), sync, p_marked, self.inverted)
 
 
 def load_models(

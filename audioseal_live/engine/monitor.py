@@ -146,8 +146,8 @@ class DetectorMonitor:
             read = self.code.read()
         if self.lock is not None:
             b = self.lock[0]
-        elif read is not None and read[2] is not None:
-            b = int(read[2])  # the code's polarity check, surer than comparing P(marked)
+        elif read is not None and read.inverted is not None:
+            b = int(read.inverted)  # the code's polarity check, surer than comparing P(marked)
         else:
             b = int(inverted_wins(smoothed[0], smoothed[1]))
         cnt = self._vote_cnt[b].sum()
@@ -155,10 +155,9 @@ class DetectorMonitor:
         conf: tuple[float, ...] = ()
         match: bool | None = None
         mean_logit: np.ndarray | None = None
-        sync = None if read is None else read[1]
         if self.code is not None:
-            if read is not None and (cnt > 0 or read[1] >= self.code.sync_min):
-                mean_logit = -read[0] if b else read[0]  # an inverted chain flips every bit
+            if read is not None and (cnt > 0 or read.sync >= self.code.sync_min):
+                mean_logit = -read.z if b else read.z  # an inverted chain flips every bit
         elif cnt > 0:
             mean_logits = self._vote_sum[b].sum(axis=0) / cnt  # (P, nbits)
             mean_logit = mean_logits[best_phase(mean_logits)]
@@ -170,10 +169,10 @@ class DetectorMonitor:
             match = bits == expected if expected else None
         self._update_lock(b, float(smoothed[b]))
         shown = float(smoothed[b])
-        if sync is not None and self.code is not None:
+        if read is not None:
             # The code's own evidence, as the detector's offline P: it survives the
             # telephone band where the network's detection does not.
-            shown = max(shown, 1.0 / (1.0 + np.exp(-2.0 * (sync - self.code.sync_marked))))
+            shown = max(shown, read.p_marked)
         self._hist.append(shown)
         self._detection = Detection(
             prob_chunk=float(self._probs[b, i]),
@@ -186,7 +185,7 @@ class DetectorMonitor:
             chunks=self.chunks,
             history=tuple(self._hist),
             dropped_samples=self.ring.overflow_samples,
-            code_sync=sync,
+            code_sync=None if read is None else read.sync,
         )
 
     def _update_lock(self, polarity: int, smoothed: float) -> None:

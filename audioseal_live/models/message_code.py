@@ -35,6 +35,11 @@ EPS = 1e-8
 SYNC_CENTER = 6.0
 
 
+def sync_probability(sync: Tensor) -> Tensor:
+    """A sync score as P(the code is there): ``sigmoid(2 (sync - SYNC_CENTER))``."""
+    return torch.sigmoid(2.0 * (sync - SYNC_CENTER))
+
+
 @dataclass(frozen=True)
 class TemplateCode:
     """The code's definition, stored in the detector's card: the templates are regenerated
@@ -174,7 +179,7 @@ class CodeReader:
         return CodeRead((z > 0).long(), z, lag, sync)
 
     def presence(self, x: Tensor, window: int, stride: int) -> Tensor:
-        """(B, T) P(code here) per sample, ``sigmoid(2 (sync - SYNC_CENTER))``, from windows of
+        """(B, T) P(code here) per sample (:func:`sync_probability`) from windows of
         ``window`` frames every ``stride`` frames; each sample takes the window whose centre
         is nearest. Every frame is transformed once (windows are differences of running sums)."""
         if x.dim() == 3:
@@ -197,7 +202,7 @@ class CodeReader:
             read = self.read(Folded(win_spec, win_power, window))
             sync = read.sync.view(batch, -1)  # type: ignore[union-attr]
             centres = ((starts + window / 2) * self.hop).float()
-        p = torch.sigmoid(2.0 * (sync - SYNC_CENTER))  # (B, W)
+        p = sync_probability(sync)  # (B, W)
         edges = ((centres[1:] + centres[:-1]) / 2).to(torch.float32)
         idx = torch.bucketize(torch.arange(length, dtype=torch.float32), edges)
         return p[:, idx.to(p.device)].to(x.dtype)
