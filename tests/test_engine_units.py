@@ -328,6 +328,42 @@ def test_underruns_raise_the_set_point_then_calm_lowers_it() -> None:
     eng.stop()
 
 
+def test_surplus_is_cut_as_one_crossfaded_span_in_a_pause() -> None:
+    """A stall's surplus goes at once, crossfaded, where the block is quiet; never inside the
+    voice unless the surplus exceeds a whole block."""
+    from audioseal_live.engine.drift import DriftCorrector, cut_span
+
+    rate, n = 48000, 960
+    t = np.arange(n) / rate
+    voice = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    voice[600:800] *= 1e-3  # a pause
+    cut = cut_span(voice, 100, 96, force=False)
+    assert cut is not None and cut.shape[0] == n - 100
+    assert np.array_equal(cut[:600], voice[:600]) and np.array_equal(cut[-160:], voice[-160:])
+    assert np.max(np.abs(np.diff(cut))) <= np.max(np.abs(np.diff(voice))) + 1e-6  # no click
+    assert cut_span(np.full(n, 0.3, dtype=np.float32), 100, 96, force=False) is None
+    assert cut_span(voice, 900, 96, force=True) is None  # wider than the block
+
+    drift = DriftCorrector(2000, dead_band=176, rate=rate, calibrate=0)
+    drift.observe(2000 + 1500)  # 31 ms over the set point (a stall's late samples)
+    out = drift.apply(voice)
+    assert drift.spans == 1 and out.shape[0] == n - n // 4 and drift.drops == n // 4
+    steady = np.full(n, 0.3, dtype=np.float32)
+    drift._avg = 2000.0 + 600  # > twice the dead band, < a block: no quiet span, no force
+    assert drift.apply(steady).shape[0] == n - 3 and drift.spans == 1  # single-sample edits
+    drift._avg = 2000.0 + 1500  # > a block: cut even where nothing is quiet
+    assert drift.apply(steady).shape[0] == n - n // 4 and drift.spans == 2
+
+
+def test_startup_underruns_do_not_become_the_set_point() -> None:
+    from audioseal_live.engine.drift import DriftCorrector
+
+    drift = DriftCorrector(0, dead_band=176, rate=48000, calibrate=4)
+    for _ in range(4):
+        drift.observe(2300 + 960, surplus=960)  # an underrun's late samples in the ring
+    assert drift.target_fill == 2300
+
+
 def test_same_clock_needs_no_drift_correction() -> None:
     eng = make_engine(FakeMarker(scale=0.0))
     eng.backend.source = noise(10.0)

@@ -116,7 +116,10 @@ class Worker:
         self.limiter = SoftLimiter(self.rate)
         # Dead band: half a callback block (phase of separate streams) plus 1 ms.
         self.drift = DriftCorrector(
-            0, dead_band=self.block_size // 2 + self.rate // 1000, max_extra=self.chunk_dev // 2
+            0,
+            dead_band=self.block_size // 2 + self.rate // 1000,
+            rate=self.rate,
+            max_extra=self.chunk_dev // 2,
         )
         self._underrun_seen = 0  # io.underrun_samples already answered by the set point
         self._fed_since_underrun = 0  # output samples produced since the last underrun
@@ -209,9 +212,10 @@ class Worker:
             held = len(self.orig) - self.in_ring.total_read + self.out_ring.total_written
             self._adapt_set_point(n)
             if self.io is not None and hasattr(self.io, "io_balance"):
-                self.drift.observe(self.io.io_balance + held)
+                self.drift.observe(self.io.io_balance + held, self._underrun_seen)
             else:
-                self.drift.observe(self.in_ring.fill + len(self.orig) + self.out_ring.fill)
+                fill = self.in_ring.fill + len(self.orig) + self.out_ring.fill
+                self.drift.observe(fill, self._underrun_seen)
             self._emit(self.orig.pop(n), self.wm.pop(n), self.gain.pop(n), x)
         if produced:
             self._publish()
