@@ -87,7 +87,12 @@ def check_audio_path(res: LoopResult, server: object, min_si_snr: float | None =
     # drift corrector pulls it back (CI rehearsal, session 6: 67.6 ms against a 62.0 ms budget
     # on a loaded run). With xruns the check allows that one period.
     slack = 1000 * server.period / res.rate if snap.xruns else 0.0  # type: ignore[attr-defined]
-    assert 0 < lag_ms <= snap.latency_budget_ms + slack, (lag_ms, snap.latency_budget_ms, snap)
+    assert 0 < lag_ms <= snap.latency_budget_ms + slack, (
+        f"loop lag {lag_ms:.1f} ms > budget {snap.latency_budget_ms:.1f} + {slack:.1f} ms; "
+        f"out-ring target {snap.out_ring_target}, underruns {snap.underruns} "
+        f"({snap.underrun_samples} samples), drift edits {snap.drift_corrections}; "
+        + causes.summary()
+    )
     return known
 
 
