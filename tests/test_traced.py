@@ -48,6 +48,24 @@ def test_traced_marker_equals_offline_through_a_message_change(card: str) -> Non
     assert np.abs(out[cut:] - whole_a[cut:]).max() > 1e-3  # the graph took the new message
 
 
+def test_traced_graphs_hold_no_shape_arithmetic() -> None:
+    """The sizes a trace recorded are folded to constants (the graph runs on those shapes
+    only), and the outputs above stay the eager ones; a step at a new chunk size gets its
+    own graph."""
+    torch.manual_seed(0)
+    gen = AudioSealWM(small_card("generator")).eval()
+    marker = TorchMarker(gen)
+    marker.reset()
+    for n in (HOP, HOP, HOP, 2 * HOP, 2 * HOP, 2 * HOP):
+        marker.process(audio(n), [1, 0] * 8)
+    step = marker._step
+    assert step is not None and len(step._graphs) == 2
+    for graph in step._graphs.values():
+        kinds = [node.kind() for node in graph.graph.nodes()]
+        assert "aten::linear" in kinds and "aten::size" not in kinds
+    marker.close()
+
+
 @pytest.mark.parametrize("phases", [4, 1])
 def test_traced_detector_narrows_and_equals_eager(phases: int) -> None:
     """Narrowed to a layout warm_up traced (one signal at phase 0: a one-phase card), the

@@ -15,6 +15,13 @@ time, the state after that call is the example for ``torch.jit.trace`` of one st
 on the graph runs and this object holds the state. Whatever changes the stream's layout
 (``select_streams``, a new chunk shape) first puts the held state back into the modules
 (:meth:`StreamStep.release`), runs eagerly once and traces again for the new shape.
+
+A trace records every shape the Python code asked for (``x.shape[-1] // stride``...) as graph
+nodes: half of the default generator's 2,049 nodes were ``aten::size`` and the integer
+arithmetic on it. A graph here only ever runs on the shapes it was traced for, so those sizes
+are constants; :func:`specialize_sizes` folds them before the first run (nodes 2,049 -> 1,150;
+interleaved A/B on the 2-core VM, 320-sample chunks: generator 2.62 -> 2.14 ms p50 on
+2 threads, 1.42 -> 1.12 on 1; detector 1.13 -> 0.95 and 1.32 -> 1.12).
 """
 
 from __future__ import annotations
@@ -68,6 +75,37 @@ def _unflatten(flat: list[Tensor] | tuple[Tensor, ...], spec: tuple[Hashable, ..
             out.append(tuple(flat[i : i + n]))
             i += n
     return out
+
+
+def specialize_sizes(graph: Any) -> int:
+    """Replace every ``aten::size`` of a value whose traced shape is complete by a constant,
+    then fold the arithmetic on it and drop what is dead. Returns how many were replaced.
+
+    Only valid for a graph that runs on the exact shapes it was traced with, as StreamStep's
+    graphs do (one per input shape and layout; the carried state keeps its shapes).
+    """
+    replaced = 0
+    for node in list(graph.nodes()):
+        if node.kind() != "aten::size":
+            continue
+        inputs = list(node.inputs())
+        sizes = getattr(inputs[0].type(), "sizes", lambda: None)()
+        if sizes is None or any(s is None for s in sizes):
+            continue
+        if len(inputs) == 1:
+            value: Any = list(sizes)
+        else:
+            dim = inputs[1].toIValue()
+            if dim is None:
+                continue
+            value = sizes[dim]
+        with graph.insert_point_guard(node):
+            const = graph.insertConstant(value)
+        node.output().replaceAllUsesWith(const)
+        replaced += 1
+    torch._C._jit_pass_constant_propagation(graph)
+    torch._C._jit_pass_dce(graph)
+    return replaced
 
 
 class StreamStep:
@@ -170,6 +208,7 @@ class StreamStep:
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
                 graph = torch.jit.trace(step, examples, check_trace=False)
+            specialize_sizes(graph.graph)  # before its first run: the executor copies it then
         except _LayoutChanged as exc:
             log.info("stream state changes layout from call to call (%s): staying eager", exc)
             graph = None
