@@ -130,6 +130,23 @@ def test_corrupt_input_gives_clear_error_and_no_output(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.wav"]
 
 
+def test_nan_samples_give_clear_error_and_no_output(random_models: Path, tmp_path: Path) -> None:
+    """A float file with NaN/inf (a broken export) is refused where it breaks, nothing is
+    written; before, the model's check ended the CLI in a traceback."""
+    x = (0.1 * np.random.default_rng(0).standard_normal((3 * 16000, 2))).astype(np.float32)
+    x[40000, 1] = np.inf
+    x[40001:40100, 0] = np.nan
+    bad = tmp_path / "nan.wav"
+    sf.write(bad, x, 16000, subtype="FLOAT")
+    out = tmp_path / "out.wav"
+    with pytest.raises(AudioFileError, match=r"sample 40000 \(2\.500 s\) is NaN or infinite"):
+        embed_file(bad, out, load(random_models)[0], MSG)
+    with pytest.raises(AudioFileError, match="NaN or infinite"):
+        detect_file(bad, load(random_models)[1])
+    assert main(["embed", str(bad), str(out), "--model", str(random_models)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.wav"]
+
+
 def test_cli_embed_detect_and_errors(
     random_models: Path, stereo_44k: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

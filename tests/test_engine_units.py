@@ -228,6 +228,20 @@ def test_slow_model_is_detected_with_fake_clock(policy: str) -> None:
         assert np.mean(np.abs(y) > 0) > 0.9  # original passed through
 
 
+def test_nan_from_the_input_device_is_silenced_and_reported() -> None:
+    eng = make_engine(FakeMarker())
+    x = noise(3.0)
+    x[48000:48100] = np.nan
+    x[50000] = np.inf
+    eng.backend.source = x
+    run_engine(eng, 3.0)
+    snap = eng.stop()
+    y = eng.backend.output()
+    assert np.all(np.isfinite(y)) and np.max(np.abs(y)) <= 1.0
+    assert eng.worker.bad_input_samples == 101 and "101 NaN/inf" in snap.last_error
+    assert snap.unmarked_spans == 0 and eng.worker.worker_errors == 0  # the model kept marking
+
+
 def test_drift_corrections_keep_fill_bounded() -> None:
     # Output clock ~500 ppm off (5x a poor sound card): one sample more/less every 8 blocks.
     for out_block, kind in [(257, "inserts"), (255, "drops")]:

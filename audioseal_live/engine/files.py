@@ -52,7 +52,11 @@ def open_audio(path: str | os.PathLike[str]) -> Any:
 
 
 def _blocks(f: Any, path: Path) -> Any:
+    """The file in blocks of BLOCK_S; a NaN or infinite sample (a float file written by a
+    broken tool) stops with the time it occurs at: marking or reading around it would put out
+    a file that is silently not what came in."""
     n = int(BLOCK_S * f.samplerate)
+    pos = 0
     while True:
         try:
             x = f.read(n, dtype="float32", always_2d=True)
@@ -60,6 +64,14 @@ def _blocks(f: Any, path: Path) -> Any:
             raise AudioFileError(f"cannot read {path}: {exc}") from None
         if x.shape[0] == 0:
             return
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            first = pos + int(np.argmax(bad))
+            raise AudioFileError(
+                f"cannot use {path}: sample {first} ({first / f.samplerate:.3f} s) is NaN or "
+                "infinite; repair or re-export the file"
+            )
+        pos += x.shape[0]
         yield x
 
 

@@ -136,6 +136,7 @@ class Worker:
         self.unmarked_spans = 0
         self._in_unmarked = False
         self.worker_errors = 0
+        self.bad_input_samples = 0
         self.last_error = ""
         self.samples_in = 0
         self.samples_out = 0
@@ -190,6 +191,15 @@ class Worker:
             return False
         x = self.in_ring.read(min(avail, 4 * self.chunk_dev))
         self.samples_in += x.shape[0]
+        if not np.isfinite(x).all():
+            # A broken driver or virtual device: silence those samples here, once, so that
+            # neither the recording, the resampler's history nor the model's stream sees them.
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            self.bad_input_samples += bad
+            self.last_error = f"input: {self.bad_input_samples} NaN/inf samples set to silence"
+            if self.bad_input_samples == bad:
+                log.warning("the input device delivers NaN/inf samples: set to silence")
+            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         for sink in self.input_sinks:
             sink.push(x)
         # Drift edits (a sample dropped or repeated) go in before the watermark, not after:
