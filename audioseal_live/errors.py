@@ -21,3 +21,7 @@ class AudioFileError(AudioSealLiveError, OSError):
 
 class DeviceError(AudioSealLiveError, RuntimeError):
     """An audio device is missing, busy or does not support the requested settings."""
+
+
+class SettingError(AudioSealLiveError, ValueError):
+    """A setting out of its range: chunk length, watermark strength."""

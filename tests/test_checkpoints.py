@@ -184,6 +184,11 @@ def test_truncated_and_mismatched_checkpoints(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such file"):
         AudioSeal.load_generator(tmp_path / "missing.pth")
 
+    text = tmp_path / "notes.wav"  # some other file: not "refused as unsafe"
+    text.write_text("garbage")
+    with pytest.raises(CheckpointError, match="notes.wav: not a PyTorch checkpoint"):
+        AudioSeal.load_detector(text)
+
 
 def test_interpolations_in_the_config_resolve(tmp_path: Path) -> None:
     ref, cfg = reference_model("audioseal_wm_streaming")

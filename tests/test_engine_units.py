@@ -242,6 +242,20 @@ def test_nan_from_the_input_device_is_silenced_and_reported() -> None:
     assert snap.unmarked_spans == 0 and eng.worker.worker_errors == 0  # the model kept marking
 
 
+@pytest.mark.parametrize(
+    "setting", [{"chunk_ms": 37}, {"chunk_ms": 300}, {"alpha": -1}, {"alpha": float("nan")}]
+)
+def test_settings_out_of_range_are_clear_errors(setting: dict[str, float]) -> None:
+    from audioseal_live.cli import main
+    from audioseal_live.errors import SettingError
+
+    with pytest.raises(SettingError, match="chunk must|alpha"):
+        Engine(EngineConfig(**setting), marker=FakeMarker(), backend_factory=fake_factory())
+    flag, value = next(iter(setting.items()))
+    argv = ["run", f"--{flag.replace('_', '-')}", str(value), "--duration", "1"]
+    assert main(argv) == 2  # one line on stderr, before any device or model is touched
+
+
 def test_drift_corrections_keep_fill_bounded() -> None:
     # Output clock ~500 ppm off (5x a poor sound card): one sample more/less every 8 blocks.
     for out_block, kind in [(257, "inserts"), (255, "drops")]:

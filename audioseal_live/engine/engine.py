@@ -31,7 +31,13 @@ from audioseal_live.engine.model import NBITS, FrameDetector, Marker
 from audioseal_live.engine.monitor import DetectorMonitor
 from audioseal_live.engine.recorder import Recorder
 from audioseal_live.engine.ring import RingBuffer
-from audioseal_live.engine.worker import Controls, OverloadPolicy, Worker, chunk_samples_16k
+from audioseal_live.engine.worker import (
+    Controls,
+    OverloadPolicy,
+    Worker,
+    check_alpha,
+    chunk_samples_16k,
+)
 from audioseal_live.errors import DeviceError, MessageError
 
 log = logging.getLogger(__name__)
@@ -112,7 +118,7 @@ class Engine:
         self._detector = detector
         self._backend_factory = backend_factory or sounddevice_backend
         msg = check_message(cfg.message) if cfg.message is not None else random_message()
-        self._controls = Controls(message=msg, alpha=float(cfg.alpha), overload=cfg.overload)
+        self._controls = Controls(message=msg, alpha=check_alpha(cfg.alpha), overload=cfg.overload)
         self.worker: Worker | None = None
         self.monitor: DetectorMonitor | None = None
         self.backend: Any = None
@@ -136,7 +142,7 @@ class Engine:
         self._set(message=check_message(bits))
 
     def set_alpha(self, alpha: float) -> None:
-        self._set(alpha=float(alpha))
+        self._set(alpha=check_alpha(alpha))
 
     def set_bypass(self, bypass: bool) -> None:
         self._set(bypass=bool(bypass))

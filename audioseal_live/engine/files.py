@@ -25,6 +25,7 @@ from audioseal_live.engine.model import (
 from audioseal_live.engine.recorder import AtomicSoundFile
 from audioseal_live.engine.resample import SoxrResampler
 from audioseal_live.engine.ring import Fifo
+from audioseal_live.engine.worker import check_alpha
 from audioseal_live.errors import AudioFileError
 
 BLOCK_S = 1.0  # seconds read per step: memory stays O(block), not O(file)
@@ -89,6 +90,7 @@ def embed_file(
     alpha: float = 1.0,
     progress: bool = False,
 ) -> dict[str, Any]:
+    alpha = check_alpha(alpha)
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise AudioFileError("the output must be a different file than the input")

@@ -25,6 +25,7 @@ from audioseal_live.engine.metrics import Detection, Snapshot, TimingWindow
 from audioseal_live.engine.model import HOP, MODEL_RATE, Marker
 from audioseal_live.engine.resample import live_resampler
 from audioseal_live.engine.ring import Fifo, RingBuffer
+from audioseal_live.errors import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,27 @@ class Sink(Protocol):
     def push(self, x: np.ndarray) -> None: ...
 
 
+MAX_ALPHA = 2.0  # the window's slider: 0-200 %; beyond, the mark grows audible, not safer
+
+
+def check_alpha(alpha: float) -> float:
+    """Watermark strength: 0 (off) to MAX_ALPHA; 1 is the level the model was trained at."""
+    a = float(alpha)
+    if not 0.0 <= a <= MAX_ALPHA:  # also refuses NaN
+        raise SettingError(f"strength (alpha) must be 0-{MAX_ALPHA:g}, got {alpha}")
+    return a
+
+
 def chunk_samples_16k(chunk_ms: float) -> int:
     """Chunk length at 16 kHz: 20-200 ms, a whole number of 320-sample hops."""
     if not 20 <= chunk_ms <= 200:
-        raise ValueError(f"chunk must be 20-200 ms, got {chunk_ms}")
+        raise SettingError(f"chunk must be 20-200 ms, got {chunk_ms:g}")
     hops = round(chunk_ms * MODEL_RATE / 1000 / HOP)
     if abs(hops * HOP * 1000 / MODEL_RATE - chunk_ms) > 1e-6:
-        raise ValueError(f"chunk must be a multiple of 20 ms (the model hop), got {chunk_ms}")
+        raise SettingError(
+            f"chunk must be a multiple of 20 ms (the model's hop): 20, 40, ... 200; "
+            f"got {chunk_ms:g}"
+        )
     return hops * HOP
 
 

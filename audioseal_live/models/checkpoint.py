@@ -89,6 +89,15 @@ def read_official(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(config dict, state dict) of an official checkpoint, refusing anything but data."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with path.open("rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..), older torch a pickle (protocol opcode 0x80):
+    # anything else is some other file, not a checkpoint to refuse as unsafe.
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (.pth) nor a model folder: an official "
+            "checkpoint, or a folder with generator.json/detector.json + .safetensors"
+        )
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
