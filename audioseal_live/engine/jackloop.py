@@ -8,6 +8,7 @@ hears exactly what a user's app (Zoom, OBS) would record from the engine's outpu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -64,6 +65,7 @@ class XrunCauses:
     engine_running: int = 0  # ours was in its callback (with or without others late)
     engine_alone: int = 0  # ours was in its callback and nothing else was late
     engine_waiting_alone: int = 0  # ours not yet scheduled, nothing else late
+    steal_s: float | None = None  # CPU time the hypervisor gave to other guests meanwhile
 
     @property
     def host(self) -> int:
@@ -76,7 +78,20 @@ class XrunCauses:
             f"other clients late {self.others_late}, engine not yet scheduled "
             f"{self.engine_waiting}, engine in its callback {self.engine_running} "
             f"({self.engine_alone} with nothing else late)"
+            + (f"; CPU stolen by the hypervisor {self.steal_s:.2f} s" if self.steal_s else "")
         )
+
+
+def cpu_steal_s() -> float | None:
+    """CPU time stolen from this virtual machine so far, all CPUs (Linux /proc/stat), or
+    None where the kernel does not say: a VM whose vCPUs wait for the host misses deadlines
+    that no code inside it can meet."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 _LATE = re.compile(r"client = (.+) was not finished, state = (\w+)")
@@ -376,6 +391,7 @@ def run_jack_loop(
     feeder = FeederProcess(server, sig, seconds)
     rss0 = 0.0
     mark = server.log_mark()
+    steal0 = cpu_steal_s()
     try:
         eng.start()
         rss0 = rss_mb()  # after model load and warm-up: growth from here would be a leak
@@ -413,6 +429,9 @@ def run_jack_loop(
     rss1 = rss_mb()
     lag = measured_lag(fed, recorded, max_lag=rate // 2)
     causes = xrun_causes(server.log, mark)
+    steal1 = cpu_steal_s()
+    if steal0 is not None and steal1 is not None:
+        causes = dataclasses.replace(causes, steal_s=steal1 - steal0)
     return LoopResult(
         fed, recorded, lag, rate, snap, compute, rss0, rss1, feeder_xruns, trace, live[0], causes
     )
