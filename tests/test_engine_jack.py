@@ -76,7 +76,10 @@ def check_audio_path(res: LoopResult, server: object, min_si_snr: float | None =
     if snap.underruns:
         known.append(f"{snap.underruns} output-ring underruns in {SECONDS:.0f} s")
     assert snap.callback_errors == 0, snap.last_error
-    assert snap.chunks >= SECONDS * 50 * 0.95  # 20 ms chunks
+    assert snap.chunks >= SECONDS * 50 * 0.95, (  # 20 ms chunks
+        f"{snap.chunks} chunks from {snap.time_s:.2f} s of input; input ring overflows "
+        f"{snap.input_ring_overflows}, unmarked {snap.unmarked_s:.2f} s; " + causes.summary()
+    )
     x, y = aligned(res)
     assert np.all(np.isfinite(res.recorded)), "NaN/inf in the output"
     assert np.max(np.abs(res.recorded)) <= 1.0, "output above full scale"
@@ -106,8 +109,18 @@ def offline_probability(det: torch.nn.Module, x48k: np.ndarray) -> np.ndarray:
     return probs[:, 1].mean(dim=-1).numpy()
 
 
-def test_random_model_audio_path(jack_server: object) -> None:
-    """What needs no trained model: the audio path itself, with a random small generator."""
+@pytest.mark.parametrize("callback", ["native", "python"])
+def test_random_model_audio_path(
+    jack_server: object, callback: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What needs no trained model: the audio path itself, with a random small generator;
+    through the C callback (engine/_rtio.c) and through the Python one it falls back to."""
+    from audioseal_live.engine.native_io import native_module
+
+    if callback == "python":
+        monkeypatch.setenv("AUDIOSEAL_LIVE_PY_CALLBACK", "1")
+    elif native_module() is None:
+        pytest.skip("the C callback module is not built here")
     from audioseal_live.models import AudioSealWM, small_card
 
     torch.manual_seed(0)
@@ -121,6 +134,7 @@ def test_random_model_audio_path(jack_server: object) -> None:
         jack_server, SECONDS, marker=marker, message=MSG, alpha=alpha, monitor=None, chunk_ms=20
     )
     known = check_audio_path(res, jack_server)
+    assert res.snapshot.native_callback == (callback == "native")
     x, y = aligned(res)
     assert np.max(np.abs(y - x)) > 1e-4, "no watermark was added"
     if known:

@@ -42,6 +42,7 @@ class IOStats:
         self.callback_errors = 0
         self.last_error = ""
         self.io_balance = 0  # total captured - total played, at the last output callback
+        self.native_callback = False  # set by the backend: the C callback runs the streams
         self.input_latency = 0.0  # seconds, as PortAudio reports
         self.output_latency = 0.0
 
@@ -219,6 +220,7 @@ class SoundDeviceBackend:
         self.block_size = int(block_size)
         self.latency = latency
         self._streams: list[Any] = []
+        self._native: tuple[Any, Any] | None = None  # (C callback, userdata) when native
         sd = _sd()
         dev_in = sd.query_devices(input_device)
         dev_out = sd.query_devices(output_device)
@@ -255,6 +257,8 @@ class SoundDeviceBackend:
         return self.input_device == self.output_device
 
     def open(self) -> None:
+        from audioseal_live.engine.native_io import stream_callback
+
         sd = _sd()
         io = self.io
 
@@ -270,38 +274,50 @@ class SoundDeviceBackend:
             io.on_input(indata, frames, bool(status.input_overflow))
             io.on_output(outdata, frames, bool(status.output_underflow))
 
-        common = dict(
-            samplerate=self.sample_rate,
-            blocksize=self.block_size,
-            dtype="float32",
-            latency=self.latency,
-        )
+        self._native = stream_callback(io)
+        self.stats.native_callback = self._native is not None
         try:
             if self.duplex:
-                s = sd.Stream(
-                    device=(self.input_device, self.output_device),
-                    channels=(self.in_channels, self.out_channels),
-                    callback=cb_duplex,
-                    **common,
-                )
+                s = self._stream(
+                    sd, "duplex", (self.input_device, self.output_device),
+                    (self.in_channels, self.out_channels), cb_duplex,
+                )  # fmt: skip
                 self._streams = [s]
                 self.stats.input_latency, self.stats.output_latency = map(float, s.latency)
             else:
-                si = sd.InputStream(
-                    device=self.input_device, channels=self.in_channels, callback=cb_in, **common
-                )
-                so = sd.OutputStream(
-                    device=self.output_device,
-                    channels=self.out_channels,
-                    callback=cb_out,
-                    **common,
-                )
+                si = self._stream(sd, "input", self.input_device, self.in_channels, cb_in)
+                so = self._stream(sd, "output", self.output_device, self.out_channels, cb_out)
                 self._streams = [so, si]
                 self.stats.input_latency = float(si.latency)
                 self.stats.output_latency = float(so.latency)
         except Exception as exc:
             self.close()
             raise DeviceError(f"cannot open audio streams: {exc}") from None
+
+    @property
+    def native_callback(self) -> bool:
+        """Whether the streams run the C callback (no GIL on the audio thread)."""
+        return self._native is not None
+
+    def _stream(self, sd: Any, kind: str, device: Any, channels: Any, python_callback: Any) -> Any:
+        common = dict(
+            device=device,
+            channels=channels,
+            samplerate=self.sample_rate,
+            blocksize=self.block_size,
+            dtype="float32",
+            latency=self.latency,
+        )
+        if self._native is not None:
+            # The C callback (engine/_rtio.c) on the shared rings; sounddevice passes a C
+            # function pointer straight to Pa_OpenStream through its stream base class.
+            cb, user = self._native
+            self.io.set_channels(self.in_channels, self.out_channels)  # type: ignore[attr-defined]
+            return sd._StreamBase(
+                kind=kind, callback=cb, userdata=user, wrap_callback=None, **common
+            )
+        cls = {"duplex": sd.Stream, "input": sd.InputStream, "output": sd.OutputStream}[kind]
+        return cls(callback=python_callback, **common)
 
     def start(self) -> None:
         for s in self._streams:

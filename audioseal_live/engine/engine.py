@@ -29,8 +29,8 @@ from audioseal_live.engine.audio_io import (
 from audioseal_live.engine.metrics import Detection, Snapshot
 from audioseal_live.engine.model import NBITS, FrameDetector, Marker
 from audioseal_live.engine.monitor import DetectorMonitor
+from audioseal_live.engine.native_io import make_callback_io
 from audioseal_live.engine.recorder import Recorder
-from audioseal_live.engine.ring import RingBuffer
 from audioseal_live.engine.worker import (
     Controls,
     OverloadPolicy,
@@ -180,9 +180,7 @@ class Engine:
             sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._load_models()
         assert self._marker is not None
-        in_ring = RingBuffer(1 << 16)
-        out_ring = RingBuffer(1 << 16)
-        io = CallbackIO(in_ring, out_ring, cfg.input_channel, started=False)
+        io, in_ring, out_ring = make_callback_io(1 << 16, cfg.input_channel, started=False)
         self.backend = backend = self._backend_factory(io, cfg)
         rate = int(backend.sample_rate)
         backend.open()  # opened (latency known) but not started
@@ -253,12 +251,14 @@ class Engine:
             self._teardown()
             raise
         log.info(
-            "engine running: %d Hz, chunk %.0f ms, block %d, target %d samples, budget %.1f ms",
+            "engine running: %d Hz, chunk %.0f ms, block %d, target %d samples, budget %.1f ms, "
+            "%s audio callback",
             rate,
             w.chunk_ms,
             block,
             w.out_target,
             1000 * w.latency_budget_s(),
+            "C" if getattr(backend.stats, "native_callback", False) else "Python",
         )
 
     def pump(self) -> None:

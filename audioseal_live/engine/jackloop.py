@@ -537,6 +537,7 @@ def live_benchmark(
         "underruns": s.underruns,
         "unmarked_spans": s.unmarked_spans,
         "drift_corrections": s.drift_corrections,
+        "native_callback": s.native_callback,
         "feeder_xruns": res.feeder_xruns,
         "xrun_causes": res.xrun_causes.summary(),
         "rss_start_mb": res.rss_start_mb,

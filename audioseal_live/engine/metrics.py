@@ -70,6 +70,7 @@ class Snapshot:
     underruns: int = 0  # output callbacks that found the ring short (zeros played)
     underrun_samples: int = 0
     input_ring_overflows: int = 0  # worker too slow to drain the input ring
+    native_callback: bool = False  # the audio callback runs in C, without the GIL
     unmarked_spans: int = 0
     unmarked_s: float = 0.0
     overloaded: bool = False

@@ -379,6 +379,7 @@ class Worker:
             underruns=io.underruns if io else 0,
             underrun_samples=io.underrun_samples if io else 0,
             input_ring_overflows=self.in_ring.overflow_events,
+            native_callback=bool(getattr(io, "native_callback", False)),
             unmarked_spans=self.unmarked_spans,
             unmarked_s=self.unmarked_chunks * self.chunk_ms / 1000,
             overloaded=self._in_unmarked,
