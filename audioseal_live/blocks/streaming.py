@@ -125,7 +125,9 @@ class StreamingRoot(nn.Module):
 
     @property
     def is_streaming(self) -> bool:
-        return any(m.is_streaming for m in self._streaming_modules())
+        # A flag that streaming() (the only way in) keeps: walking every submodule instead
+        # cost ~0.2 ms per call, and the models ask several times per chunk.
+        return bool(self.__dict__.get("_streaming_now", False))
 
     @contextmanager
     def streaming(
@@ -146,10 +148,12 @@ class StreamingRoot(nn.Module):
         modules = self._streaming_modules()
         for m in modules:
             m._start_streaming(batch_size, dtype)
+        self.__dict__["_streaming_now"] = True
         self._on_stream_start()
         try:
             yield self
         finally:
+            self.__dict__["_streaming_now"] = False
             for m in modules:
                 m._stop_streaming()
             self._on_stream_stop()
