@@ -20,9 +20,10 @@
 
 #if defined(_MSC_VER)
 #include <intrin.h>
-/* x86/x64 loads and stores are acquire/release already; keep the compiler from reordering. */
-static int64_t load_acquire(volatile int64_t *p) { int64_t v = *p; _ReadWriteBarrier(); return v; }
-static void store_release(volatile int64_t *p, int64_t v) { _ReadWriteBarrier(); *p = v; }
+/* Interlocked operations are full barriers on x64 and ARM64 alike (MSVC's volatile orders
+ * nothing on ARM64). */
+static int64_t load_acquire(volatile int64_t *p) { return _InterlockedOr64((volatile __int64 *)p, 0); }
+static void store_release(volatile int64_t *p, int64_t v) { _InterlockedExchange64((volatile __int64 *)p, v); }
 #else
 static int64_t load_acquire(volatile int64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static void store_release(volatile int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
