@@ -84,6 +84,11 @@ class HealthStrip(QFrame):
         self._set("compute", f"{s.ms_per_chunk_p50:.1f} / {s.ms_per_chunk_p99:.1f}", rtf_col)
         self._set("rtf", f"{s.rtf:.2f}", rtf_col)
         self._set("xruns", str(s.xruns), WARN if s.xruns else None)
+        self.values["xruns"].setToolTip(
+            "audio callback in C (never waits for Python)"
+            if s.native_callback
+            else "audio callback in Python (the C one is not built): CPU load can cause xruns"
+        )
         self._set("underruns", str(s.underruns), WARN if s.underruns else None)
         self._set(
             "unmarked",
