@@ -89,6 +89,32 @@ class SharedBlock:
         self.rt.store(self.address(name), int(value))
 
 
+def _shared_index(address_attr: str) -> Any:
+    def get(self: SharedRing) -> int:
+        return int(self._block.rt.load(getattr(self, address_attr)))
+
+    def set_(self: SharedRing, value: int) -> None:
+        self._block.rt.store(getattr(self, address_attr), int(value))
+
+    return property(get, set_)
+
+
+def _overflow_counter(slot: str, local: int) -> Any:
+    """The input ring's producer is the C callback: its overflow counts live in the block. The
+    output ring's producer is the worker: its counts stay in Python."""
+
+    def get(self: SharedRing) -> int:
+        return self._block.load(slot) if self._side == "in" else self._ov[local]
+
+    def set_(self: SharedRing, value: int) -> None:
+        if self._side == "in":
+            self._block.store(slot, value)
+        else:
+            self._ov[local] = int(value)
+
+    return property(get, set_)
+
+
 class SharedRing(RingBuffer):
     """A RingBuffer whose indices (and, for the input ring, overflow counters) live in the
     shared block, so that the C callback can be its producer or consumer."""
@@ -105,44 +131,11 @@ class SharedRing(RingBuffer):
         block.store(f"{side}_buf", int(self._buf.ctypes.data))
         block.store(f"{side}_cap", capacity)
 
-    @property  # type: ignore[override]
-    def _w(self) -> int:
-        return int(self._block.rt.load(self._w_addr))
-
-    @_w.setter
-    def _w(self, value: int) -> None:
-        self._block.rt.store(self._w_addr, int(value))
-
-    @property  # type: ignore[override]
-    def _r(self) -> int:
-        return int(self._block.rt.load(self._r_addr))
-
-    @_r.setter
-    def _r(self, value: int) -> None:
-        self._block.rt.store(self._r_addr, int(value))
-
-    # The input ring's producer is the C callback: its overflow counts are kept in the block.
-    @property  # type: ignore[override]
-    def overflow_events(self) -> int:
-        return self._block.load("ring_overflow_events") if self._side == "in" else self._ov[0]
-
-    @overflow_events.setter
-    def overflow_events(self, value: int) -> None:
-        if self._side == "in":
-            self._block.store("ring_overflow_events", value)
-        else:
-            self._ov[0] = int(value)
-
-    @property  # type: ignore[override]
-    def overflow_samples(self) -> int:
-        return self._block.load("ring_overflow_samples") if self._side == "in" else self._ov[1]
-
-    @overflow_samples.setter
-    def overflow_samples(self, value: int) -> None:
-        if self._side == "in":
-            self._block.store("ring_overflow_samples", value)
-        else:
-            self._ov[1] = int(value)
+    # the producer's and the consumer's index, published and read with release/acquire
+    _w = _shared_index("_w_addr")
+    _r = _shared_index("_r_addr")
+    overflow_events = _overflow_counter("ring_overflow_events", 0)
+    overflow_samples = _overflow_counter("ring_overflow_samples", 1)
 
 
 def _counter(name: str) -> property:
