@@ -198,6 +198,18 @@ def resolve_device(spec: str | int | None, kind: str) -> int:
 
 
 # ----- streams -------------------------------------------------------------------------------
+def open_stream(sd: Any, kind: str, native: Any, python_callback: Any, **settings: Any) -> Any:
+    """A PortAudio stream ("duplex", "input" or "output") running the C callback
+    (engine/_rtio.c) when ``native`` holds its (function, userdata) pointers, else
+    ``python_callback``. sounddevice's stream base class passes a C function pointer straight
+    to Pa_OpenStream."""
+    if native is not None:
+        cb, user = native
+        return sd._StreamBase(kind=kind, callback=cb, userdata=user, wrap_callback=None, **settings)
+    cls = {"duplex": sd.Stream, "input": sd.InputStream, "output": sd.OutputStream}[kind]
+    return cls(callback=python_callback, **settings)
+
+
 class SoundDeviceBackend:
     """Opens PortAudio streams: one duplex stream when input and output are the same device,
     otherwise separate input and output streams (each on its own clock: drift is handled by
@@ -300,7 +312,13 @@ class SoundDeviceBackend:
         return self._native is not None
 
     def _stream(self, sd: Any, kind: str, device: Any, channels: Any, python_callback: Any) -> Any:
-        common = dict(
+        if self._native is not None:
+            self.io.set_channels(self.in_channels, self.out_channels)  # type: ignore[attr-defined]
+        return open_stream(
+            sd,
+            kind,
+            self._native,
+            python_callback,
             device=device,
             channels=channels,
             samplerate=self.sample_rate,
@@ -308,16 +326,6 @@ class SoundDeviceBackend:
             dtype="float32",
             latency=self.latency,
         )
-        if self._native is not None:
-            # The C callback (engine/_rtio.c) on the shared rings; sounddevice passes a C
-            # function pointer straight to Pa_OpenStream through its stream base class.
-            cb, user = self._native
-            self.io.set_channels(self.in_channels, self.out_channels)  # type: ignore[attr-defined]
-            return sd._StreamBase(
-                kind=kind, callback=cb, userdata=user, wrap_callback=None, **common
-            )
-        cls = {"duplex": sd.Stream, "input": sd.InputStream, "output": sd.OutputStream}[kind]
-        return cls(callback=python_callback, **common)
 
     def start(self) -> None:
         for s in self._streams:
@@ -353,21 +361,26 @@ class SoundDeviceBackend:
 class CaptureStream:
     """A second input (loopback or room mic) that feeds the detector monitor's ring."""
 
-    def __init__(self, device: int, sample_rate: int, ring: RingBuffer) -> None:
+    def __init__(self, device: int, sample_rate: int, capacity: int) -> None:
+        """``capacity``: samples of slack (a power of two); the monitor reads ``self.ring``."""
+        from audioseal_live.engine.native_io import make_callback_io, stream_callback
+
         self.device = device
-        self.ring = ring
-        self.stats = IOStats()
-        self._io = CallbackIO(ring, RingBuffer(1), stats=self.stats)
+        self._io, self.ring, _ = make_callback_io(capacity)  # its output ring goes unused
+        self.stats = self._io.stats
         sd = _sd()
         ch = max(1, min(int(sd.query_devices(device)["max_input_channels"]), 2))
+        native = stream_callback(self._io)
+        self.stats.native_callback = native is not None
+        if native is not None:
+            self._io.set_channels(ch, 1)  # type: ignore[attr-defined]
 
         def cb(indata: np.ndarray, frames: int, time: Any, status: Any) -> None:
             self._io.on_input(indata, frames, bool(status.input_overflow))
 
+        settings = dict(device=device, channels=ch, samplerate=sample_rate, dtype="float32")
         try:
-            self._stream = sd.InputStream(
-                device=device, channels=ch, samplerate=sample_rate, dtype="float32", callback=cb
-            )
+            self._stream = open_stream(sd, "input", native, cb, **settings)
         except Exception as exc:
             raise DeviceError(f"cannot open monitor input: {exc}") from None
 

@@ -219,7 +219,10 @@ class Engine:
                     w.monitor_ring = mon.ring
                 else:
                     dev = resolve_device(cfg.monitor, "input")
-                    self._capture = CaptureStream(dev, rate, mon.ring)
+                    # 4 s of slack before dropping, a power of two for the C callback
+                    slack = 1 << (4 * rate - 1).bit_length()
+                    self._capture = CaptureStream(dev, rate, slack)
+                    mon.ring = self._capture.ring
                 self.monitor = mon
                 w.detection_source = lambda: mon.detection
             if cfg.record:
