@@ -203,7 +203,9 @@ def test_capture_monitor_stream_receives_audio(
     cap = CaptureStream(resolve_device("system", "input"), 48000, 1 << 18)
     try:
         cap.start()
-        time.sleep(0.5)
+        deadline = time.monotonic() + 5.0  # 0.3 s of audio; a loaded host may start late
+        while cap.stats.frames_in < 48000 * 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         cap.close()
     assert cap.stats.callbacks_in > 10 and cap.stats.frames_in >= 48000 * 0.3
