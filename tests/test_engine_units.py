@@ -192,7 +192,27 @@ def test_gc_pause_passes_audio_through_and_counts() -> None:
     assert snap.unmarked_spans >= 1 and snap.unmarked_s > 0
     assert marker.calls < snap.chunks  # some chunks skipped the model
     assert not snap.overloaded  # recovered
+    assert eng.worker.resyncs == 0  # a short stall is played (unmarked), not dropped
     assert np.all(np.isfinite(eng.backend.output()))
+
+
+def test_a_long_stall_drops_its_stale_input_instead_of_playing_it_late() -> None:
+    eng = make_engine(FakeMarker(scale=0.01))
+    eng.backend.source = noise(8.0)
+    run_engine(eng, 1.0)
+    w = eng.worker
+    for _ in range(int(0.8 * 48000 / 256)):  # 0.8 s without the worker: a long GC pause
+        eng.backend.feed(256)
+        eng.backend.drain(256)
+    run_engine(eng, 0.2)
+    snap = eng.snapshot()
+    assert w.resyncs == 1 and 0.5 < snap.stale_dropped_s < 0.8
+    # latency is back right away: in flight within the dead band of the set point
+    assert abs(w._in_flight() - w.drift.set_point) <= 2 * w.drift.dead_band + w.chunk_dev
+    run_engine(eng, 2.0)
+    snap = eng.stop()
+    assert w.resyncs == 1 and snap.unmarked_spans <= 1
+    assert abs(w.drift.smoothed_fill - w.drift.set_point) <= 2 * w.drift.dead_band
 
 
 @pytest.mark.parametrize("policy", ["pass", "mute"])

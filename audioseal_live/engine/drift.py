@@ -86,6 +86,15 @@ class DriftCorrector:
         return float(self._avg) if self._avg is not None else float(self.target_fill)
 
     @property
+    def calibrated(self) -> bool:
+        return self._avg is not None
+
+    def moved(self, samples: int) -> None:
+        """The fill moved by ``samples`` outside the corrector (a resync's dropped input)."""
+        if self._avg is not None:
+            self._avg += samples
+
+    @property
     def set_point(self) -> int:
         return self.target_fill + self.extra
 

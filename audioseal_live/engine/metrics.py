@@ -71,6 +71,7 @@ class Snapshot:
     underrun_samples: int = 0
     input_ring_overflows: int = 0  # worker too slow to drain the input ring
     native_callback: bool = False  # the audio callback runs in C, without the GIL
+    stale_dropped_s: float = 0.0  # input dropped after long stalls instead of played late
     unmarked_spans: int = 0
     unmarked_s: float = 0.0
     overloaded: bool = False

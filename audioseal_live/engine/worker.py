@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 OverloadPolicy = Literal["pass", "mute"]
 RELAX_AFTER_S = 10  # seconds without an underrun before the raised set point relaxes
+# A stall that leaves more than this of surplus in flight (a long GC pause, a GPU hiccup, a
+# suspended laptop) makes the waiting input stale: it is dropped rather than played late.
+# Shorter stalls are played (passed through unmarked) and their surplus cut in spans.
+RESYNC_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,8 @@ class Worker:
         self._in_unmarked = False
         self.worker_errors = 0
         self.bad_input_samples = 0
+        self.resyncs = 0  # long stalls whose stale input was dropped
+        self.stale_dropped_samples = 0
         self.last_error = ""
         self.samples_in = 0
         self.samples_out = 0
@@ -199,8 +205,34 @@ class Worker:
             return True
         return self.out_ring.fill < self._est_compute_s * self.rate
 
+    def _in_flight(self) -> int:
+        """Samples captured and not yet played: conserved on a single clock, so its drift is
+        the clock drift, whatever the chunk/block phase. The callback side comes from one
+        value the output callback published: reading two rings here races the callbacks (a
+        GIL switch between the reads is a block)."""
+        held = len(self.orig) - self.in_ring.total_read + self.out_ring.total_written
+        if self.io is not None and hasattr(self.io, "io_balance"):
+            return int(self.io.io_balance) + held
+        return self.in_ring.fill + len(self.orig) + self.out_ring.fill
+
+    def _resync(self) -> None:
+        """After a long stall, drop the stale input down to the set point (as a VoIP jitter
+        buffer does): the listener has heard the gap already; playing what piled up would
+        keep the whole delay, and cutting it in spans takes ~4 s per second of it."""
+        if self.in_ring.fill <= self.max_backlog or not self.drift.calibrated:
+            return
+        surplus = self._in_flight() - self.drift.set_point
+        if surplus < RESYNC_S * self.rate:
+            return
+        n = self.in_ring.discard(min(surplus, self.in_ring.fill - self.chunk_dev))
+        self.drift.moved(-n)
+        self.resyncs += 1
+        self.stale_dropped_samples += n
+        log.warning("a %.0f ms stall: dropped its stale input", 1000 * n / self.rate)
+
     def step(self) -> bool:
         """Process what the input ring holds. Returns False when there was nothing to do."""
+        self._resync()
         avail = self.in_ring.fill
         if avail <= 0:
             return False
@@ -230,17 +262,8 @@ class Worker:
             produced = True
         n = len(self.wm)
         if n:
-            # Samples in flight (captured, not yet played): conserved on a single clock,
-            # so its drift is the clock drift, whatever the chunk/block phase.
-            # Read the callback side from one value the output callback published: reading
-            # two rings here races the callbacks (a GIL switch between the reads is a block).
-            held = len(self.orig) - self.in_ring.total_read + self.out_ring.total_written
             self._adapt_set_point(n)
-            if self.io is not None and hasattr(self.io, "io_balance"):
-                self.drift.observe(self.io.io_balance + held, self._underrun_seen)
-            else:
-                fill = self.in_ring.fill + len(self.orig) + self.out_ring.fill
-                self.drift.observe(fill, self._underrun_seen)
+            self.drift.observe(self._in_flight(), self._underrun_seen)
             self._emit(self.orig.pop(n), self.wm.pop(n), self.gain.pop(n), x)
         if produced:
             self._publish()
@@ -379,6 +402,7 @@ class Worker:
             underruns=io.underruns if io else 0,
             underrun_samples=io.underrun_samples if io else 0,
             input_ring_overflows=self.in_ring.overflow_events,
+            stale_dropped_s=self.stale_dropped_samples / self.rate,
             native_callback=bool(getattr(io, "native_callback", False)),
             unmarked_spans=self.unmarked_spans,
             unmarked_s=self.unmarked_chunks * self.chunk_ms / 1000,
