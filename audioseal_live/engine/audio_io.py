@@ -290,10 +290,9 @@ class SoundDeviceBackend:
         self.stats.native_callback = self._native is not None
         try:
             if self.duplex:
-                s = self._stream(
-                    sd, "duplex", (self.input_device, self.output_device),
-                    (self.in_channels, self.out_channels), cb_duplex,
-                )  # fmt: skip
+                devices = (self.input_device, self.output_device)
+                channels = (self.in_channels, self.out_channels)
+                s = self._stream(sd, "duplex", devices, channels, cb_duplex)
                 self._streams = [s]
                 self.stats.input_latency, self.stats.output_latency = map(float, s.latency)
             else:
