@@ -127,6 +127,7 @@ class StreamStep:
         self.layout = layout
         self.slots = carried_slots(model)
         self._graphs: dict[Hashable, Any] = {}  # key -> traced graph, or None: stay eager
+        self._specs: dict[Hashable, tuple[Hashable, ...]] = {}  # key -> its state's layout
         self._seen: set[Hashable] = set()  # keys called once (eagerly)
         self._held: list[Tensor] | None = None  # state while the graph runs the stream
         self._held_key: Hashable = None
@@ -183,7 +184,10 @@ class StreamStep:
         flat, spec = _flatten(self._read())
         if key not in self._graphs:
             self._graphs[key] = self._trace(inputs, flat, spec)
-        if self._graphs[key] is not None and flat:
+            self._specs[key] = spec
+        # The graph runs only on the state shapes it was traced with (its sizes are constants):
+        # any other state (a stream not yet settled) goes on eagerly.
+        if self._graphs[key] is not None and flat and spec == self._specs[key]:
             self._held, self._held_key, self._spec = flat, key, spec
         return outs
 
