@@ -355,9 +355,9 @@ class Worker:
         )
         return pa + flight / self.rate
 
-    def _publish(self) -> None:
+    def _publish(self, fresh: bool = False) -> None:
         io = self.io
-        p50, p99, rtf = self.timing.stats()
+        p50, p99, rtf = self.timing.stats(fresh)
         in_fill, out_fill = self.in_ring.fill, self.out_ring.fill
         pa_in = io.input_latency if io else 0.0
         pa_out = io.output_latency if io else 0.0
@@ -420,7 +420,7 @@ class Worker:
         return self._snapshot
 
     def final_snapshot(self) -> Snapshot:
-        self._publish()
+        self._publish(fresh=True)
         return dataclasses.replace(self._snapshot, running=False)
 
     # ----- thread ------------------------------------------------------------------------
