@@ -106,12 +106,31 @@ class PolyphaseResampler:
             return np.zeros(0, dtype=np.float32)
         jm = j * self.down
         q = jm // self.up
+        if self.up == 1 or self.down == 1:
+            return self._integer_ratio(ext, base, q, j)
         p = jm % self.up
         pos = (q - base)[:, None] - self._lags[None, :]
-        if self.up == 1:
-            y = ext[pos] @ self._phases[0]
-        else:
-            y = np.einsum("jk,jk->j", ext[pos], self._phases[p])
+        y = np.einsum("jk,jk->j", ext[pos], self._phases[p])
+        return y.astype(np.float32, copy=False)
+
+    def _integer_ratio(
+        self, ext: np.ndarray, base: int, q: np.ndarray, j: np.ndarray
+    ) -> np.ndarray:
+        """48 <-> 16 kHz and the like, by np.convolve (each output the same dot product as the
+        general path, without gathering a (outputs x taps) matrix: ~3x less time per chunk).
+
+        ``np.convolve(ext, h, "valid")[s]`` is sum_i ext[s + K-1 - i] h[i]: output j, at input
+        q, is entry q - base - (K-1) of its phase's convolution."""
+        k = self.taps_per_phase
+        s0 = int(q[0]) - base - (k - 1)
+        s1 = int(q[-1]) - base - (k - 1) + 1
+        seg = ext[s0 : s1 + k - 1]
+        if self.up == 1:  # decimate by M: every M-th output of one filter
+            y = np.convolve(seg, self._phases[0], "valid")[:: self.down]
+        else:  # interpolate by L: phase p makes outputs j = L*q + p
+            y = np.stack([np.convolve(seg, ph, "valid") for ph in self._phases], axis=1)
+            first = int(j[0]) - self.up * int(q[0])
+            y = y.reshape(-1)[first : first + j.shape[0]]
         return y.astype(np.float32, copy=False)
 
     def flush(self) -> np.ndarray:
