@@ -536,6 +536,7 @@ def live_benchmark(
         "xruns": s.xruns,
         "underruns": s.underruns,
         "unmarked_spans": s.unmarked_spans,
+        "stale_dropped_s": s.stale_dropped_s,
         "drift_corrections": s.drift_corrections,
         "native_callback": s.native_callback,
         "feeder_xruns": res.feeder_xruns,
