@@ -212,7 +212,10 @@ class StreamStep:
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
                 graph = torch.jit.trace(step, examples, check_trace=False)
-            specialize_sizes(graph.graph)  # before its first run: the executor copies it then
+            try:  # before its first run: the executor copies the graph then
+                specialize_sizes(graph.graph)
+            except Exception:  # torch._C passes: a torch without them runs the plain graph
+                log.warning("could not fold the traced step's shapes", exc_info=True)
         except _LayoutChanged as exc:
             log.info("stream state changes layout from call to call (%s): staying eager", exc)
             graph = None
