@@ -288,6 +288,8 @@ class SoundDeviceBackend:
 
         self._native = stream_callback(io)
         self.stats.native_callback = self._native is not None
+        if self._native is not None:
+            io.set_channels(self.in_channels, self.out_channels)  # type: ignore[attr-defined]
         try:
             if self.duplex:
                 devices = (self.input_device, self.output_device)
@@ -311,8 +313,6 @@ class SoundDeviceBackend:
         return self._native is not None
 
     def _stream(self, sd: Any, kind: str, device: Any, channels: Any, python_callback: Any) -> Any:
-        if self._native is not None:
-            self.io.set_channels(self.in_channels, self.out_channels)  # type: ignore[attr-defined]
         return open_stream(
             sd,
             kind,

@@ -20,6 +20,7 @@ from audioseal_live.engine.model import (
     FrameDetector,
     Marker,
     best_phase,
+    decode_bits,
     inverted_wins,
 )
 from audioseal_live.engine.recorder import AtomicSoundFile
@@ -263,8 +264,7 @@ def detect_file(
         b = int(read.inverted) if read.inverted is not None else b
         mean_logit = -read.z if b else read.z
         marked = marked or read.p_marked >= 0.5
-    prob = 1 / (1 + np.exp(-mean_logit))
-    bits = tuple(int(v) for v in prob > 0.5)
+    bits, confidence = decode_bits(mean_logit)
     match = None if expected is None else bits == tuple(int(v) for v in expected)
     return DetectResult(
         path=str(src),
@@ -272,7 +272,7 @@ def detect_file(
         probability=frac,
         mean_probability=float(p_sum[b] / total),
         bits=bits,
-        bit_confidence=tuple(float(c) for c in np.abs(2 * prob - 1)),
+        bit_confidence=confidence,
         inverted=bool(b),
         marked=marked,
         match=match,

@@ -99,6 +99,12 @@ def inverted_wins(plain: float, inverted: float) -> bool:
     return inverted > plain + POLARITY_MARGIN
 
 
+def decode_bits(mean_logit: np.ndarray) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Bits and per-bit confidence |2p - 1| from mean bit logits (nbits,)."""
+    prob = 1.0 / (1.0 + np.exp(-mean_logit))
+    return tuple(int(v) for v in prob > 0.5), tuple(float(c) for c in np.abs(2 * prob - 1))
+
+
 def best_phase(mean_logits: np.ndarray) -> int:
     """(phases, nbits) averaged bit logits -> the phase whose bits are most confident."""
     return int(np.abs(mean_logits).mean(axis=-1).argmax())

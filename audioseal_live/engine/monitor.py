@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from audioseal_live.engine.metrics import Detection
-from audioseal_live.engine.model import MODEL_RATE, FrameDetector, best_phase, inverted_wins
+from audioseal_live.engine.model import (
+    MODEL_RATE,
+    FrameDetector,
+    best_phase,
+    decode_bits,
+    inverted_wins,
+)
 from audioseal_live.engine.resample import live_resampler
 from audioseal_live.engine.ring import Fifo, RingBuffer
 
@@ -162,9 +168,7 @@ class DetectorMonitor:
             mean_logits = self._vote_sum[b].sum(axis=0) / cnt  # (P, nbits)
             mean_logit = mean_logits[best_phase(mean_logits)]
         if mean_logit is not None:
-            prob = 1.0 / (1.0 + np.exp(-mean_logit))
-            bits = tuple(int(x) for x in (prob > 0.5))
-            conf = tuple(float(c) for c in np.abs(2 * prob - 1))
+            bits, conf = decode_bits(mean_logit)
             expected = tuple(int(x) for x in self.message())
             match = bits == expected if expected else None
         self._update_lock(b, float(smoothed[b]))

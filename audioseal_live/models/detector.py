@@ -211,10 +211,11 @@ class AudioSealDetector(CardModel):
         frames are carried state; chunks are whole hops), as it comes, polarity unchecked."""
         assert self.code is not None
         part = self.code.fold(x[:, 0])
+        spec, power = part.spec, part.power
         if self._code_sum is not None:
-            part = Folded(part.spec + self._code_sum[0], part.power + self._code_sum[1], 1)
-        self._code_sum = (part.spec, part.power)
-        read = self.code.read(Folded(part.spec, part.power, 1))  # frames > 0: a count of 1
+            spec, power = spec + self._code_sum[0], power + self._code_sum[1]
+        self._code_sum = (spec, power)
+        read = self.code.read(Folded(spec, power, 1))  # frames > 0: a count of 1
         assert read is not None
         return read.probabilities
 
