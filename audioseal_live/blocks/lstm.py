@@ -66,32 +66,33 @@ class StreamingLSTM(StreamingModule):
         self.skip = skip
         self.lstm = nn.LSTM(dimension, dimension, num_layers)
         self._state: tuple[Tensor, Tensor] | None = None
-        self._layer_cache: list[LayerWeights] | None = None
+        self._layer_cache: dict[int, list[LayerWeights]] = {}
 
     def _reset_state(self) -> None:
         # called on entering and leaving a stream: the matmul dtype may change in between
         self._state = None
-        self._layer_cache = None
+        self._layer_cache = {}
 
     def _select_state(self, index: Tensor) -> None:
         if self._state is not None:  # (layers, batch, hidden)
             self._state = (self._state[0][:, index], self._state[1][:, index])
 
-    def _layers(self) -> list[LayerWeights]:
-        # Built once per stream (weights are frozen while streaming), not per chunk.
-        layers = self._layer_cache
+    def _layers(self, rows: int) -> list[LayerWeights]:
+        # Built once per stream (weights are frozen while streaming), not per chunk; the
+        # input projection's layout follows its rows (frames x batch), h @ W_hh is a gemv.
+        layers = self._layer_cache.get(rows)
         if layers is None:
             layers = []
             for layer in range(self.lstm.num_layers):
                 w_ih, w_hh, bias = lstm_weights(self.lstm, layer)
                 layers.append(
                     (
-                        self._stream_weight(f"ih{layer}", lambda w=w_ih: w),
+                        self._stream_weight(f"ih{layer}", lambda w=w_ih: w, rows),
                         self._stream_weight(f"hh{layer}", lambda w=w_hh: w),
                         bias.detach(),  # the summed bias stays float32, like the gates
                     )
                 )
-            self._layer_cache = layers
+            self._layer_cache[rows] = layers
         return layers
 
     def forward(self, x: Tensor) -> Tensor:
@@ -102,7 +103,7 @@ class StreamingLSTM(StreamingModule):
             if x.shape[0] == 0:  # nothing determined yet: keep (h, c) as they are
                 return rearrange(x, "t b c -> b c t")
             if x.shape[0] < FUSED_MIN_STEPS:
-                y, self._state = lstm_steps(self._layers(), x, self._state)
+                y, self._state = lstm_steps(self._layers(x.shape[0] * x.shape[1]), x, self._state)
             else:
                 y, self._state = self.lstm(x, self._state)
         else:
