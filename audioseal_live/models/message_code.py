@@ -116,7 +116,7 @@ class CodeReader:
         self.code, self.nbits, self.hop = code, nbits, hop
         t = code.templates(nbits, hop, sample_rate)
         self._t_spec = torch.fft.rfft(t).conj()  # (nbits, bins)
-        self._band = code.band_mask(hop, sample_rate)
+        self._band = code.band_mask(hop, sample_rate).float()  # 1 in the band: a dot product
         self.window = window_frames
         self.reset()
 
@@ -138,9 +138,10 @@ class CodeReader:
             return spec.to(x.device), spec.real
         frames = x[..., : n * self.hop].reshape(x.shape[0], n, self.hop).float()
         spec = torch.fft.rfft(frames)
-        energy = spec[..., self._band.to(x.device)].abs().pow(2).sum(-1, keepdim=True)
-        spec = spec / energy.sqrt().clamp_min(EPS)
-        return spec, spec.abs().pow(2)
+        # Few ops on purpose: the live monitor folds every 20 ms (each op costs ~5-10 us).
+        power = torch.view_as_real(spec).square().sum(-1)
+        energy = (power @ self._band.to(x.device)).clamp_min(EPS * EPS)[..., None]
+        return spec * energy.rsqrt(), power / energy  # unit in-band energy per frame
 
     def fold(self, x: Tensor) -> Folded:
         """(B, T) -> its frames folded; a tail < hop is dropped. :meth:`push` for streams."""
@@ -166,16 +167,19 @@ class CodeReader:
         folded = self._sum if folded is None else folded
         if folded is None or folded.frames == 0:
             return None
-        white = folded.spec / folded.power.clamp_min(EPS).sqrt()
+        white = folded.spec * folded.power.clamp_min(EPS).rsqrt()
         # circular cross-correlation with every template at every lag: (B, nbits, hop)
         corr = torch.fft.irfft(white[:, None, :] * self._t_spec.to(white.device), n=self.hop)
-        spread = corr.std(dim=-1).clamp_min(EPS)  # each bit's correlation across lags
-        z_all = corr / spread[..., None]
+        # Each bit's correlation's spread across lags: its std, which is its RMS, the
+        # templates having no DC (mean over lags = 0); the norm is ~7x faster than std.
+        rms = torch.linalg.vector_norm(corr, dim=-1) / (self.hop - 1) ** 0.5
+        z_all = corr / rms.clamp_min(EPS)[..., None]
         score = z_all.abs().sum(dim=1)  # (B, hop)
         lag = score.argmax(dim=-1)
         z = z_all.gather(-1, lag[:, None, None].expand(-1, self.nbits, 1))[..., 0]
         peak = score.gather(-1, lag[:, None])[:, 0]
-        sync = (peak - score.mean(-1)) / score.std(-1).clamp_min(EPS)
+        var, mean = torch.var_mean(score, dim=-1)
+        sync = (peak - mean) / var.sqrt().clamp_min(EPS)
         return CodeRead((z > 0).long(), z, lag, sync)
 
     def presence(self, x: Tensor, window: int, stride: int) -> Tensor:
