@@ -114,25 +114,25 @@ class StreamingConv1d(StreamingModule):
         return self._conv(x)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        """``self.conv(x)`` for a streaming chunk.
+        """``self.conv(x)`` for a streaming chunk, through PyTorch's own CPU kernel (im2col +
+        GEMM) called directly, except for strided layers on big inputs (oneDNN's).
 
         With 2+ threads, or over 20,480 input values, PyTorch sends a stride-1 convolution
-        to oneDNN, which re-lays its weight out on every call; its own im2col + GEMM kernel
-        was 1.5-3x faster for every stride-1 layer of the official cards at 100 ms chunks
-        (64->32 k3 over 802 frames: 228 vs 136 us; 1x1 16->32 over 1600: 103 vs 33 us; on
-        this project's 2-core AVX2 VM, 1 or 2 threads). Strided layers stay with oneDNN,
-        which is faster for them.
+        to oneDNN, which re-lays its weight out on every call; its own kernel was 1.5-3x
+        faster for every stride-1 layer of the official cards at 100 ms chunks (64->32 k3
+        over 802 frames: 228 vs 136 us; 1x1 16->32 over 1600: 103 vs 33 us; on this
+        project's 2-core AVX2 VM, 1 or 2 threads); strided ones were 15-25 % slower there.
+        Small inputs get that kernel from PyTorch anyway; called directly, each saves the
+        ~8 us of conv1d's dispatch (10 convolutions per 20 ms chunk of the default detector).
         """
         conv = self.conv
-        if _THNN_CONV2D is None or self.stride != 1 or conv.dilation[0] != 1:
+        if _THNN_CONV2D is None or conv.dilation[0] != 1 or x.device.type != "cpu":
             return conv(x)
-        if x.device.type != "cpu":
-            return conv(x)
-        if x.dtype != torch.float32 or x.numel() <= 20480:  # PyTorch's own choice anyway
+        if x.dtype != torch.float32 or (self.stride > 1 and x.numel() > 20480):
             return conv(x)
         weight = self._stream_weight4d()
-        out = _THNN_CONV2D(x.unsqueeze(2), weight, [1, weight.shape[-1]], conv.bias, [1, 1], [0, 0])
-        return out.squeeze(2)
+        kernel, stride = [1, weight.shape[-1]], [1, self.stride]
+        return _THNN_CONV2D(x.unsqueeze(2), weight, kernel, conv.bias, stride, [0, 0]).squeeze(2)
 
     def _stream_weight4d(self) -> torch.Tensor:
         w = self._weights.get(("4d", False))
