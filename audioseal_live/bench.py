@@ -32,6 +32,7 @@ class Timing:
     ms_p50: float
     ms_mean: float
     rtf: float
+    threads: int = 0  # intra-op threads the step ran on (a traced step may choose one)
 
 
 def _time_stream(step: Callable[[Any], Any], chunks: list[Any]) -> list[float]:
@@ -155,6 +156,7 @@ def run_bench(
                     audio[..., i : i + chunk] for i in range(0, audio.shape[-1] - chunk + 1, chunk)
                 ]
                 samples: dict[str, list[list[float]]] = {name: [] for name in impls}
+                used: dict[str, int] = {}
                 for _ in range(rounds):
                     for name, models in impls.items():
                         model = models[kind]
@@ -167,6 +169,8 @@ def run_bench(
                             step(pieces[0])
                             step(pieces[1])
                             samples[name].append(_time_stream(step, pieces[2:]))
+                            one = name == OURS_TRACED and traced_steps[kind].single_threaded
+                            used[name] = 1 if one else threads
                 for name, per_round in samples.items():
                     # The quietest round: other work on a shared machine only ever adds time.
                     times = min(per_round, key=statistics.fmean)
@@ -179,6 +183,7 @@ def run_bench(
                             1e3 * statistics.median(times),
                             1e3 * mean,
                             mean / (chunk / SAMPLE_RATE),
+                            used[name],
                         )
                     )
     return results
@@ -192,7 +197,7 @@ def format_table(results: list[Timing]) -> str:
     refs = {(r.model, r.chunk): r for r in results if r.impl not in mine}
     head = f"{'model':<10} {'chunk':>6} {'ms':>5} | {'ours p50':>8} {'mean':>6} {'RTF':>6}"
     if traced:
-        head += f" | {'traced p50':>10} {'RTF':>6}"
+        head += f" | {'traced p50':>10} {'RTF':>6} {'thr':>3}"
     if fast:
         head += f" | {'bf16 p50':>8} {'RTF':>6}"
     if refs:
@@ -200,13 +205,14 @@ def format_table(results: list[Timing]) -> str:
     lines = [head, "-" * len(head)]
     # ms: chunk length; p50/mean: compute per chunk in ms, in the quietest of the alternating
     # rounds; RTF: mean compute / chunk length; ours: the eager API (model(x) in streaming());
-    # traced: the same through blocks.traced, what the real-time engine runs
+    # traced: the same through blocks.traced, what the real-time engine runs; thr: the
+    # intra-op threads it ran on (one unless more timed clearly faster: blocks.traced)
     for (model, chunk), r in ours.items():
         line = f"{model:<10} {chunk:>6} {chunk / 16:>5.0f} | "
         line += f"{r.ms_p50:>8.2f} {r.ms_mean:>6.2f} {r.rtf:>6.3f}"
         t = traced.get((model, chunk))
         if t:
-            line += f" | {t.ms_p50:>10.2f} {t.rtf:>6.3f}"
+            line += f" | {t.ms_p50:>10.2f} {t.rtf:>6.3f} {t.threads:>3}"
         if fast:
             f = fast[(model, chunk)]
             line += f" | {f.ms_p50:>8.2f} {f.rtf:>6.3f}"
@@ -252,6 +258,11 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16,
     )
     print(format_table(results))
+    if threads > 1:
+        print(
+            f"thr: threads the traced step ran on: one unless {threads} timed >= 10 % faster "
+            "when it was traced (a busy core stalls every split op; see blocks.traced)"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in results], f, indent=2)

@@ -19,6 +19,7 @@ def test_bench_prints_a_row_per_model_and_chunk() -> None:
         ("detector", "1600"),
     ]
     assert "bf16 p50" in out and "traced p50" in out
-    for r in rows:  # ours p50, mean, RTF, then traced and bf16 p50, RTF: all positive numbers
+    for r in rows:  # ours p50, mean, RTF, traced p50, RTF, threads, bf16 p50, RTF: all > 0
         nums = [float(v) for v in r[3:] if v != "|"]
-        assert len(nums) == 7 and all(v > 0 for v in nums)
+        assert len(nums) == 8 and all(v > 0 for v in nums)
+        assert nums[5] == 1  # --threads 1: the traced step had one thread to run on

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from audioseal_live.blocks import StreamingModule, StreamingRoot
+from audioseal_live.blocks import StreamingModule, StreamingRoot, traced
 from audioseal_live.blocks.traced import StreamStep
 from audioseal_live.engine.model import TorchDetector, TorchMarker
 from audioseal_live.models import OFFICIAL_CARDS, AudioSealDetector, AudioSealWM, small_card
@@ -155,3 +155,29 @@ def test_a_state_that_changes_shape_stays_eager() -> None:
         outs = [step(x)[0] for _ in range(5)]
     assert [float(o[0, 0, 0]) for o in outs] == [4.0, 8.0, 12.0, 16.0, 20.0]
     assert step.traced_calls == 0 and step.eager_calls == 5
+
+
+@pytest.mark.parametrize("one_thread", [False, True])
+def test_thread_choice_leaves_the_stream_and_the_threads_as_they_were(
+    monkeypatch: pytest.MonkeyPatch, one_thread: bool
+) -> None:
+    # the choice is timed; force either outcome: one thread never / always counts as faster
+    monkeypatch.setattr(traced, "THREADS_MIN_GAIN", float("inf") if one_thread else 0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        gen = AudioSealWM(small_card("generator")).eval().requires_grad_(False)
+        step = StreamStep(gen, lambda x, m: (gen.get_watermark(x, message=m),))
+        x = torch.from_numpy(audio(HOP * 8)).view(1, 1, -1)
+        msg = torch.tensor([[1, 0] * 8])
+        with torch.inference_mode():
+            whole = gen.get_watermark(x, message=msg)
+            with gen.streaming(1):
+                parts = torch.cat([step(c, msg)[0] for c in x.split(HOP, dim=-1)], dim=-1)
+                assert step.single_threaded == one_thread
+        assert step.traced_calls == 6 and torch.get_num_threads() == 2
+        # the timing trials ran on copies of the state: the stream did not move
+        torch.testing.assert_close(parts, whole, atol=TOL, rtol=0)
+    finally:
+        torch.set_num_threads(threads)

@@ -27,6 +27,7 @@ interleaved A/B on the 2-core VM, 320-sample chunks: generator 2.62 -> 2.14 ms p
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -35,6 +36,15 @@ import torch
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
+
+# A traced step runs on one intra-op thread unless torch's threads time clearly faster (by
+# this factor, best of THREAD_TRIALS calls each, when the graph is new). The default model's
+# 20 ms step is hundreds of ops of microseconds: splitting them saves about nothing on a quiet
+# machine, and on a busy one every op waits for the thread that is not running (2-core VM, one
+# CPU hog beside: the default detector's step p90 6.2 ms on 2 threads, 1.0 on one; the
+# official detector's 42-82 ms vs 4.6). The official cards' 100 ms steps gain 10-20 % on 2.
+THREADS_MIN_GAIN = 1.1
+THREAD_TRIALS = 5
 
 Slot = tuple[Any, str]  # (object, attribute) that holds carried state
 
@@ -132,6 +142,7 @@ class StreamStep:
         self._held: list[Tensor] | None = None  # state while the graph runs the stream
         self._held_key: Hashable = None
         self._spec: tuple[Hashable, ...] = ()
+        self._one_thread: set[Hashable] = set()  # keys whose graph runs faster on one thread
         self.traced_calls = 0
         self.eager_calls = 0
 
@@ -167,7 +178,7 @@ class StreamStep:
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         key = self._key(inputs)
         if self._held is not None and key == self._held_key:
-            outs = self._graphs[key](*inputs, *self._held)
+            outs = self._run(key, inputs, self._held)
             n = len(outs) - len(self._held)
             self._held = list(outs[n:])
             self.traced_calls += 1
@@ -185,11 +196,58 @@ class StreamStep:
         if key not in self._graphs:
             self._graphs[key] = self._trace(inputs, flat, spec)
             self._specs[key] = spec
+            if self._graphs[key] is not None and self._faster_on_one_thread(key, inputs, flat):
+                self._one_thread.add(key)
         # The graph runs only on the state shapes it was traced with (its sizes are constants):
         # any other state (a stream not yet settled) goes on eagerly.
         if self._graphs[key] is not None and flat and spec == self._specs[key]:
             self._held, self._held_key, self._spec = flat, key, spec
         return outs
+
+    def _run(self, key: Hashable, inputs: tuple[Tensor, ...], state: list[Tensor]) -> Any:
+        threads = torch.get_num_threads()
+        if threads == 1 or key not in self._one_thread:
+            return self._graphs[key](*inputs, *state)
+        torch.set_num_threads(1)  # this thread's setting (OpenMP and MKL keep it per thread)
+        try:
+            return self._graphs[key](*inputs, *state)
+        finally:
+            torch.set_num_threads(threads)
+
+    @property
+    def single_threaded(self) -> bool:
+        """Whether the graph running the stream now runs on one intra-op thread."""
+        return self._held_key in self._one_thread and torch.get_num_threads() > 1
+
+    def _faster_on_one_thread(
+        self, key: Hashable, inputs: tuple[Tensor, ...], flat: list[Tensor]
+    ) -> bool:
+        """Whether the new graph should run on one thread (see ``THREADS_MIN_GAIN``): timed
+        on torch's threads and on one, on copies of the state (the stream does not advance);
+        the first calls of a graph also optimise it, so each setting keeps its best call."""
+        threads = torch.get_num_threads()
+        if threads == 1 or any(t.device.type != "cpu" for t in (*inputs, *flat)):
+            return False
+        graph = self._graphs[key]
+        best: dict[int, float] = {}
+        try:
+            for n in (threads, 1) * THREAD_TRIALS:
+                torch.set_num_threads(n)
+                state = [t.clone() for t in flat]
+                t0 = time.perf_counter()
+                graph(*inputs, *state)
+                best[n] = min(best.get(n, float("inf")), time.perf_counter() - t0)
+        finally:
+            torch.set_num_threads(threads)
+        single = best[1] < THREADS_MIN_GAIN * best[threads]
+        log.info(
+            "traced step: %.2f ms on %d threads, %.2f ms on one: %s",
+            1e3 * best[threads],
+            threads,
+            1e3 * best[1],
+            "runs on one" if single else f"keeps {threads}",
+        )
+        return single
 
     def _trace(self, inputs: tuple[Tensor, ...], flat: list[Tensor], spec: tuple) -> Any:
         """Trace one step from this state; None if the state would not keep its layout."""
