@@ -26,9 +26,15 @@ def aligned(res: LoopResult) -> tuple[np.ndarray, np.ndarray]:
 
 
 def windowed_si_snr(
-    x: np.ndarray, y: np.ndarray, rate: int, max_lag_ms: float = 250.0, win_s: float = 0.25
+    x: np.ndarray,
+    y: np.ndarray,
+    rate: int,
+    slips: int = 0,
+    max_lag_ms: float = 250.0,
+    win_s: float = 0.25,
 ) -> float:
-    """Median over 0.25 s windows of SI-SNR(y vs x), each window at its own best lag.
+    """The typical SI-SNR(y vs x) of the 0.25 s windows that no slip cut, each window at its
+    own best lag: the median if there were no slips.
 
     A JACK xrun drops a period (5.3 ms here) on one side and shifts the rest of the recording
     against the feed; one global lag would then call the whole output distorted. The lag of
@@ -36,7 +42,11 @@ def windowed_si_snr(
     the 40 xruns the check allows (213 ms). Short windows, because one with a slip inside
     scores low: with 1 s windows, ±12 ms, 20 slips in 22 s of speech + a -40 dB mark already
     read 3 dB (a real run once read -4.3); 0.25 s windows read 38 dB there, 26 dB at 40 slips.
-    Silent windows (pauses in the speech) are skipped.
+    Silent windows (pauses in the speech) are skipped. With ``slips`` (JACK xruns) at random
+    times, a fraction p = exp(-slips * win / length) of the windows is expected to hold none;
+    their median is the (1 - p/2) quantile of all windows, the cut ones scoring lower (a CI
+    run with 8.5 s of 22 stolen by the hypervisor had ~230 xruns: most windows held one and
+    the plain median read 16 dB).
     """
     lag = int(rate * max_lag_ms / 1000)
     win = int(rate * win_s)
@@ -51,7 +61,35 @@ def windowed_si_snr(
         xc = np.fft.irfft(np.fft.rfft(seg, n) * np.conj(np.fft.rfft(ref, n)), n)[: 2 * lag + 1]
         best = int(np.argmax(xc)) - lag
         values.append(si_snr(y[start + best : start + best + win], ref))
-    return float(np.median(values))
+    clean = float(np.exp(-slips * win / max(1, len(x))))
+    return float(np.quantile(values, 1.0 - clean / 2))
+
+
+@pytest.mark.parametrize("slips", [0, 40, 230])
+def test_windowed_si_snr_sees_through_slips_but_not_distortion(slips: int) -> None:
+    rate = 48000
+    x = speech(22.0, rate)
+    rng = np.random.default_rng(slips)
+    marked = x + 0.01 * float(np.std(x)) * rng.standard_normal(x.shape[0])  # 40 dB below
+    loud = x + 0.3 * float(np.std(x)) * rng.standard_normal(x.shape[0])  # 10 dB below
+
+    def slipped(y: np.ndarray) -> np.ndarray:
+        # Each xrun skips a 256-frame period one way, and the engine's drift correction brings
+        # the loop back: here every other slip drops a period, the next inserts one of zeros.
+        cuts = np.sort(rng.choice(np.arange(rate, y.shape[0] - rate), slips, replace=False))
+        parts, start = [], 0
+        for i, c in enumerate(cuts):
+            parts.append(y[start:c])
+            if i % 2:
+                parts.append(np.zeros(256, dtype=y.dtype))
+                start = c
+            else:
+                start = c + 256
+        parts.append(y[start:])
+        return np.concatenate(parts)[: y.shape[0]]
+
+    assert windowed_si_snr(x, slipped(marked), rate, slips=slips) >= 30.0
+    assert windowed_si_snr(x, slipped(loud), rate, slips=slips) < 15.0  # the check asks 20
 
 
 def check_audio_path(res: LoopResult, server: object, min_si_snr: float | None = 20.0) -> list[str]:
@@ -84,7 +122,8 @@ def check_audio_path(res: LoopResult, server: object, min_si_snr: float | None =
     assert np.all(np.isfinite(res.recorded)), "NaN/inf in the output"
     assert np.max(np.abs(res.recorded)) <= 1.0, "output above full scale"
     if min_si_snr is not None:
-        assert windowed_si_snr(x, y, res.rate) >= min_si_snr, "output is not input + small wm"
+        value = windowed_si_snr(x, y, res.rate, slips=snap.xruns)
+        assert value >= min_si_snr, f"output is not input + small wm: {value:.1f} dB"
     lag_ms = 1000 * res.lag / res.rate
     # A JACK xrun drops a cycle for every client; the loop can stay a period longer until the
     # drift corrector pulls it back (CI rehearsal, session 6: 67.6 ms against a 62.0 ms budget
@@ -166,7 +205,7 @@ def test_default_model_marks_and_detects(jack_server: object) -> None:
     # What the model itself must deliver live: the mark found at whatever alignment the
     # chain gives, the right bits, a watermark 20 dB below the voice.
     marked = offline_probability(det, y)
-    level = windowed_si_snr(x, y, res.rate)
+    level = windowed_si_snr(x, y, res.rate, slips=res.snapshot.xruns)
     checks = (
         (shift_shortfall(), min(d.history) >= 0.9 and marked.min() >= 0.9),
         (bits_shortfall(MSG), d.match and d.bits == MSG),
