@@ -115,7 +115,8 @@ class CodeReader:
     ) -> None:
         self.code, self.nbits, self.hop = code, nbits, hop
         t = code.templates(nbits, hop, sample_rate)
-        self._t_spec = torch.fft.rfft(t).conj()  # (nbits, bins)
+        # conj_physical: a lazy .conj() would be materialised again at every read
+        self._t_spec = torch.conj_physical(torch.fft.rfft(t))  # (nbits, bins)
         self._band = code.band_mask(hop, sample_rate).float()  # 1 in the band: a dot product
         self.window = window_frames
         self.reset()
