@@ -142,7 +142,7 @@ class StreamStep:
         self._held: list[Tensor] | None = None  # state while the graph runs the stream
         self._held_key: Hashable = None
         self._spec: tuple[Hashable, ...] = ()
-        self._one_thread: set[Hashable] = set()  # keys whose graph runs faster on one thread
+        self._one_thread: set[Hashable] = set()  # keys whose graph runs on one thread
         self.traced_calls = 0
         self.eager_calls = 0
 
