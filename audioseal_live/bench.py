@@ -205,8 +205,10 @@ def format_table(results: list[Timing]) -> str:
     lines = [head, "-" * len(head)]
     # ms: chunk length; p50/mean: compute per chunk in ms, in the quietest of the alternating
     # rounds; RTF: mean compute / chunk length; ours: the eager API (model(x) in streaming());
-    # traced: the same through blocks.traced, what the real-time engine runs; thr: the
-    # intra-op threads it ran on (one unless more timed clearly faster: blocks.traced)
+    # traced: the same through blocks.traced, as the real-time engine runs its models (its
+    # monitor traces det.frame_outputs, without the per-call message read of det(x), and reads
+    # the message on its own schedule); thr: the intra-op threads it ran on (one unless more
+    # timed clearly faster: blocks.traced)
     for (model, chunk), r in ours.items():
         line = f"{model:<10} {chunk:>6} {chunk / 16:>5.0f} | "
         line += f"{r.ms_p50:>8.2f} {r.ms_mean:>6.2f} {r.rtf:>6.3f}"
