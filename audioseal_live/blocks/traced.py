@@ -196,7 +196,7 @@ class StreamStep:
         if key not in self._graphs:
             self._graphs[key] = self._trace(inputs, flat, spec)
             self._specs[key] = spec
-            if self._graphs[key] is not None and self._faster_on_one_thread(key, inputs, flat):
+            if self._graphs[key] is not None and self._prefers_one_thread(key, inputs, flat):
                 self._one_thread.add(key)
         # The graph runs only on the state shapes it was traced with (its sizes are constants):
         # any other state (a stream not yet settled) goes on eagerly.
@@ -219,7 +219,7 @@ class StreamStep:
         """Whether the graph running the stream now runs on one intra-op thread."""
         return self._held_key in self._one_thread and torch.get_num_threads() > 1
 
-    def _faster_on_one_thread(
+    def _prefers_one_thread(
         self, key: Hashable, inputs: tuple[Tensor, ...], flat: list[Tensor]
     ) -> bool:
         """Whether the new graph should run on one thread (see ``THREADS_MIN_GAIN``): timed
