@@ -23,3 +23,13 @@ def test_bench_prints_a_row_per_model_and_chunk() -> None:
         nums = [float(v) for v in r[3:] if v != "|"]
         assert len(nums) == 8 and all(v > 0 for v in nums)
         assert nums[5] == 1  # --threads 1: the traced step had one thread to run on
+
+
+def test_bench_keeps_freed_memory_where_glibc_runs() -> None:
+    import platform
+
+    # in its own process: the setting is process-wide
+    code = "from audioseal_live.bench import keep_freed_memory; print(keep_freed_memory())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert out.stdout.strip() == str(glibc)
