@@ -212,3 +212,18 @@ def test_streaming_detector_reads_the_message_over_the_stream_so_far() -> None:
         with det.streaming(2):
             streamed = torch.cat([det(y[..., i : i + 640])[0] for i in range(0, 320 * 90, 640)], -1)
     assert float((streamed - offline).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("lo_hz", [300.0, 0.0])
+def test_spread_across_lags_is_the_std(lo_hz: float) -> None:
+    # the reader takes each bit's spread as an RMS when its templates have no DC (mean over
+    # lags 0); a code whose band reaches DC keeps the std itself
+    reader = CodeReader(TemplateCode(lo_hz=lo_hz), 16)
+    assert reader._no_dc == (lo_hz > 0)
+    folded = reader.fold(torch.randn(2, 16000, generator=torch.Generator().manual_seed(3)))
+    fast = reader.read(folded)
+    reader._no_dc = False  # the std itself
+    plain = reader.read(folded)
+    assert fast is not None and plain is not None
+    torch.testing.assert_close(fast.z, plain.z, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.sync, plain.sync, atol=1e-5, rtol=1e-5)

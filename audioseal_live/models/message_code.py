@@ -118,6 +118,7 @@ class CodeReader:
         # conj_physical: a lazy .conj() would be materialised again at every read
         self._t_spec = torch.conj_physical(torch.fft.rfft(t))  # (nbits, bins)
         self._band = code.band_mask(hop, sample_rate).float()  # 1 in the band: a dot product
+        self._no_dc = not bool(self._band[0])  # templates without DC: zero mean over lags
         self.window = window_frames
         self.reset()
 
@@ -171,10 +172,13 @@ class CodeReader:
         white = folded.spec * folded.power.clamp_min(EPS).rsqrt()
         # circular cross-correlation with every template at every lag: (B, nbits, hop)
         corr = torch.fft.irfft(white[:, None, :] * self._t_spec.to(white.device), n=self.hop)
-        # Each bit's correlation's spread across lags: its std, which is its RMS, the
-        # templates having no DC (mean over lags = 0); the norm is ~7x faster than std.
-        rms = torch.linalg.vector_norm(corr, dim=-1) / (self.hop - 1) ** 0.5
-        z_all = corr / rms.clamp_min(EPS)[..., None]
+        # Each bit's correlation's spread across lags: its std, which is its RMS when the
+        # templates have no DC (mean over lags = 0); the norm is ~7x faster than std.
+        if self._no_dc:
+            spread = torch.linalg.vector_norm(corr, dim=-1) / (self.hop - 1) ** 0.5
+        else:
+            spread = corr.std(dim=-1)
+        z_all = corr / spread.clamp_min(EPS)[..., None]
         score = z_all.abs().sum(dim=1)  # (B, hop)
         lag = score.argmax(dim=-1)
         z = z_all.gather(-1, lag[:, None, None].expand(-1, self.nbits, 1))[..., 0]
