@@ -125,4 +125,5 @@ def test_switch_off_gives_the_python_callback(monkeypatch: pytest.MonkeyPatch) -
     assert native_io.native_module() is None
     io, a, b = make_callback_io(1 << 10)
     assert type(io) is CallbackIO and a is io.in_ring and b is io.out_ring
-    assert native_io.stream_callback(io) is None
+    assert native_io.stream_callback(io, 2, 2) is None
+    assert io.stats.native_callback is False

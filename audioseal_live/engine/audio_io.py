@@ -286,10 +286,7 @@ class SoundDeviceBackend:
             io.on_input(indata, frames, bool(status.input_overflow))
             io.on_output(outdata, frames, bool(status.output_underflow))
 
-        self._native = stream_callback(io)
-        self.stats.native_callback = self._native is not None
-        if self._native is not None:
-            io.set_channels(self.in_channels, self.out_channels)  # type: ignore[attr-defined]
+        self._native = stream_callback(io, self.in_channels, self.out_channels)
         try:
             if self.duplex:
                 devices = (self.input_device, self.output_device)
@@ -306,11 +303,6 @@ class SoundDeviceBackend:
         except Exception as exc:
             self.close()
             raise DeviceError(f"cannot open audio streams: {exc}") from None
-
-    @property
-    def native_callback(self) -> bool:
-        """Whether the streams run the C callback (no GIL on the audio thread)."""
-        return self._native is not None
 
     def _stream(self, sd: Any, kind: str, device: Any, channels: Any, python_callback: Any) -> Any:
         return open_stream(
@@ -369,10 +361,7 @@ class CaptureStream:
         self.stats = self._io.stats
         sd = _sd()
         ch = max(1, min(int(sd.query_devices(device)["max_input_channels"]), 2))
-        native = stream_callback(self._io)
-        self.stats.native_callback = native is not None
-        if native is not None:
-            self._io.set_channels(ch, 1)  # type: ignore[attr-defined]
+        native = stream_callback(self._io, ch, 1)
 
         def cb(indata: np.ndarray, frames: int, time: Any, status: Any) -> None:
             self._io.on_input(indata, frames, bool(status.input_overflow))

@@ -218,12 +218,16 @@ def make_callback_io(
     return io, io.in_ring, io.out_ring
 
 
-def stream_callback(io: Any) -> tuple[Any, Any] | None:
-    """(callback pointer, userdata pointer) as cffi objects for sounddevice, or None when
-    ``io`` runs the Python callback."""
-    if not isinstance(io, NativeCallbackIO):
+def stream_callback(io: Any, in_channels: int, out_channels: int) -> tuple[Any, Any] | None:
+    """Set ``io`` up for streams of these channel counts: (callback pointer, userdata
+    pointer) as cffi objects for sounddevice, or None when ``io`` runs the Python callback.
+    ``io.stats.native_callback`` says which."""
+    native = isinstance(io, NativeCallbackIO)
+    io.stats.native_callback = native
+    if not native:
         return None
     import sounddevice as sd
 
+    io.set_channels(in_channels, out_channels)
     ffi = sd._ffi
     return ffi.cast("PaStreamCallback *", io.callback), ffi.cast("void *", io.userdata)
