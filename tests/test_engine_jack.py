@@ -148,18 +148,22 @@ def offline_probability(det: torch.nn.Module, x48k: np.ndarray) -> np.ndarray:
     return probs[:, 1].mean(dim=-1).numpy()
 
 
-@pytest.mark.parametrize("callback", ["native", "python"])
-def test_random_model_audio_path(
-    jack_server: object, callback: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What needs no trained model: the audio path itself, with a random small generator;
-    through the C callback (engine/_rtio.c) and through the Python one it falls back to."""
+@pytest.fixture(params=["native", "python"])
+def callback(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The audio callback the streams open with: the C one (engine/_rtio.c), or the Python one
+    the engine falls back to."""
     from audioseal_live.engine.native_io import native_module
 
-    if callback == "python":
+    if request.param == "python":
         monkeypatch.setenv("AUDIOSEAL_LIVE_PY_CALLBACK", "1")
     elif native_module() is None:
         pytest.skip("the C callback module is not built here")
+    return request.param
+
+
+def test_random_model_audio_path(jack_server: object, callback: str) -> None:
+    """What needs no trained model: the audio path itself, with a random small generator;
+    through the C callback (engine/_rtio.c) and through the Python one it falls back to."""
     from audioseal_live.models import AudioSealWM, small_card
 
     torch.manual_seed(0)
@@ -224,21 +228,13 @@ def test_default_model_marks_and_detects(jack_server: object) -> None:
     assert not known
 
 
-@pytest.mark.parametrize("callback", ["native", "python"])
-def test_capture_monitor_stream_receives_audio(
-    jack_server: object, callback: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_capture_monitor_stream_receives_audio(jack_server: object, callback: str) -> None:
     """The monitor's capture input (a loopback or room mic) runs the same callbacks as the
     main streams: frames arrive in the ring the monitor reads, counted."""
     import time
 
     from audioseal_live.engine.audio_io import CaptureStream, resolve_device
-    from audioseal_live.engine.native_io import native_module
 
-    if callback == "python":
-        monkeypatch.setenv("AUDIOSEAL_LIVE_PY_CALLBACK", "1")
-    elif native_module() is None:
-        pytest.skip("the C callback module is not built here")
     cap = CaptureStream(resolve_device("system", "input"), 48000, 1 << 18)
     try:
         cap.start()
