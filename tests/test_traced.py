@@ -66,6 +66,22 @@ def test_traced_graphs_hold_no_shape_arithmetic() -> None:
     marker.close()
 
 
+def test_tracing_keeps_one_copy_of_each_stream_weight() -> None:
+    """While tracing, sizes are tensors: weights keyed by them would be copied again for
+    every graph (the official generator's 52 MB once per chunk size)."""
+    torch.manual_seed(0)
+    gen = AudioSealWM(small_card("generator")).eval()
+    marker = TorchMarker(gen)
+    marker.reset()
+    for n in (HOP, HOP, HOP, 2 * HOP, 2 * HOP, 2 * HOP, HOP):
+        marker.process(audio(n), [1, 0] * 8)
+    keys = [k for m in gen.modules() if isinstance(m, StreamingModule) for k in m._weights]
+    assert keys and all(type(gemv) is bool for _, gemv in keys)
+    lstms = [sorted(m._layer_cache) for m in gen.modules() if hasattr(m, "_layer_cache")]
+    assert lstms and all(rows == [1, 2] for rows in lstms)  # per row count, not per trace
+    marker.close()
+
+
 @pytest.mark.parametrize("phases", [4, 1])
 def test_traced_detector_narrows_and_equals_eager(phases: int) -> None:
     """Narrowed to a layout warm_up traced (one signal at phase 0: a one-phase card), the

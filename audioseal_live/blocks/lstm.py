@@ -80,6 +80,7 @@ class StreamingLSTM(StreamingModule):
     def _layers(self, rows: int) -> list[LayerWeights]:
         # Built once per stream (weights are frozen while streaming), not per chunk; the
         # input projection's layout follows its rows (frames x batch), h @ W_hh is a gemv.
+        rows = int(rows)  # while tracing a tensor, which would key a new copy per trace
         layers = self._layer_cache.get(rows)
         if layers is None:
             layers = []

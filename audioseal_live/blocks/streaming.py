@@ -108,7 +108,7 @@ class StreamingModule(nn.Module):
         row-major at every size (5x512 @ 512x2048: 100 us vs 430 us in float32). Weights are
         frozen while streaming (inference), so the copy stays valid until the stream ends.
         """
-        gemv = rows == 1
+        gemv = int(rows) == 1  # a tracer hands sizes over as tensors, which hash by identity
         w = self._weights.get((key, gemv))
         if w is None:
             w = make().detach().to(self._matmul_dtype)
