@@ -502,6 +502,20 @@ def test_eval_prints_a_table(corpus: Path, tmp_path: Path, capsys: pytest.Captur
     assert (tmp_path / "eval" / "eval.md").is_file()
 
 
+def test_eval_strength_scales_the_mark(corpus: Path) -> None:
+    """``eval --alpha`` embeds as the app's Strength control does: half the strength is the
+    watermark 6.02 dB quieter (SI-SNR: the watermark's level under the signal)."""
+    from audioseal_live import AudioSeal
+    from audioseal_live.training.evaluate import embed, test_windows
+
+    gen = AudioSeal.load_generator()
+    x, _ = test_windows(corpus, 0, 8, ("speech", "tts", "music", "mix"))
+    msg = torch.randint(0, 2, (len(x), gen.nbits))
+    with torch.inference_mode():
+        snr = {a: float(L.si_snr_db(x, embed(gen, x, msg, alpha=a)).mean()) for a in (1.0, 0.5)}
+    assert len(x) > 0 and snr[0.5] - snr[1.0] == pytest.approx(20 * math.log10(2), abs=0.05)
+
+
 def test_eval_metrics() -> None:
     from audioseal_live.training.evaluate import auc, tpr_at_fpr
 

@@ -256,6 +256,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--device", default="cpu", help="only cpu for now (the models are small)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=1.0,
+        help="watermark strength, as the app's Strength (1.0 = 100 %%)",
+    )
     p.set_defaults(func=_eval)
 
 

@@ -73,8 +73,11 @@ def test_windows(
 
 
 @torch.inference_mode()
-def embed(gen: AudioSealWM, x: Tensor, msg: Tensor, batch: int = 16) -> Tensor:
-    out = [gen(x[i : i + batch], message=msg[i : i + batch]) for i in range(0, len(x), batch)]
+def embed(gen: AudioSealWM, x: Tensor, msg: Tensor, batch: int = 16, alpha: float = 1.0) -> Tensor:
+    out = [
+        gen(x[i : i + batch], message=msg[i : i + batch], alpha=alpha)
+        for i in range(0, len(x), batch)
+    ]
     return torch.cat(out) if out else x
 
 
@@ -173,7 +176,12 @@ def quality_figures(
 
 
 def localization(
-    gen: AudioSealWM, det: AudioSealDetector, x: Tensor, count: int, rng: np.random.Generator
+    gen: AudioSealWM,
+    det: AudioSealDetector,
+    x: Tensor,
+    count: int,
+    rng: np.random.Generator,
+    alpha: float = 1.0,
 ) -> dict[str, float]:
     """A 1-3 s marked span inside 10 s: per-sample accuracy and IoU of the marked region."""
     n = min(count, len(x) // 10)
@@ -190,7 +198,7 @@ def localization(
         truth[start : start + span] = True
         with torch.inference_mode():
             wm = gen.get_watermark(host, message=msg)
-            marked = host + wm * truth.float()
+            marked = host + alpha * wm * truth.float()
             probs, _ = det(marked)
         pred = probs[0, 1] > 0.5
         accs.append(float((pred == truth).float().mean()))
@@ -229,7 +237,9 @@ def evaluate(
     attack_windows: int = 100,
     localization_examples: int = 10,
     seed: int = 0,
+    alpha: float = 1.0,
 ) -> dict[str, Any]:
+    """``alpha``: the watermark's strength, as the app's Strength control (1.0 = 100 %)."""
     from audioseal_live.training.attacks import ATTACKS
 
     t0 = time.time()
@@ -242,10 +252,14 @@ def evaluate(
         raise CorpusMissingError(f"no test windows in {corpus}")
     rng = np.random.default_rng(seed)
     msg = torch.from_numpy(rng.integers(0, 2, (len(x), gen.nbits)))
-    y = embed(gen, x, msg)
+    y = embed(gen, x, msg, alpha=alpha)
     pos, bits, _ = detect(det, y)
     neg, _, _ = detect(det, x)
-    res: dict[str, Any] = {"windows": len(x), "kinds": {k: kinds.count(k) for k in set(kinds)}}
+    res: dict[str, Any] = {
+        "windows": len(x),
+        "kinds": {k: kinds.count(k) for k in set(kinds)},
+        "alpha": alpha,
+    }
     res["quality"] = quality_figures(x, y, kinds)
     res["clean"] = {**detection_figures(pos, neg), **bit_figures(bits, msg, pos > 0.5)}
     per_kind = {}
@@ -274,7 +288,7 @@ def evaluate(
         res["attacks"][name] = {**detection_figures(pa, na), **bit_figures(ba, msg[:m])}
     accs = [v["acc_at_0.5"] for k, v in res["attacks"].items() if "acc_at_0.5" in v and k != "none"]
     res["attack_mean_acc"] = float(np.mean(accs)) if accs else math.nan
-    res["localization"] = localization(gen, det, x, localization_examples, rng)
+    res["localization"] = localization(gen, det, x, localization_examples, rng, alpha)
     q, c = res["quality"], res["clean"]
     res["targets"] = {
         "si_snr_db >= 26": q["si_snr_db"] >= TARGETS["si_snr_db"],
@@ -298,7 +312,8 @@ def _f(v: Any, digits: int = 3) -> str:
 def markdown(res: dict[str, Any]) -> str:
     q, c = res["quality"], res["clean"]
     lines = [
-        f"Test windows: {res['windows']} × 1 s ({res['kinds']}), eval took {res['seconds']} s",
+        f"Test windows: {res['windows']} × 1 s ({res['kinds']}), strength (alpha) "
+        f"{res.get('alpha', 1.0):g}, eval took {res['seconds']} s",
         "",
         "| clean | value |",
         "|---|---|",
@@ -366,6 +381,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         args.attack_windows,
         args.localization,
         args.seed,
+        args.alpha,
     )
     res["model"] = args.model or "shipped default (assets/model)"
     out = Path(args.out)
