@@ -26,7 +26,7 @@ from audioseal_live_gui.message_editor import MessageEditor, value_to_bits
 from audioseal_live_gui.probability_plot import ProbabilityPlot
 from audioseal_live_gui.settings import DeviceRef, GuiSettings
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QColor, QFont, QPalette
+from PySide6.QtGui import QCloseEvent, QColor, QFont, QKeySequence, QPalette, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
     QComboBox,
@@ -265,6 +265,20 @@ class MainWindow(QMainWindow):
         self.record_label.setObjectName("caption")
         self.record_label.setWordWrap(True)
         lay.addWidget(self.record_label)
+        self.record_button.setToolTip("record the marked output to a WAV file")
+        self.start_button.setToolTip("start or stop the live watermark")
+        # Keys for the three things done mid-call, away from the mouse. Ctrl (Cmd on macOS)
+        # with each: a bare Space would steal the focused button's own Space.
+        self.shortcuts = {
+            "Ctrl+Return": self.start_button,
+            "Ctrl+B": self.bypass_button,
+            "Ctrl+R": self.record_button,
+        }
+        for keys, button in self.shortcuts.items():
+            seq = QKeySequence(keys)
+            QShortcut(seq, self, button.click)  # click(): does nothing while disabled
+            text = seq.toString(QKeySequence.SequenceFormat.NativeText)
+            button.setToolTip(f"{button.toolTip()} ({text})")
         return box
 
     # ================================================================= look

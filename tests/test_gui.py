@@ -159,6 +159,29 @@ def test_settings_round_trip(qtbot: Any, tmp_path: Path) -> None:
     w2.close()
 
 
+def test_keyboard_shortcuts_press_the_buttons(qtbot: Any, tmp_path: Path) -> None:
+    """Ctrl+B toggles bypass, Ctrl+R does nothing while stopped (no recording without a
+    stream), Ctrl+Return starts and stops; the tooltips name the keys."""
+    w = MainWindow(st.qsettings(str(tmp_path / "settings.ini")))
+    qtbot.addWidget(w)
+    w.show()
+    w.activateWindow()
+    qtbot.waitUntil(w.isActiveWindow, timeout=3000)  # window shortcuts need the active window
+    clicks: list[bool] = []
+    w.start_button.clicked.disconnect()  # starting needs audio devices: count the press
+    w.start_button.clicked.connect(lambda: clicks.append(True))
+    qtbot.keyClick(w, Qt.Key.Key_B, Qt.KeyboardModifier.ControlModifier)
+    assert w.bypass_button.isChecked()
+    qtbot.keyClick(w, Qt.Key.Key_B, Qt.KeyboardModifier.ControlModifier)
+    assert not w.bypass_button.isChecked()
+    qtbot.keyClick(w, Qt.Key.Key_R, Qt.KeyboardModifier.ControlModifier)
+    assert not w.record_button.isChecked() and not w.record_button.isEnabled()
+    qtbot.keyClick(w, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    assert clicks == [True]
+    assert "Ctrl+B" in w.bypass_button.toolTip() and "Ctrl+R" in w.record_button.toolTip()
+    w.close()
+
+
 def test_uncaught_exceptions_show_one_dialog(qtbot: Any, tmp_path: Path) -> None:
     from audioseal_live_gui.app import ExceptionReporter
 
