@@ -516,6 +516,14 @@ def test_eval_strength_scales_the_mark(corpus: Path) -> None:
     assert len(x) > 0 and snr[0.5] - snr[1.0] == pytest.approx(20 * math.log10(2), abs=0.05)
 
 
+def test_eval_refuses_a_strength_that_is_not_one(capsys: pytest.CaptureFixture) -> None:
+    from audioseal_live.cli import main
+
+    for bad in ("nan", "-1", "inf"):
+        assert main(["eval", "--alpha", bad]) == 2
+        assert "--alpha must be a finite strength" in capsys.readouterr().err
+
+
 def test_eval_metrics() -> None:
     from audioseal_live.training.evaluate import auc, tpr_at_fpr
 

@@ -9,9 +9,10 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import math
 from pathlib import Path
 
-from audioseal_live.errors import AudioSealLiveError
+from audioseal_live.errors import AudioSealLiveError, SettingError
 
 STAGES = ("detect", "message", "quality")  # trainer.STAGES, without importing torch here
 
@@ -89,6 +90,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.device != "cpu":
         raise TrainingSetupError("eval runs on the CPU only (--device cpu)")
+    if not args.alpha >= 0 or math.isinf(args.alpha):  # also refuses NaN
+        raise SettingError(f"--alpha must be a finite strength >= 0, got {args.alpha}")
     run_eval(args)
     return 0
 
