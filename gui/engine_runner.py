@@ -152,7 +152,9 @@ class EngineRunner(QObject):
         w.sinks = [*w.sinks, self.recorder]
         log.info("recording to %s", path)
 
-    def stop_recording(self) -> tuple[Path, float] | None:
+    def stop_recording(self) -> tuple[Path, float, float] | None:
+        """Finish the recording: (path, seconds, seconds the disk was too slow for, written
+        as silence), or None if none was running."""
         rec, self.recorder = self.recorder, None
         if rec is None:
             return None
@@ -162,7 +164,7 @@ class EngineRunner(QObject):
         rec.close()  # flushes on its writer thread, renames the file into place
         if rec.error:
             raise DeviceError(rec.error)
-        return rec.path, rec.frames / rec.sample_rate
+        return rec.path, rec.frames / rec.sample_rate, rec.dropped / rec.sample_rate
 
     # ----- stop --------------------------------------------------------------------------
     def stop(self) -> Snapshot:

@@ -614,7 +614,9 @@ class MainWindow(QMainWindow):
             else:
                 saved = self.runner.stop_recording()
                 if saved:
-                    self.record_label.setText(f"saved {saved[1]:.1f} s to {saved[0]}")
+                    path, seconds, lost = saved
+                    gaps = f" ({lost:.1f} s as silence: the disk was too slow)" if lost else ""
+                    self.record_label.setText(f"saved {seconds:.1f} s to {path}{gaps}")
         except AudioSealLiveError as exc:
             self.record_button.blockSignals(True)
             self.record_button.setChecked(False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -605,3 +607,138 @@ def test_xrun_causes_reads_who_was_late(tmp_path) -> None:
     assert engine == (2, 2, 1, 1)
     assert c.host == 2
     assert xrun_causes(log, log.stat().st_size).events == 0  # only what came after the mark
+
+
+# ----- failure paths (session 10 review) -----------------------------------------------
+def test_a_failed_start_leaves_an_earlier_recording_alone(tmp_path) -> None:
+    """The first recorder opens, the second path is bad: the start fails and the file the
+    user already had under the first name is untouched (no empty file renamed over it)."""
+    import soundfile as sf
+
+    take = tmp_path / "take1.wav"
+    sf.write(take, noise(1.0), 48000)
+    cfg = EngineConfig(monitor=None, record=str(take), record_input=str(tmp_path / "in.mp3"))
+    eng = Engine(cfg, marker=FakeMarker(), backend_factory=fake_factory())
+    with pytest.raises(AudioFileError, match="in.mp3"):
+        eng.start(threads=False)
+    assert sf.info(take).frames == 48000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["take1.wav"]  # no temp file left
+
+
+def test_recording_paths_that_cannot_be_written_are_clear_errors(tmp_path) -> None:
+    (tmp_path / "out.wav").mkdir()
+    with pytest.raises(AudioFileError, match="it is a folder"):
+        Recorder(tmp_path / "out.wav", 48000)
+    with pytest.raises(AudioFileError, match="folder does not exist"):
+        Recorder(tmp_path / "missing" / "out.wav", 48000)
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root writes anywhere: make creating the file fail
+            ro.chmod(0o700)
+            ro = ro / "not-a-folder"
+            ro.write_text("")
+        with pytest.raises(AudioFileError, match="cannot write"):
+            Recorder(ro / "out.wav", 48000)
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+
+
+def test_recorder_keeps_time_when_the_disk_falls_behind(tmp_path) -> None:
+    """Past its queue, the recorder drops audio but writes as much silence in its place:
+    the file is as long as what was pushed, and the loss is counted."""
+    import threading
+
+    import soundfile as sf
+
+    path = tmp_path / "rec.wav"
+    rec = Recorder(path, 48000, max_queue_s=0.05)  # 2400 samples of queue
+    gate = threading.Event()
+    real = rec._file.write
+    rec._file.write = lambda x: (gate.wait(), real(x))  # a disk that stalls
+    blocks = [np.full(256, 0.5 + k / 100, np.float32) for k in range(40)]
+    for b in blocks:
+        rec.push(b)
+    gate.set()
+    rec.close()
+    data, _ = sf.read(path, dtype="float32")
+    assert data.shape[0] == 40 * 256 and rec.dropped > 0 and rec.frames == 40 * 256
+    silent = sum(int(np.all(data[k * 256 : (k + 1) * 256] == 0)) for k in range(40))
+    assert silent * 256 == rec.dropped  # every dropped block became silence, in place
+    assert np.allclose(data[:256], blocks[0], atol=1e-6)
+
+
+def test_worker_survives_an_error_outside_the_model() -> None:
+    """An exception anywhere in a worker step (here a sink) is counted and shown, and the
+    worker thread keeps running instead of leaving the output silent."""
+
+    class BadSink:
+        def push(self, x: np.ndarray) -> None:
+            raise RuntimeError("sink exploded")
+
+    factory = fake_factory()
+    eng = Engine(EngineConfig(monitor=None), marker=FakeMarker(), backend_factory=factory)
+    eng.start(threads=True)
+    try:
+        eng.worker.input_sinks.append(BadSink())
+        be = factory.holder["backend"]
+        for _ in range(20):
+            be.feed(256)
+            be.drain(256)
+            time.sleep(0.005)
+        assert eng.worker._thread.is_alive()
+        snap = eng.snapshot()
+        assert snap.callback_errors > 0 and "sink exploded" in snap.last_error
+    finally:
+        eng.stop()
+
+
+def test_ms_per_chunk_is_the_latest_chunk_after_the_window_wraps() -> None:
+    from audioseal_live.engine.metrics import TimingWindow
+
+    t = TimingWindow(size=500)
+    for _ in range(500):
+        t.add(5.0, 20.0)
+    t.add(50.0, 20.0)
+    assert t.last_ms() == 50.0
+
+
+def test_input_stream_is_closed_when_the_output_stream_fails(monkeypatch) -> None:
+    import types
+
+    from audioseal_live.engine import audio_io, native_io
+    from audioseal_live.engine.audio_io import SoundDeviceBackend
+    from audioseal_live.errors import DeviceError
+
+    opened: list[object] = []
+
+    class FakeStream:
+        def __init__(self, **kw: object) -> None:
+            self.closed, self.latency = False, 0.01
+            opened.append(self)
+
+        def close(self) -> None:
+            self.closed = True
+
+        def stop(self) -> None:
+            pass
+
+    class FailingOut(FakeStream):
+        def __init__(self, **kw: object) -> None:
+            raise RuntimeError("Device unavailable [PaErrorCode -9985]")
+
+    sd = types.SimpleNamespace(
+        query_devices=lambda i: {"max_input_channels": 2, "max_output_channels": 2},
+        check_input_settings=lambda **k: None,
+        check_output_settings=lambda **k: None,
+        Stream=FakeStream,
+        InputStream=FakeStream,
+        OutputStream=FailingOut,
+    )
+    monkeypatch.setattr(audio_io, "_sd", lambda: sd)
+    monkeypatch.setattr(native_io, "stream_callback", lambda io, a, b: None)
+    io = CallbackIO(RingBuffer(1024), RingBuffer(1024))
+    backend = SoundDeviceBackend(io, input_device=0, output_device=1, sample_rate=48000)
+    with pytest.raises(DeviceError, match="cannot open audio streams"):
+        backend.open()
+    assert len(opened) == 1 and opened[0].closed  # type: ignore[attr-defined]

@@ -296,6 +296,7 @@ class SoundDeviceBackend:
                 self.stats.input_latency, self.stats.output_latency = map(float, s.latency)
             else:
                 si = self._stream(sd, "input", self.input_device, self.in_channels, cb_in)
+                self._streams = [si]  # so that close() below lets it go if the output fails
                 so = self._stream(sd, "output", self.output_device, self.out_channels, cb_out)
                 self._streams = [so, si]
                 self.stats.input_latency = float(si.latency)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from audioseal_live.errors import AudioSealLiveError, DeviceError, MessageError
+from audioseal_live.errors import AudioFileError, AudioSealLiveError, DeviceError, MessageError
 
 log = logging.getLogger(__name__)
 NBITS = 16
@@ -106,6 +106,9 @@ def _engine_config(args: argparse.Namespace, **over: Any) -> Any:
 
 def _live(args: argparse.Namespace, engine: Any) -> int:
     tty = sys.stderr.isatty()
+    stats = Path(args.stats_json) if args.stats_json else None
+    if stats is not None and not stats.parent.is_dir():  # before the run, not after it
+        raise AudioFileError(f"cannot write {stats}: folder does not exist")
     try:
         engine.start()
     except ValueError as exc:  # bad chunk size and similar settings
@@ -133,8 +136,13 @@ def _live(args: argparse.Namespace, engine: Any) -> int:
         if tty:
             print(file=sys.stderr)
     print(snap.status_line(), file=sys.stderr)
-    if args.stats_json:
-        Path(args.stats_json).write_text(json.dumps(snap.to_dict(), indent=2))
+    if stats is not None:
+        try:
+            stats.write_text(json.dumps(snap.to_dict(), indent=2))
+        except OSError as exc:
+            raise AudioFileError(f"cannot write {stats}: {exc.strerror or exc}") from None
+    if engine.record_errors:
+        raise AudioFileError("; ".join(engine.record_errors) + " (nothing was saved)")
     return 0
 
 

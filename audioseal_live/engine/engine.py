@@ -124,6 +124,7 @@ class Engine:
         self.backend: Any = None
         self._capture: CaptureStream | None = None
         self._recorders: list[Recorder] = []
+        self._record_errors: list[str] = []  # recordings that could not be saved, at stop
         self._final: Snapshot | None = None
         self._gc_frozen = False
         self._threads_started = False
@@ -251,7 +252,7 @@ class Engine:
             if self._capture is not None:
                 self._capture.start()
         except BaseException:
-            self._teardown()
+            self._teardown(failed=True)
             raise
         log.info(
             "engine running: %d Hz, chunk %.0f ms, block %d, target %d samples, budget %.1f ms, "
@@ -282,7 +283,9 @@ class Engine:
     def detection(self) -> Detection:
         return self.monitor.detection if self.monitor is not None else Detection()
 
-    def _teardown(self) -> None:
+    def _teardown(self, failed: bool = False) -> None:
+        """Stop everything that started; ``failed``: a start that did not finish, whose
+        recordings are dropped (a half-opened session must not replace an earlier file)."""
         if self._gc_frozen:
             gc.unfreeze()
             self._gc_frozen = False
@@ -296,7 +299,12 @@ class Engine:
         if self.monitor is not None:
             self.monitor.stop()
         for r in self._recorders:
-            r.close()
+            if failed:
+                r.abort()
+            else:
+                r.close()  # never raises: a failure is in r.error and the log
+                if r.error:
+                    self._record_errors.append(r.error)
         self._recorders = []
         if self._marker is not None:
             self._marker.close()
@@ -310,6 +318,11 @@ class Engine:
         self._teardown()
         self._final = self.worker.final_snapshot()
         return self._final
+
+    @property
+    def record_errors(self) -> list[str]:
+        """Recordings that could not be saved (known once :meth:`stop` has returned)."""
+        return list(self._record_errors)
 
     def __enter__(self) -> Engine:
         self.start()

@@ -142,5 +142,9 @@ class TimingWindow:
         self._stats_n = self._n
         return self._stats
 
+    def last_ms(self) -> float:
+        """The latest chunk's compute (the window is a ring: slot order is not time order)."""
+        return float(self._ms[(self._n - 1) % self._ms.shape[0]]) if self._n else 0.0
+
     def all_ms(self) -> np.ndarray:
         return self._ms[: min(self._n, self._ms.shape[0])].copy()

@@ -1,8 +1,10 @@
 """Record audio to WAV/FLAC on a writer thread; the file appears complete or not at all.
 
-The worker hands chunks over a bounded queue (never blocks: a full queue drops and counts).
-The writer writes to a hidden temp file next to the target and renames it into place on
-close, so a crash or kill never leaves a truncated WAV/FLAC under the chosen name.
+The worker hands chunks over a queue bounded in seconds of audio (it never blocks: past the
+bound a chunk is dropped, counted, and written later as silence of the same length, so the
+file keeps its timing). The writer writes to a hidden temp file next to the target and renames
+it into place on close, so a crash or kill never leaves a truncated WAV/FLAC under the chosen
+name.
 """
 
 from __future__ import annotations
@@ -42,9 +44,14 @@ class AtomicSoundFile:
         fmt, subtype = format_for(self.path)
         if not self.path.parent.is_dir():
             raise AudioFileError(f"cannot write {self.path}: folder does not exist")
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent
-        )
+        if self.path.is_dir():
+            raise AudioFileError(f"cannot write {self.path}: it is a folder")
+        try:
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent
+            )
+        except OSError as exc:
+            raise AudioFileError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         os.close(fd)
         self.tmp = Path(tmp)
         try:
@@ -83,14 +90,21 @@ class AtomicSoundFile:
 
 
 class Recorder:
+    """A worker sink (``push``) that records to ``path`` on its own thread."""
+
     def __init__(
         self, path: str | os.PathLike[str], sample_rate: int, max_queue_s: float = 10
     ) -> None:
         self.path = Path(path)
         self.sample_rate = int(sample_rate)
         self._file = AtomicSoundFile(self.path, sample_rate, 1)
-        self._q: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=max(8, int(max_queue_s * 50)))
-        self.dropped = 0
+        # (silence to write first, audio): unbounded as a queue, bounded in samples by push()
+        self._q: queue.Queue[tuple[int, np.ndarray] | None] = queue.Queue()
+        self._limit = max(1, int(max_queue_s * self.sample_rate))
+        self._pushed = 0  # samples queued, written by the worker only...
+        self._taken = 0  # ...and samples the writer has taken off the queue, by it only
+        self._gap = 0  # samples dropped since the last queued chunk (worker only)
+        self.dropped = 0  # samples that reached the file as silence: the disk fell behind
         self.frames = 0
         self.error: str = ""
         self._thread = threading.Thread(target=self._run, name="audioseal-recorder", daemon=True)
@@ -98,31 +112,62 @@ class Recorder:
 
     def push(self, x: np.ndarray) -> None:
         """Worker side: never blocks."""
-        try:
-            self._q.put_nowait(x.copy())
-        except queue.Full:
-            self.dropped += x.shape[0]
+        n = int(x.shape[0])
+        if self._pushed - self._taken + n > self._limit:
+            self._gap += n
+            self.dropped += n
+            return
+        self._q.put((self._gap, x.copy()))
+        self._pushed += n
+        self._gap = 0
 
     def _run(self) -> None:
         while True:
-            x = self._q.get()
-            if x is None:
+            item = self._q.get()
+            if item is None:
                 return
+            gap, x = item
+            self._taken += x.shape[0]
             if self.error:
                 continue
             try:
+                for start in range(0, gap, self.sample_rate):  # silence in 1 s pieces
+                    self._file.write(np.zeros(min(self.sample_rate, gap - start), np.float32))
                 self._file.write(x)
-                self.frames += x.shape[0]
+                self.frames += gap + x.shape[0]
             except Exception as exc:  # disk full etc.: keep audio running, report
                 self.error = f"recording {self.path}: {exc}"
                 log.error("%s", self.error)
 
     def close(self) -> None:
-        """Flush, then rename into place (or delete the temp file if writing failed)."""
-        self._q.put(None)
-        self._thread.join(timeout=30)
+        """Flush, then rename into place (or delete the temp file if writing failed). Never
+        raises: what went wrong is in ``error`` (and the log)."""
+        self._finish()
+        if not self.error:
+            try:
+                self._file.commit()
+            except OSError as exc:
+                self.error = f"recording {self.path}: {exc.strerror or exc}"
         if self.error:
             self._file.abort()
-        else:
-            self._file.commit()
-            log.info("recorded %.1f s to %s", self.frames / self.sample_rate, self.path)
+            log.error("%s; nothing was saved", self.error)
+            return
+        log.info("recorded %.1f s to %s", self.frames / self.sample_rate, self.path)
+        if self.dropped:
+            log.warning(
+                "recording %s: %.2f s came faster than the disk took them and were written as "
+                "silence",
+                self.path,
+                self.dropped / self.sample_rate,
+            )
+
+    def abort(self) -> None:
+        """Stop and delete the temp file: nothing appears under ``path`` (a failed start)."""
+        self._finish()
+        self._file.abort()
+
+    def _finish(self) -> None:
+        self._q.put((self._gap, np.zeros(0, np.float32)))  # a trailing gap keeps the length
+        self._gap = 0
+        self._q.put(None)
+        self._thread.join(timeout=30)

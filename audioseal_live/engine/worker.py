@@ -6,6 +6,7 @@ input ring holds and is what tests drive directly with a fake clock; ``run()`` l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -384,7 +385,7 @@ class Worker:
             peak_out=self._levels[2],
             rms_out=self._levels[3],
             chunks=self.chunks,
-            ms_per_chunk=float(self.timing.all_ms()[-1]) if self.chunks else 0.0,
+            ms_per_chunk=self.timing.last_ms(),
             ms_per_chunk_p50=p50,
             ms_per_chunk_p99=p99,
             rtf=rtf,
@@ -434,7 +435,18 @@ class Worker:
         idle = min(0.002, 0.25 * self.block_size / self.rate)
         try:
             while not self._stop.is_set():
-                if not self.step():
+                try:
+                    if not self.step():
+                        time.sleep(idle)
+                except Exception as exc:  # noqa: BLE001 - a dead worker would mean silence
+                    # Model failures are handled inside step(); this is anything else (a sink,
+                    # the resampler): count it, show it, and keep serving the stream.
+                    self.worker_errors += 1
+                    self.last_error = f"worker: {exc!r}"
+                    if self.worker_errors <= 3:
+                        log.exception("worker step failed; the stream goes on")
+                    with contextlib.suppress(Exception):
+                        self._publish(fresh=True)
                     time.sleep(idle)
         finally:
             if ctx is not None:
