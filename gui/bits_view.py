@@ -22,17 +22,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from audioseal_live.engine.metrics import Snapshot
+from audioseal_live.engine.metrics import NO_MONITOR, Snapshot
 
-STOPPED, NOT_DETECTED, DETECTING, MATCH, MISMATCH = (
+STOPPED, NOT_DETECTED, DETECTING, MATCH, MISMATCH, OFF = (
     "stopped",
     "not detected",
     "detecting",
     "match",
     "mismatch",
+    "detector off",
 )
 STATE_TEXT = {
     STOPPED: "STOPPED",
+    OFF: "DETECTOR OFF",
     NOT_DETECTED: "NOT DETECTED",
     DETECTING: "DETECTED",
     MATCH: "MATCH",
@@ -40,6 +42,7 @@ STATE_TEXT = {
 }
 STATE_COLOR = {
     STOPPED: None,  # palette text, dimmed
+    OFF: None,
     NOT_DETECTED: QColor("#8b949e"),
     DETECTING: QColor("#58a6ff"),
     MATCH: QColor("#2ea043"),
@@ -67,9 +70,15 @@ class MatchState:
         self.state = self._candidate = STOPPED
         self.detected = False
 
-    def update(self, prob: float, match: bool | None, running: bool, now: float) -> str:
-        if not running:
+    def update(
+        self, prob: float, match: bool | None, running: bool, now: float, listening: bool = True
+    ) -> str:
+        """``listening``: a detector is running (the monitor is not set to off); without one
+        nothing is known about the mark, which is not the same as "not detected"."""
+        if not running or not listening:
             self.reset()
+            if running:
+                self.state = self._candidate = OFF
             return self.state
         if self.detected and prob < self.off:
             self.detected = False
@@ -83,7 +92,9 @@ class MatchState:
             cand = MATCH if match else MISMATCH
         if cand != self._candidate:
             self._candidate, self._since = cand, now
-        if self.state == STOPPED or (cand != self.state and now - self._since >= self.hold_s):
+        if self.state in (STOPPED, OFF) or (
+            cand != self.state and now - self._since >= self.hold_s
+        ):
             self.state = cand
         return self.state
 
@@ -216,7 +227,8 @@ class BitsView(QWidget):
         now = time.monotonic() if now is None else now
         det = snap.detection
         running = snap.running
-        state = self.match_state.update(det.prob_smoothed, det.match, running, now)
+        listening = det.source != NO_MONITOR
+        state = self.match_state.update(det.prob_smoothed, det.match, running, now, listening)
         if snap.message and tuple(snap.message) != self.embedded:
             self.set_embedded(snap.message)
         self.prob_label.setText(f"{det.prob_smoothed:.2f}" if running and det.chunks else "–")
@@ -233,7 +245,7 @@ class BitsView(QWidget):
             detail.append(f"decoded {_hex(det.bits)}")
             if det.inverted:
                 detail.append("polarity inverted")
-        if running and det.source and det.source != "output":
+        if running and det.source and det.source not in ("output", NO_MONITOR):
             detail.append(f"monitor: {det.source}")
         self.detail_label.setText(" · ".join(detail))
         if running and det.bits:

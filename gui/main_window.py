@@ -49,7 +49,7 @@ from PySide6.QtWidgets import (
 
 from audioseal_live.engine.audio_io import DeviceInfo, list_devices, rescan_devices
 from audioseal_live.engine.engine import EngineConfig
-from audioseal_live.engine.metrics import Snapshot
+from audioseal_live.engine.metrics import NO_MONITOR, Detection, Snapshot
 from audioseal_live.errors import AudioSealLiveError
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class MainWindow(QMainWindow):
         self.runner.started.connect(self._on_started)
         self.runner.failed.connect(self._on_failed)
         self.runner.stopped.connect(self._on_stopped)
+        self.runner.recorded.connect(self._show_saved)
         self.errors: list[str] = []  # every message shown to the user (tests read it)
         self._box: QMessageBox | None = None
         self._pending_switch: tuple[str, object, EngineConfig] | None = None
@@ -327,6 +328,7 @@ class MainWindow(QMainWindow):
         self.message_editor.set_value(g.message)
         self.bits_view.set_embedded(value_to_bits(g.message))
         self.alpha_slider.setValue(round(g.alpha * 100))
+        self._on_alpha(self.alpha_slider.value())  # setValue emits nothing if it was there
         self._model_file = g.model_file
         idx = {"default": 0, "card": 1, "file": 2}[g.model_kind]
         if g.model_kind == "file" and g.model_file:
@@ -424,8 +426,8 @@ class MainWindow(QMainWindow):
         old_cfg = self.runner.config
         assert old_cfg is not None
         log.info("switching %s: %r -> %r", kind, previous, ref)
+        self.runner.stop()  # may report a recording that could not be saved: not the switch's
         self._pending_switch = (kind, previous, old_cfg)
-        self.runner.stop()
         self._start_with(self.engine_config())
 
     # ================================================================= engine config
@@ -451,6 +453,11 @@ class MainWindow(QMainWindow):
             model=model or None,
             message=self.message_editor.bits(),
             alpha=self.alpha_slider.value() / 100,
+        )
+
+    def _with_live_controls(self, cfg: EngineConfig) -> EngineConfig:
+        return dataclasses.replace(
+            cfg, message=self.message_editor.bits(), alpha=self.alpha_slider.value() / 100
         )
 
     # ================================================================= start / stop
@@ -485,6 +492,9 @@ class MainWindow(QMainWindow):
     def _on_started(self) -> None:
         self._end_busy()
         self._pending_switch = None
+        # Edits made while the engine was starting had nothing to reach: send them now.
+        self.runner.set_message(self.message_editor.bits())
+        self.runner.set_alpha(self.alpha_slider.value() / 100)
         self.runner.set_bypass(self.bypass_button.isChecked())
         cfg = self.runner.config
         self.statusBar().showMessage(
@@ -508,7 +518,9 @@ class MainWindow(QMainWindow):
                 f"Could not switch {kind} to {bad}: {message}. Back on "
                 f"{picker.currentText().strip()}."
             )
-            self._start_with(old_cfg)  # roll back (a failure here just reports)
+            # Roll back (a failure here just reports), with the message and strength as they
+            # are now: they may have changed since old_cfg started.
+            self._start_with(self._with_live_controls(old_cfg))
             return
         self.show_error(message)
         self._update_enabled()
@@ -582,8 +594,8 @@ class MainWindow(QMainWindow):
         if ok and self.compute_combo.findData("cuda") < 0:
             self.compute_combo.addItem("CUDA (GPU)", "cuda")
         i = self.compute_combo.findData(self._want_device)
-        if i >= 0 and not self.runner.running:
-            self.compute_combo.setCurrentIndex(i)
+        if i >= 0 and not (self.runner.running or self.runner.starting):
+            self.compute_combo.setCurrentIndex(i)  # (a start in flight keeps what it shows)
 
     def _update_latency_hint(self) -> None:
         chunk = int(self.chunk_combo.currentData() or 20)
@@ -614,9 +626,7 @@ class MainWindow(QMainWindow):
             else:
                 saved = self.runner.stop_recording()
                 if saved:
-                    path, seconds, lost = saved
-                    gaps = f" ({lost:.1f} s as silence: the disk was too slow)" if lost else ""
-                    self.record_label.setText(f"saved {seconds:.1f} s to {path}{gaps}")
+                    self._show_saved(str(saved[0]), saved[1], saved[2])
         except AudioSealLiveError as exc:
             self.record_button.blockSignals(True)
             self.record_button.setChecked(False)
@@ -624,12 +634,19 @@ class MainWindow(QMainWindow):
             self.show_error(str(exc))
         self._update_enabled()
 
+    def _show_saved(self, path: str, seconds: float, lost: float) -> None:
+        gaps = f" ({lost:.1f} s as silence: the disk was too slow)" if lost else ""
+        self.record_label.setText(f"saved {seconds:.1f} s to {path}{gaps}")
+
     # ================================================================= timers
     def _live_snapshot(self) -> Snapshot:
         snap = self.runner.snapshot()
         if self.runner.running and not snap.running:
             # Before the worker's first publish: the engine runs, the numbers are not in yet.
             snap = dataclasses.replace(snap, running=True)
+        cfg = self.runner.config
+        if cfg is not None and cfg.monitor is None and snap.detection.source != NO_MONITOR:
+            snap = dataclasses.replace(snap, detection=Detection(source=NO_MONITOR))
         return snap
 
     def _on_plot_tick(self) -> None:
@@ -683,6 +700,7 @@ class MainWindow(QMainWindow):
             self.save_settings()
         except Exception:
             log.exception("could not save settings")
+        self.hide()  # gone at once, even if a start in flight takes a while to finish
         self.runner.shutdown()
         self._end_busy()
         super().closeEvent(e)

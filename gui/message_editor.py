@@ -139,15 +139,16 @@ class MessageEditor(QWidget):
 
     # ----- views -------------------------------------------------------------------------
     def _sync_views(self, hex_too: bool = True) -> None:
-        """Show the value in the bit buttons and the decimal box (and the hex field, unless
-        the user is typing a valid value there)."""
+        """Show the value in the bit buttons, the decimal box and the hex field (but not in
+        the hex field when the change came from typing there: ``hex_too=False``)."""
         for b, bit in zip(self.bit_buttons, self.bits(), strict=True):
             b.blockSignals(True)
             b.setChecked(bool(bit))
             b.setText(str(bit))
             b.blockSignals(False)
-        if hex_too and (not self.hex_edit.hasFocus() or self.hex_edit.property("invalid")):
+        if hex_too:  # a bit click leaves the focus in the hex field: update it all the same
             self.hex_edit.setText(f"{self._value:04X}")
+            self._set_error("")
         self.dec_spin.blockSignals(True)
         self.dec_spin.setValue(self._value)
         self.dec_spin.blockSignals(False)

@@ -210,6 +210,13 @@ def test_default_model_marks_and_detects(jack_server: object) -> None:
     # chain gives, the right bits, a watermark 20 dB below the voice.
     marked = offline_probability(det, y)
     level = windowed_si_snr(x, y, res.rate, slips=res.snapshot.xruns)
+    # The live monitor reads the digital output: host xruns cannot excuse it, so these hold
+    # whatever the xrun count (unless the model itself is known to fall short).
+    if not shift_shortfall():
+        assert min(d.history) >= 0.9, d.history  # live monitor, last 10 s
+    if not bits_shortfall(MSG):
+        assert d.match and d.bits == MSG, d
+    # What went through JACK (the recording) may carry the host's xruns.
     checks = (
         (shift_shortfall(), min(d.history) >= 0.9 and marked.min() >= 0.9),
         (bits_shortfall(MSG), d.match and d.bits == MSG),

@@ -63,6 +63,10 @@ def test_message_editor_rejects_bad_hex(qtbot: Any) -> None:
     assert seen == [0xB, 0xBE, 0xBEE, 0xBEEF] and ed.value() == 0xBEEF and not ed.hex_error()
     assert ed.dec_spin.value() == 0xBEEF
     assert "".join(b.text() for b in ed.bit_buttons) == "1011111011101111"
+    ed.show()
+    ed.activateWindow()
+    ed.hex_edit.setFocus()
+    qtbot.waitUntil(ed.hex_edit.hasFocus, timeout=3000)  # bit buttons do not take the focus
     qtbot.mouseClick(ed.bit_buttons[0], Qt.MouseButton.LeftButton)  # MSB off
     assert ed.value() == 0x3EEF and ed.hex_edit.text() == "3EEF"
     ed.dec_spin.setValue(6699)
@@ -161,7 +165,8 @@ def test_settings_round_trip(qtbot: Any, tmp_path: Path) -> None:
 
 def test_keyboard_shortcuts_press_the_buttons(qtbot: Any, tmp_path: Path) -> None:
     """Ctrl+B toggles bypass, Ctrl+R does nothing while stopped (no recording without a
-    stream), Ctrl+Return starts and stops; the tooltips name the keys."""
+    stream), Ctrl+Return presses Start/Stop (counted here: starting needs audio devices, see
+    the fake-engine tests below); the tooltips name the keys."""
     w = MainWindow(st.qsettings(str(tmp_path / "settings.ini")))
     qtbot.addWidget(w)
     w.show()
@@ -238,6 +243,117 @@ def test_smoke_launch_logs_clean_start(tmp_path: Path) -> None:
     assert "closing window" in log and "clean exit (code 0)" in log
     assert "Traceback" not in log and "Traceback" not in proc.stderr
     assert " ERROR " not in log and " CRITICAL " not in log
+
+
+# ----- the window on a real engine with a fake audio backend and fake models ---------------
+@pytest.fixture
+def fake_audio(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The window's runner builds real Engines, on the fake backend (no devices) with fake
+    models that take a moment to load; an output named "Bad" does not exist."""
+    import audioseal_live_gui.engine_runner as er
+    from engine_fakes import FakeDetector, FakeMarker, fake_factory
+
+    from audioseal_live.engine.engine import Engine
+    from audioseal_live.errors import DeviceError
+
+    def models_for(self: Any, cfg: Any) -> Any:
+        time.sleep(0.3)
+        return FakeMarker(), FakeDetector([0] * 16)
+
+    class FakeEngine(Engine):
+        def __init__(self, cfg: Any, marker: Any = None, detector: Any = None) -> None:
+            if cfg.output == "Bad":
+                raise DeviceError("no output device called 'Bad'")
+            super().__init__(cfg, marker, detector, backend_factory=fake_factory())
+
+    monkeypatch.setattr(er.EngineRunner, "_models_for", models_for)
+    monkeypatch.setattr(er, "Engine", FakeEngine)
+    return FakeEngine
+
+
+def _fake_window(qtbot: Any, tmp_path: Path, **saved: object) -> MainWindow:
+    qs = st.qsettings(str(tmp_path / "settings.ini"))
+    for key, value in saved.items():
+        qs.setValue(key, value)
+    w = MainWindow(qs)
+    w._record_dir = str(tmp_path)
+    qtbot.addWidget(w)
+    return w
+
+
+def _controls(w: MainWindow) -> tuple[int, float]:
+    c = w.runner.engine._controls  # type: ignore[union-attr]
+    return int("".join(map(str, c.message)), 2), c.alpha
+
+
+def test_edits_made_while_starting_reach_the_engine(
+    fake_audio: Any, qtbot: Any, tmp_path: Path
+) -> None:
+    w = _fake_window(qtbot, tmp_path)
+    w.message_editor.set_value(0x1111)
+    w.start()
+    assert w.runner.starting and w.message_editor.isEnabled() and w.alpha_slider.isEnabled()
+    w.message_editor.set_value(0xBEEF)
+    w.alpha_slider.setValue(40)
+    qtbot.waitUntil(lambda: w.runner.running, timeout=10000)
+    assert _controls(w) == (0xBEEF, 0.4)
+    w.stop()
+
+
+def test_a_failed_switch_rolls_back_with_the_message_and_strength_of_now(
+    fake_audio: Any, qtbot: Any, tmp_path: Path
+) -> None:
+    w = _fake_window(qtbot, tmp_path)
+    w.message_editor.set_value(0x1111)
+    w.start()
+    qtbot.waitUntil(lambda: w.runner.running, timeout=10000)
+    w.message_editor.set_value(0xBEEF)
+    w.alpha_slider.setValue(40)
+    w.select_device("output", DeviceRef("Bad"))
+    qtbot.waitUntil(lambda: bool(w.errors) and w.runner.running, timeout=10000)
+    assert "Could not switch output" in w.errors[0]
+    assert _controls(w) == (0xBEEF, 0.4)  # not the message and strength of the first start
+    w.stop()
+
+
+def test_stop_while_recording_says_where_the_file_went(
+    fake_audio: Any, qtbot: Any, tmp_path: Path
+) -> None:
+    w = _fake_window(qtbot, tmp_path)
+    w.start()
+    qtbot.waitUntil(lambda: w.runner.running, timeout=10000)
+    w.record_button.click()
+    assert w.record_button.isChecked() and w.record_label.text().startswith("recording to")
+    w.toggle_start()  # stop: the recording is finished with the engine
+    saved = list(tmp_path.glob("audioseal-live-*.wav"))
+    assert len(saved) == 1 and not w.record_button.isChecked()
+    assert w.record_label.text().startswith("saved ") and str(saved[0]) in w.record_label.text()
+
+
+def test_detector_off_says_off_not_undetected(fake_audio: Any, qtbot: Any, tmp_path: Path) -> None:
+    w = _fake_window(qtbot, tmp_path, **{"devices/monitor": "off"})
+    w.start()
+    qtbot.waitUntil(lambda: w.runner.running, timeout=10000)
+    w._on_numbers_tick()
+    assert w.bits_view.state_label.text() == "DETECTOR OFF"
+    w.stop()
+
+
+def test_a_saved_strength_of_zero_shows_zero(qtbot: Any, tmp_path: Path) -> None:
+    w = _fake_window(qtbot, tmp_path, **{"watermark/alpha": 0.0})
+    assert w.alpha_slider.value() == 0 and w.alpha_label.text() == "0%"
+    assert w.engine_config().alpha == 0.0
+
+
+def test_a_late_cuda_check_does_not_change_a_start_in_flight(
+    fake_audio: Any, qtbot: Any, tmp_path: Path
+) -> None:
+    w = _fake_window(qtbot, tmp_path, **{"model/device": "cuda"})
+    w.start()  # CUDA not confirmed yet: the engine starts on what the box shows (CPU)
+    w._on_cuda_checked(True)  # what the check emits on a machine with a GPU
+    qtbot.waitUntil(lambda: w.runner.running, timeout=10000)
+    assert w.compute_combo.currentData() == w.runner.config.device  # type: ignore[union-attr]
+    w.stop()
 
 
 # ----- the live window on the JACK dummy server ----------------------------------------------
@@ -329,7 +445,8 @@ def test_live_probability_rises_and_state_shows(live: SimpleNamespace, qtbot: An
     assert not win.errors
     assert not win.refresh_button.isEnabled() and not win.chunk_combo.isEnabled()
     _until(live, lambda: _latest(win) > THRESHOLD, 20, "plot above threshold")
-    assert win.plot.plot.getPlotItem().viewRange()[1][1] >= 1.0  # threshold line in view
+    lo, hi = win.plot.plot.getPlotItem().viewRange()[1]
+    assert lo <= win.plot.thr_line.value() == THRESHOLD <= hi  # the threshold line, in view
     # Hysteresis: the big state follows once detection has held for a moment.
     detected = (MATCH, MISMATCH, DETECTING)
     _until(live, lambda: win.bits_view.state in detected, 10, "state shows detection")

@@ -32,6 +32,7 @@ from audioseal_live.engine.monitor import DetectorMonitor
 from audioseal_live.engine.native_io import make_callback_io
 from audioseal_live.engine.recorder import Recorder
 from audioseal_live.engine.worker import (
+    NO_DETECTION,
     Controls,
     OverloadPolicy,
     Worker,
@@ -281,7 +282,7 @@ class Engine:
         return self.worker.snapshot
 
     def detection(self) -> Detection:
-        return self.monitor.detection if self.monitor is not None else Detection()
+        return self.monitor.detection if self.monitor is not None else NO_DETECTION
 
     def _teardown(self, failed: bool = False) -> None:
         """Stop everything that started; ``failed``: a start that did not finish, whose

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+NO_MONITOR = "off"  # Detection.source when no detector listens (the monitor is set to off)
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -24,7 +26,7 @@ class Detection:
     bit_confidence: tuple[float, ...] = ()  # |2 sigmoid(z or mean logit) - 1| per bit
     match: bool | None = None  # bits == embedded message (None: nothing detected yet)
     inverted: bool = False  # the inverted polarity scored higher
-    source: str = "output"  # "output" (digital) or the capture device's name
+    source: str = "output"  # "output" (digital), the capture device's name, or NO_MONITOR
     chunks: int = 0
     history: tuple[float, ...] = ()  # smoothed probability, one value per chunk (last ~10 s)
     dropped_samples: int = 0  # monitor fell behind and skipped audio (never affects output)
