@@ -216,6 +216,63 @@ def test_own_format_round_trip_and_errors(tmp_path: Path) -> None:
         AudioSeal.load_generator(path)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("pad_mode", "circular", "pad_mode"),
+        ("activation_params", {"beta": 1.0}, "cannot build"),
+        ("n_filters", 8.0, "n_filters must be an integer"),
+        ("lstm", -1, "lstm must be an integer >= 0"),
+        ("causal", "no", "causal and seanet.true_skip must be true or false"),
+    ],
+)
+def test_a_card_that_describes_no_model_is_a_clear_error(
+    tmp_path: Path, field: str, value: object, says: str
+) -> None:
+    import json
+
+    card = small_card("generator", name="tiny")
+    path = save_model(AudioSealWM(card), card, tmp_path / "gen").with_suffix(".json")
+    data = json.loads(path.read_text())
+    data["seanet"][field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=f"gen.json.*{says}"):
+        AudioSeal.load_generator(path)
+
+
+def test_an_old_format_checkpoint_cut_short_is_a_clear_error(tmp_path: Path) -> None:
+    card = small_card("generator")
+    state = AudioSealWM(card).state_dict()
+    old = tmp_path / "old.pth"
+    torch.save({"xp.cfg": {}, "model": state}, old, _use_new_zipfile_serialization=False)
+    for size in (200, old.stat().st_size // 2):
+        cut = tmp_path / f"cut{size}.pth"
+        cut.write_bytes(old.read_bytes()[:size])
+        with pytest.raises(CheckpointError, match=f"cut{size}.pth: not a readable checkpoint"):
+            AudioSeal.load_generator(cut)
+
+
+def test_config_references_resolve_once_and_cycles_are_refused(tmp_path: Path) -> None:
+    """A few hundred bytes of nested references must not take exponential time, and a
+    reference to itself is named, with the file."""
+    import time
+
+    from audioseal_live.models.safe_unpickle import resolve_interpolations
+
+    bomb: dict[str, object] = {f"a{i}": [f"${{a{i + 1}}}"] * 10 for i in range(12)}
+    bomb["a12"] = "leaf"
+    t0 = time.perf_counter()
+    out = resolve_interpolations(bomb)
+    assert time.perf_counter() - t0 < 1.0 and out["a11"] == ["leaf"] * 10
+    with pytest.raises(ValueError, match="cycle"):
+        resolve_interpolations({"x": "${y}", "y": "${x}"})
+    state = AudioSealWM(small_card("generator")).state_dict()
+    path = tmp_path / "cycle.pth"
+    torch.save({"xp.cfg": {"x": "${x}"}, "model": state}, path)
+    with pytest.raises(CheckpointError, match="cycle.pth: its config cannot be read.*cycle"):
+        AudioSeal.load_generator(path)
+
+
 def test_missing_default_model_says_so(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(loader, "default_model_dir", lambda: tmp_path)
     with pytest.raises(CheckpointError, match="embedded default generator is not in this build"):

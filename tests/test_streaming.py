@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import assume, example, given, settings
@@ -353,6 +355,69 @@ def test_non_streaming_card_refuses_to_stream() -> None:
     for model in (gen, det):
         with pytest.raises(NotImplementedError, match="audioseal_wm_streaming"), model.streaming(1):
             pass
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"trim_right_ratio": 0.5}, "trim"),
+        ({"seanet": {"pad_mode": "reflect"}}, "reflect"),
+    ],
+)
+def test_cards_that_cannot_stream_exactly_refuse_to(change: dict, why: str) -> None:
+    """Causal, but the stream could not equal the whole signal: trimming the transposed
+    convolutions' overlap on the left, or reflecting the signal's start."""
+    card = small_card("generator")
+    seanet = card.seanet
+    if "seanet" in change:
+        seanet = dataclasses.replace(seanet, **change.pop("seanet"))
+    gen = AudioSealWM(card.replace(seanet=seanet, **change))
+    with pytest.raises(NotImplementedError, match=why), gen.streaming(1):
+        pass
+
+
+def test_empty_chunks_change_nothing(small) -> None:
+    gen, det = small
+    x, msg = audio(HOP * 4, seed=8), torch.tensor([[1, 0] * 8])
+    with torch.inference_mode():
+        whole = gen(x, message=msg)
+        with gen.streaming(1), det.streaming(1):
+            parts = []
+            for i in range(4):
+                assert gen(x[..., :0], message=msg).shape == (1, 1, 0)
+                assert det(x[..., :0])[0].shape == (1, 2, 0)
+                parts.append(gen(x[..., i * HOP : (i + 1) * HOP], message=msg))
+    torch.testing.assert_close(torch.cat(parts, -1), whole, atol=TOL, rtol=0)
+
+
+def test_reset_after_select_streams_starts_the_whole_batch_again(phased) -> None:
+    x = audio(HOP * 6, batch=2, seed=9)
+    with torch.inference_mode():
+        whole = phased.logits(x)
+        with phased.streaming(2):
+            phased.phase_logits(x[..., :HOP])
+            phased.select_streams([1], phases=[2])
+            with pytest.raises(ValueError, match="carries 1 signal"):
+                phased.phase_logits(x[..., HOP : 2 * HOP])  # refused before any state moves
+            phased.reset_streaming()
+            assert phased.active_phases == (0, 1, 2, 3)
+            again = torch.cat([phased.logits(c) for c in x.split(2 * HOP, -1)], -1)
+    torch.testing.assert_close(again, whole, atol=TOL, rtol=0)
+
+
+def test_streamed_code_detector_gives_the_networks_probabilities() -> None:
+    """The default (code) detector streamed: det(x) per sample equals the offline network
+    output (softmax of logits' first two rows); the code's evidence is offline only."""
+    from audioseal_live import AudioSeal
+
+    gen, det = AudioSeal.load_generator(), AudioSeal.load_detector()
+    assert det.code is not None
+    with torch.inference_mode():
+        y = gen(audio(HOP * 20, seed=10), message=0x1234)
+        offline = torch.softmax(det.logits(y)[:, :2], dim=1)
+        with det.streaming(1):
+            streamed = torch.cat([det(c)[0] for c in y.split(5 * HOP, -1)], -1)
+    torch.testing.assert_close(streamed, offline, atol=TOL, rtol=0)
 
 
 def test_streaming_rejects_partial_hops_and_bad_audio(small) -> None:

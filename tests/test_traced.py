@@ -137,6 +137,39 @@ def test_nan_chunk_is_refused_before_it_reaches_the_state() -> None:
     np.testing.assert_array_equal(np.concatenate(got), np.concatenate(clean))
 
 
+def test_a_held_state_does_not_outlive_its_stream() -> None:
+    """Without drop(): a reset_streaming() mid-stream, or leaving and re-entering streaming(),
+    starts the traced step afresh too; and after tracing, a NaN chunk is still refused."""
+    torch.manual_seed(0)
+    gen = AudioSealWM(small_card("generator")).eval().requires_grad_(False)
+    x = torch.from_numpy(audio(HOP * 12, seed=4)).view(1, 1, -1)
+    msg = torch.tensor([[1, 0] * 8])
+    chunks = list(x.split(HOP, -1))
+    step = StreamStep(gen, lambda a, m: (gen.watermark_of(a, m),))
+
+    def run(reset_at: int) -> torch.Tensor:
+        out = []
+        for i, c in enumerate(chunks):
+            if i == reset_at:
+                gen.reset_streaming()
+            out.append(step(c, msg)[0] if step is not None else gen.watermark_of(c, msg))
+        return torch.cat(out, -1)
+
+    with torch.inference_mode():
+        with gen.streaming(1):
+            traced = run(6)
+        assert step.traced_calls > 0
+        with gen.streaming(1):  # re-entered: the step must not carry the old stream on
+            again = torch.cat([step(c, msg)[0] for c in chunks[:4]], -1)
+            with pytest.raises(ValueError, match="NaN"):
+                step(torch.full_like(chunks[0], float("nan")), msg)
+        step = None
+        with gen.streaming(1):
+            eager = run(6)
+    torch.testing.assert_close(traced, eager, atol=TOL, rtol=0)
+    torch.testing.assert_close(again, eager[..., : 4 * HOP], atol=TOL, rtol=0)
+
+
 class Growing(StreamingModule):
     """A cache that grows every call: no fixed-shape graph can carry it."""
 

@@ -95,12 +95,12 @@ class StreamingConv1d(StreamingModule):
             return self.conv(x)
 
         self._check_batch(x)
+        if x.shape[-1] == 0:  # an empty chunk (zero hops) changes nothing
+            return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
         if self.padding_total == 0 and self.stride == 1:
             return self._conv(x)  # pointwise in time: nothing to carry over
         if self._cache is None:
             # First chunk: the same left padding as offline (zeros for the official cards).
-            if x.shape[-1] == 0:
-                return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
             x = pad1d(x, self.padding_total, 0, self.pad_mode)
         else:
             x = torch.cat([self._cache, x], dim=-1)

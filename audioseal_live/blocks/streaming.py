@@ -170,11 +170,15 @@ class StreamingRoot(nn.Module):
         for m in modules:
             m._start_streaming(batch_size, dtype)
         self.__dict__["_streaming_now"] = True
+        self.__dict__["_stream_batch"] = batch_size  # what reset_streaming() goes back to
+        self.__dict__["_batch_now"] = batch_size  # what the modules expect (select_streams)
+        self._new_epoch()
         self._on_stream_start()
         try:
             yield self
         finally:
             self.__dict__["_streaming_now"] = False
+            self._new_epoch()
             for m in modules:
                 m._stop_streaming()
             self._on_stream_stop()
@@ -195,14 +199,34 @@ class StreamingRoot(nn.Module):
             raise ValueError(f"stream indices must lie in [0, {batch}), got {idx.tolist()}")
         for m in modules:
             m._select_streams(idx)
+        self.__dict__["_batch_now"] = int(idx.numel())
         self._on_select_streams(idx)
 
     def reset_streaming(self) -> None:
-        """Start a new stream without leaving the streaming block (e.g. after a seek)."""
+        """Start a new stream without leaving the streaming block (e.g. after a seek), with
+        the batch size the block was entered with (undoing any :meth:`select_streams`)."""
+        batch = self.__dict__.get("_stream_batch")
         for m in self._streaming_modules():
             if m.is_streaming:
+                m._streaming_batch = batch
                 m._reset_state()
+        self.__dict__["_batch_now"] = batch
+        self._new_epoch()
         self._on_stream_start()
+
+    @property
+    def stream_epoch(self) -> int:
+        """Changes whenever the modules' state starts afresh (entering or leaving
+        ``streaming()``, ``reset_streaming()``): state held elsewhere is stale after it."""
+        return int(self.__dict__.get("_epoch", 0))
+
+    def _new_epoch(self) -> None:
+        self.__dict__["_epoch"] = self.stream_epoch + 1
+
+    @property
+    def stream_batch(self) -> int | None:
+        """The batch size the next chunk must have while streaming (None: not streaming)."""
+        return self.__dict__.get("_batch_now") if self.is_streaming else None
 
     def _on_stream_start(self) -> None:
         """Hook for model-level stream state (e.g. the message kept for the stream)."""

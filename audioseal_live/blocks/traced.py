@@ -142,6 +142,9 @@ class StreamStep:
         self._seen: set[Hashable] = set()  # keys called once (eagerly)
         self._held: list[Tensor] | None = None  # state while the graph runs the stream
         self._held_key: Hashable = None
+        # the model's stream epoch when the state was taken: a reset since makes it stale
+        self._epoch: Callable[[], int] = lambda: getattr(model, "stream_epoch", 0)
+        self._held_epoch = -1
         self._spec: tuple[Hashable, ...] = ()
         self._one_thread: set[Hashable] = set()  # keys whose graph runs on one thread
         self.traced_calls = 0
@@ -178,7 +181,14 @@ class StreamStep:
 
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         key = self._key(inputs)
+        if self._held is not None and self._epoch() != self._held_epoch:
+            self._held = None  # the model's stream started afresh (reset, re-entered)
         if self._held is not None and key == self._held_key:
+            # The graph skips the models' own input checks (fixed when it was traced); a NaN
+            # would stay in the carried state for good.
+            for x in inputs:
+                if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                    raise ValueError("a chunk holds NaN or inf samples; refused")
             outs = self._run(key, inputs, self._held)
             n = len(outs) - len(self._held)
             self._held = list(outs[n:])
@@ -203,6 +213,7 @@ class StreamStep:
         # any other state (a stream not yet settled) goes on eagerly.
         if self._graphs[key] is not None and flat and spec == self._specs[key]:
             self._held, self._held_key, self._spec = flat, key, spec
+            self._held_epoch = self._epoch()
         return outs
 
     def _run(self, key: Hashable, inputs: tuple[Tensor, ...], state: list[Tensor]) -> Any:

@@ -40,9 +40,9 @@ def check_audio(x: Tensor, sample_rate: int | None, model_rate: int) -> None:
 
 def streaming_not_supported(card: ModelCard) -> NotImplementedError:
     return NotImplementedError(
-        f"{card.name!r} is a non-causal (non-streaming) model: its convolutions look ahead "
-        f"into future samples, so chunk-by-chunk output cannot equal the whole-signal output. "
-        f"Use a streaming card ({', '.join(STREAMING_CARD_NAMES)}) or the embedded default."
+        f"{card.name!r} cannot stream: {card.why_not_streamable()}, so chunk-by-chunk output "
+        f"cannot equal the whole-signal output. Use a streaming card "
+        f"({', '.join(STREAMING_CARD_NAMES)}) or the embedded default."
     )
 
 
@@ -70,9 +70,19 @@ class CardModel(StreamingRoot):
         if not self.card.streamable:
             raise streaming_not_supported(self.card)
 
+    def signals_streaming(self) -> int | None:
+        """How many signals each chunk must hold while streaming (None: not streaming)."""
+        return self.stream_batch
+
     def _check_input(self, x: Tensor, sample_rate: int | None) -> None:
         """Valid audio, and whole hops while streaming."""
         check_audio(x, sample_rate, self.sample_rate)
+        expected = self.signals_streaming()
+        if expected is not None and x.shape[0] != expected:  # before any state changes
+            raise ValueError(
+                f"this stream carries {expected} signal(s), but a chunk with batch size "
+                f"{x.shape[0]} arrived (streaming(batch_size), or select_streams, sets it)"
+            )
         if self.is_streaming and x.shape[-1] % self.hop_length:
             raise ValueError(
                 f"while streaming, chunks must be a multiple of {self.hop_length} samples "

@@ -18,6 +18,12 @@ from audioseal_live.models.message_code import TemplateCode
 # Activations a card may name. A closed list, so that a checkpoint's config cannot make us
 # instantiate arbitrary torch.nn attributes.
 ACTIVATIONS = ("ELU", "ReLU", "LeakyReLU", "GELU", "SiLU", "Tanh", "PReLU")
+PAD_MODES = ("constant", "zeros", "reflect", "replicate")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
 
 HUB_REPO = "facebook/audioseal"
 
@@ -85,7 +91,20 @@ class ModelCard:
 
     @property
     def streamable(self) -> bool:
-        return self.seanet.causal
+        return not self.why_not_streamable()
+
+    def why_not_streamable(self) -> str:
+        """'' if chunk-by-chunk output can equal the whole-signal output, else why not."""
+        if not self.seanet.causal:
+            return "it is non-causal: its convolutions look ahead into future samples"
+        if self.trim_right_ratio != 1.0:
+            return (
+                f"its transposed convolutions trim {1 - self.trim_right_ratio:g} of their "
+                "overlap on the left, which a stream only learns about later"
+            )
+        if self.seanet.pad_mode == "reflect":
+            return "it pads by reflecting the signal's start, which a first chunk cannot know"
+        return ""
 
     def validate(self) -> ModelCard:
         s = self.seanet
@@ -100,19 +119,44 @@ class ModelCard:
             problems.append(f"activation {s.activation!r} is not one of {ACTIVATIONS}")
         if self.final_activation is not None and self.final_activation not in ACTIVATIONS:
             problems.append(f"final_activation {self.final_activation!r} is not allowed")
-        if not s.ratios or any(r < 1 for r in s.ratios):
+        if not s.ratios or any(not _is_int(r) or r < 1 for r in s.ratios):
             problems.append(f"ratios must be positive integers, not {s.ratios}")
-        for name in (
-            "channels",
-            "dimension",
-            "n_filters",
-            "kernel_size",
-            "last_kernel_size",
-            "residual_kernel_size",
-            "compress",
+        for name, least in (
+            ("channels", 1),
+            ("dimension", 1),
+            ("n_filters", 1),
+            ("kernel_size", 1),
+            ("last_kernel_size", 1),
+            ("residual_kernel_size", 1),
+            ("compress", 1),
+            ("dilation_base", 1),
+            ("n_residual_layers", 0),
+            ("lstm", 0),
+            ("disable_norm_outer_blocks", 0),
         ):
-            if getattr(s, name) < 1:
-                problems.append(f"seanet.{name} must be >= 1")
+            if not _is_int(getattr(s, name)) or getattr(s, name) < least:
+                problems.append(f"seanet.{name} must be an integer >= {least}")
+        for name in ("nbits", "sample_rate", "output_dim", "sync_phases"):
+            if not _is_int(getattr(self, name)):
+                problems.append(f"{name} must be an integer, not {getattr(self, name)!r}")
+        if not isinstance(s.causal, bool) or not isinstance(s.true_skip, bool):
+            problems.append("seanet.causal and seanet.true_skip must be true or false")
+        if s.pad_mode not in PAD_MODES:
+            problems.append(f"seanet.pad_mode {s.pad_mode!r} is not one of {PAD_MODES}")
+        for what, params in (
+            ("seanet.activation_params", s.activation_params),
+            ("final_activation_params", self.final_activation_params or {}),
+        ):
+            if not isinstance(params, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) for k, v in params.items()
+            ):
+                problems.append(f"{what} must map names to numbers, not {params!r}")
+        if not isinstance(self.trim_right_ratio, (int, float)) or not (
+            0.0 <= self.trim_right_ratio <= 1.0
+        ):
+            problems.append(f"trim_right_ratio must lie in [0, 1], not {self.trim_right_ratio}")
+        if problems:  # the checks below assume the numbers above are sound
+            raise ValueError(f"invalid model card {self.name!r}: " + "; ".join(problems))
         if self.sync_phases < 1 or self.sync_phases > self.hop_length:
             problems.append(f"sync_phases must be in [1, hop], not {self.sync_phases}")
         if s.channels != 1:

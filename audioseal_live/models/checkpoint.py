@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import socket
+import struct
 import zipfile
 from dataclasses import fields
 from pathlib import Path
@@ -109,14 +110,27 @@ def read_official(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
             f"config ({first[:300]}). Such a pickle could run code; only trusted official "
             f"checkpoints in the documented format are accepted."
         ) from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
+    except (
+        zipfile.BadZipFile,
+        EOFError,
+        RuntimeError,
+        ValueError,
+        OSError,
+        struct.error,  # an old-format (non-zip) file cut short in its header
+        KeyError,
+        IndexError,
+        TypeError,
+    ) as exc:
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated or corrupt?): {type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
         ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(ckpt).__name__}")
-    cfg = resolve_interpolations(to_plain(ckpt.get("xp.cfg", {})) or {})
+    try:
+        cfg = resolve_interpolations(to_plain(ckpt.get("xp.cfg", {})) or {})
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: its config cannot be read: {exc}") from None
     if "best_state" in ckpt:
         best = ckpt["best_state"]
         state = best.get("model", best) if isinstance(best, dict) else best

@@ -103,6 +103,10 @@ class AudioSealDetector(CardModel):
         self._active = tuple(range(self.phases))
         self._fused = self._fused_detection = None
 
+    def signals_streaming(self) -> int | None:
+        batch = self.stream_batch  # signals x the phases still running
+        return None if batch is None else batch // len(self._active)
+
     @property
     def active_phases(self) -> tuple[int, ...]:
         """The grid phases this call runs: all of them unless a stream narrowed them."""

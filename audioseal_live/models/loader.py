@@ -45,10 +45,15 @@ def default_model_dir() -> Path:
     return root / DEFAULT_MODEL_DIR
 
 
-def _build(kind: Kind, card: ModelCard) -> AudioSealWM | AudioSealDetector:
+def _build(kind: Kind, card: ModelCard, source: str) -> AudioSealWM | AudioSealDetector:
     if card.kind != kind:
         raise CheckpointError(f"{card.name!r} is a {card.kind} card, but a {kind} was asked for")
-    return AudioSealWM(card) if kind == "generator" else AudioSealDetector(card)
+    try:
+        return AudioSealWM(card) if kind == "generator" else AudioSealDetector(card)
+    except (TypeError, ValueError) as exc:  # e.g. activation parameters the layer does not take
+        raise CheckpointError(
+            f"{source}: cannot build the model its card describes: {exc}"
+        ) from None
 
 
 def _check_kind(state: dict[str, torch.Tensor], kind: Kind, source: str) -> None:
@@ -81,7 +86,7 @@ def load_model(name_or_path: str | Path | None, kind: Kind, nbits: int | None = 
             card = file_card.replace(
                 seanet=card.seanet, nbits=card.nbits, checkpoint=card.checkpoint
             )
-        return _finish(_build(kind, card), convert_state_dict(state), str(path), kind)
+        return _finish(_build(kind, card, str(path)), convert_state_dict(state), str(path), kind)
 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -95,7 +100,7 @@ def load_model(name_or_path: str | Path | None, kind: Kind, nbits: int | None = 
         card, state = read_own(path)
         if nbits is not None and nbits != card.nbits:
             raise CheckpointError(f"{path}: the card says nbits={card.nbits}, not {nbits}")
-        return _finish(_build(kind, card), state, str(path), kind)
+        return _finish(_build(kind, card, str(path)), state, str(path), kind)
 
     cfg, state = read_official(path)
     state = convert_state_dict(state)
@@ -103,7 +108,7 @@ def load_model(name_or_path: str | Path | None, kind: Kind, nbits: int | None = 
     if nbits is not None and "nbits" not in cfg:
         cfg = {**cfg, "nbits": nbits}
     card = card_from_config(cfg, kind, path.stem)
-    return _finish(_build(kind, card), state, str(path), kind)
+    return _finish(_build(kind, card, str(path)), state, str(path), kind)
 
 
 def _finish(model: M, state: dict[str, torch.Tensor], source: str, kind: Kind) -> M:

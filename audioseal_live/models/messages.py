@@ -67,13 +67,13 @@ def to_message_tensor(message: MessageLike, batch_size: int, nbits: int) -> torc
         msg = torch.as_tensor(message)
     if msg.is_floating_point() and not torch.all(msg == msg.round()):
         raise MessageError(f"message bits must be 0 or 1, got non-integer values {msg.tolist()}")
-    if msg.ndim == 1:
-        msg = msg.unsqueeze(0).expand(batch_size, -1)
-    if msg.ndim != 2 or msg.shape[-1] != nbits:
+    if msg.ndim not in (1, 2) or msg.shape[-1] != nbits:  # the shape as given, not expanded
         raise MessageError(
             f"expected a message of {nbits} bits, shaped ({nbits},) or (batch, {nbits}); "
             f"got shape {tuple(msg.shape)}"
         )
+    if msg.ndim == 1:
+        msg = msg.unsqueeze(0).expand(batch_size, -1)
     if msg.shape[0] != batch_size:
         raise MessageError(f"message batch {msg.shape[0]} does not match audio batch {batch_size}")
     if not torch.all((msg == 0) | (msg == 1)):

@@ -86,28 +86,40 @@ _INTERP = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 
 
 def resolve_interpolations(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Resolve absolute ``${a.b}`` references, as OmegaConf.resolve does for plain configs."""
+    """Resolve absolute ``${a.b}`` references, as OmegaConf.resolve does for plain configs.
 
-    def lookup(path: str, depth: int) -> Any:
+    Each path is resolved once (a file of nested references must not cost exponential
+    time); a reference back to a path being resolved is a cycle (ValueError)."""
+    done: dict[str, Any] = {}
+    active: set[str] = set()
+
+    def lookup(path: str) -> Any:
+        if path in done:
+            return done[path]
+        if path in active:
+            raise ValueError(f"interpolation cycle in checkpoint config at ${{{path}}}")
         node: Any = cfg
         for part in path.split("."):
             if not isinstance(node, dict) or part not in node:
                 return "${" + path + "}"  # leave what cannot be resolved
             node = node[part]
-        return resolve(node, depth + 1)
+        active.add(path)
+        done[path] = resolve(node)
+        active.discard(path)
+        return done[path]
 
     def resolve(value: Any, depth: int = 0) -> Any:
-        if depth > 20:
-            raise ValueError("interpolation cycle in checkpoint config")
+        if depth > 64:
+            raise ValueError("checkpoint config nested too deeply")
         if isinstance(value, dict):
-            return {k: resolve(v, depth) for k, v in value.items()}
+            return {k: resolve(v, depth + 1) for k, v in value.items()}
         if isinstance(value, list):
-            return [resolve(v, depth) for v in value]
+            return [resolve(v, depth + 1) for v in value]
         if isinstance(value, str):
             whole = _INTERP.fullmatch(value)
             if whole:
-                return lookup(whole.group(1), depth)
-            return _INTERP.sub(lambda m: str(lookup(m.group(1), depth)), value)
+                return lookup(whole.group(1))
+            return _INTERP.sub(lambda m: str(lookup(m.group(1))), value)
         return value
 
     return resolve(cfg)
