@@ -197,3 +197,12 @@ def test_default_model_file_round_trip(stereo_44k: Path, tmp_path: Path) -> None
     sf.write(cut, -y[12345:], rate)
     res = detect_file(cut, TorchDetector(AudioSeal.load_detector()), expected=MSG)
     assert res.marked and res.match and res.inverted, res
+
+
+def test_cli_run_checks_its_stats_file_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --stats-json in a folder that does not exist is refused at once, not after a run."""
+    stats = tmp_path / "missing" / "stats.json"
+    assert main(["demo", "--stats-json", str(stats), "--duration", "60"]) == 2
+    assert "stats.json: folder does not exist" in capsys.readouterr().err
