@@ -24,9 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from audioseal_live.errors import AudioSealLiveError
 
-class JackUnavailable(RuntimeError):
-    pass
+
+class JackUnavailable(AudioSealLiveError, RuntimeError):
+    """No JACK to run the loop on (jackd2, libjack, or the JACK-Client package: the dev extra)."""
 
 
 @dataclass
@@ -146,7 +148,10 @@ def jack_dummy_server(
     try:
         import jack
     except (ImportError, OSError) as exc:
-        raise JackUnavailable(f"JACK-Client/libjack unavailable: {exc}") from None
+        raise JackUnavailable(
+            f"JACK-Client/libjack unavailable ({exc}): pip install '.[dev]' and "
+            "apt-get install jackd2"
+        ) from None
     name = f"asl{os.getpid()}"
     old = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_AUDIO_RESERVATION")}
     # The server name must be set before PortAudio's JACK host API connects (rescan below).
