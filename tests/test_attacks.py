@@ -266,3 +266,27 @@ def test_desync_shifts_earlier_and_keeps_length() -> None:
     y = ATTACKS["desync_1"](x)
     assert y.shape == x.shape
     assert torch.equal(y[..., :9], x[..., 1:]) and y[..., 9] == 0
+
+
+def test_speed_moves_the_labels_with_the_audio() -> None:
+    """Per-sample labels follow a speed change: where marked content lands after it, and the
+    zero-padded end (nothing there) counts as unmarked."""
+    from audioseal_live.training import losses as L
+    from audioseal_live.training.attacks import TRAINING_ATTACKS, random_attack_with_labels
+
+    n = 16000
+    wm, silence = torch.randn(1, 1, n), torch.zeros(1, 1, n)  # content only where marked
+    modes = torch.full((1, n), L.KEEP)
+    modes[0, 8000:12000] = L.REVERT
+    audio, labels = L.apply_masks(wm, silence, silence, modes)
+    only_speed = {name: float(name == "speed") for name in TRAINING_ATTACKS}
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        y, moved, name = random_attack_with_labels(audio, labels, g, only_speed)
+        assert name == "speed" and moved.shape == labels.shape
+        present = y[0, 0].abs().reshape(-1, 100).mean(-1) > 0.1  # 100-sample blocks
+        said = moved[0].reshape(-1, 100).mean(-1) > 0.5
+        assert float((present != said).float().mean()) <= 0.02
+    g = torch.Generator().manual_seed(0)
+    _, same, name = random_attack_with_labels(audio, labels, g, {"gain": 1.0})
+    assert name == "gain" and torch.equal(same, labels)  # attacks in place leave them alone

@@ -597,3 +597,85 @@ def test_cli_widen_writes_a_model_folder_that_loads(corpus: Path, tmp_path: Path
     with torch.inference_mode():
         torch.testing.assert_close(det.logits(x), small.logits(x), atol=1e-5, rtol=1e-4)
     assert (out / "generator.safetensors").is_file()
+
+
+def test_ctrl_c_stops_between_steps_and_the_resume_is_exact(corpus: Path, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) mid-step lets the step finish, then saves: the checkpoint is a step
+    boundary, and the steps after a resume are those of a run that never stopped."""
+    import os
+    import signal
+
+    from audioseal_live.training.trainer import run_training
+
+    ref = Trainer(tiny_config(corpus, tmp_path / "ref"))
+    expected = [ref.train_step()["loss"] for _ in range(4)]
+    run = tmp_path / "run"
+    real_step = Trainer.train_step
+
+    def interrupted_step(self: Trainer) -> dict:
+        if self.step == 1:  # in the middle of the second step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self)
+
+    Trainer.train_step = interrupted_step  # type: ignore[method-assign]
+    try:
+        t = run_training(tiny_config(corpus, run, max_steps=4))
+    finally:
+        Trainer.train_step = real_step  # type: ignore[method-assign]
+    assert t.step == 2  # the interrupted step completed; no more started
+    b = Trainer(tiny_config(corpus, tmp_path / "b"))
+    b.load(run / "last.pt")
+    assert [b.train_step()["loss"] for _ in range(2)] == expected[2:]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_resume_keeps_how_the_detector_reads_the_message(corpus: Path, tmp_path: Path) -> None:
+    """A resume that does not repeat --w-template-code keeps the run's code (its detector card
+    would otherwise lose the template code); a different explicit value is refused."""
+    from audioseal_live.errors import SettingError
+    from audioseal_live.training.trainer import run_training
+
+    run = tmp_path / "run"
+    code = dict(w_template_code=1.0, msg_jitter=0, start_stage="message")
+    first = run_training(tiny_config(corpus, run, max_steps=1, **code))
+    assert first.det.card.template_code is not None
+    again = run_training(tiny_config(corpus, run, max_steps=2))
+    assert again.cfg.w_template_code == 1.0 and again.det.card.template_code is not None
+    with pytest.raises(SettingError, match="msg_jitter.*--fresh --init-from"):
+        run_training(tiny_config(corpus, run, max_steps=3, msg_jitter=40))
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["eval", "--windows", "0"], "--windows"),
+        (["eval", "--attacks", "lowpas_3500"], "unknown attack"),
+        (["train", "--device", "foo"], "--device 'foo'"),
+        (["train", "--max-shift", "20000"], "--max-shift"),
+        (["widen", "--detector-filters", "4", "--out", "x"], "must be more than"),
+    ],
+)
+def test_training_commands_refuse_bad_options_in_one_line(
+    argv: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from audioseal_live.cli import main
+
+    if argv[0] == "widen":
+        argv = [*argv[:-1], str(tmp_path / "wide")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("audioseal-live: error:") and says in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "folder_flag", [["eval", "--out"], ["train", "--run-dir"], ["corpus", "--out"]]
+)
+def test_commands_that_write_a_folder_refuse_a_file(
+    folder_flag: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from audioseal_live.cli import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert main([*folder_flag, str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err and a_file.read_text() == ""

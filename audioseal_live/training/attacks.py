@@ -352,15 +352,9 @@ for _codec in CODECS:
         TRAINING_ATTACKS[_codec] = _codec_random(_codec)
 
 
-def random_attack(
-    x: Tensor, generator: torch.Generator | None = None, weights: dict[str, float] | None = None
-) -> tuple[Tensor, str]:
-    """Apply one attack family from TRAINING_ATTACKS with random parameters.
-
-    `weights` (family -> relative weight; missing families weigh 0 once any is given) lets a
-    trainer favour the attacks the detector currently fails, e.g. weight = 1 - accuracy.
-    Returns the attacked batch and the family name.
-    """
+def _pick_family(
+    x: Tensor, generator: torch.Generator | None, weights: dict[str, float] | None
+) -> str:
     names = list(TRAINING_ATTACKS)
     w = (
         [1.0] * len(names)
@@ -377,4 +371,34 @@ def random_attack(
             name = n
             break
         u -= wi
+    return name
+
+
+def random_attack(
+    x: Tensor, generator: torch.Generator | None = None, weights: dict[str, float] | None = None
+) -> tuple[Tensor, str]:
+    """Apply one attack family from TRAINING_ATTACKS with random parameters.
+
+    `weights` (family -> relative weight; missing families weigh 0 once any is given) lets a
+    trainer favour the attacks the detector currently fails, e.g. weight = 1 - accuracy.
+    Returns the attacked batch and the family name.
+    """
+    name = _pick_family(x, generator, weights)
     return TRAINING_ATTACKS[name](x, generator), name
+
+
+def random_attack_with_labels(
+    x: Tensor,
+    labels: Tensor,
+    generator: torch.Generator | None = None,
+    weights: dict[str, float] | None = None,
+) -> tuple[Tensor, Tensor, str]:
+    """:func:`random_attack` on audio (B, 1, T) with per-sample labels (B, T): an attack that
+    moves samples in time (speed) moves the labels with them (its zero-padded end: unmarked).
+    The same draws as random_attack, so a run's random stream does not change."""
+    name = _pick_family(x, generator, weights)
+    if name != "speed":
+        return TRAINING_ATTACKS[name](x, generator), labels, name
+    factor = _uniform(generator, x, 0.9, 1.1)  # as TRAINING_ATTACKS["speed"] draws it
+    moved = speed(labels[:, None, :], factor)[:, 0] > 0.5
+    return speed(x, factor), moved.to(labels.dtype), name

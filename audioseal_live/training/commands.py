@@ -24,8 +24,19 @@ class TrainingSetupError(AudioSealLiveError, ValueError):
 def _check_device(device: str) -> None:
     import torch
 
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise TrainingSetupError(f"--device {device!r}: use cpu or cuda (cuda:N)") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingSetupError("--device cuda asked for, but torch sees no CUDA GPU here")
+
+
+def _check_folder(path: str, what: str) -> None:
+    """A folder to write into: refused at once if it is a file (not after hours of work)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise TrainingSetupError(f"{what} {p} is a file, not a folder")
 
 
 def _corpus(args: argparse.Namespace) -> int:
@@ -38,9 +49,14 @@ def _train(args: argparse.Namespace) -> int:
     from audioseal_live.training.trainer import TrainConfig, run_training
 
     _check_device(args.device)
+    _check_folder(args.run_dir, "--run-dir")
     logging.getLogger("audioseal_live").setLevel(logging.INFO)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    if not 0 <= cfg.max_shift < cfg.segment:
+        raise TrainingSetupError(
+            f"--max-shift {cfg.max_shift} must lie in [0, --segment {cfg.segment})"
+        )
     trainer = run_training(cfg, resume=not args.fresh, keep_lr=args.lr is None)
     if args.export:
         _do_export(Path(cfg.run_dir) / "best.pt", Path(args.export), trainer.run_dir)
@@ -68,6 +84,11 @@ def _widen(args: argparse.Namespace) -> int:
     src, out = Path(args.model), Path(args.out)
     det = AudioSeal.load_detector(str(src / "detector.json")).eval()
     card = det.card
+    if args.detector_filters <= card.seanet.n_filters:
+        raise TrainingSetupError(
+            f"--detector-filters {args.detector_filters} must be more than the detector's "
+            f"{card.seanet.n_filters}: widening keeps what it computes, narrowing cannot"
+        )
     wide_card = card.replace(
         seanet=dataclasses.replace(card.seanet, n_filters=args.detector_filters)
     )
@@ -92,6 +113,24 @@ def _eval(args: argparse.Namespace) -> int:
         raise TrainingSetupError("eval runs on the CPU only (--device cpu)")
     if not args.alpha >= 0 or math.isinf(args.alpha):  # also refuses NaN
         raise SettingError(f"--alpha must be a finite strength >= 0, got {args.alpha}")
+    if args.windows < 1 or args.attack_windows < 1 or args.localization < 0:
+        raise SettingError("--windows and --attack-windows must be >= 1, --localization >= 0")
+    _check_folder(args.out, "--out")
+    if args.attacks not in ("all", "none"):
+        from audioseal_live.training.attacks import ATTACKS, CODECS, codec_available
+
+        asked = [a.strip() for a in args.attacks.split(",") if a.strip()]
+        unknown = [a for a in asked if a not in ATTACKS]
+        if unknown:
+            codecs = [
+                a
+                for a in unknown
+                if a.split("_")[0] in CODECS and not codec_available(a.split("_")[0])
+            ]
+            why = f" ({', '.join(codecs)}: no encoder in this libsndfile)" if codecs else ""
+            raise SettingError(
+                f"unknown attack(s) {', '.join(unknown)}{why}; known: {', '.join(ATTACKS)}"
+            )
     run_eval(args)
     return 0
 

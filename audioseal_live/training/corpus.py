@@ -32,6 +32,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from audioseal_live.errors import AudioSealLiveError
+
 SR = 16_000
 SPLITS = ("train", "valid", "test")
 SPLIT_FRACTIONS = {"train": 0.8, "valid": 0.1, "test": 0.1}
@@ -93,10 +95,18 @@ ESPEAK_LANGS = {
 # flite/festival voices recorded from the same person share one speaker id, so they never
 # straddle two splits.
 TTS_SPEAKER = {"kal": "kal", "kal16": "kal", "kal_diphone": "kal"}
+# festival's CMU ARCTIC voices are flite's speakers again: cmu_us_slt_arctic_hts is slt
+_CMU_VOICE = re.compile(r"cmu_us_([a-z]+)_")
 
 
-class CorpusError(RuntimeError):
-    """Raised when no source at all could produce audio."""
+def tts_speaker(voice: str) -> str:
+    """The person behind a flite/festival voice name (one split per person)."""
+    cmu = _CMU_VOICE.match(voice)
+    return TTS_SPEAKER.get(voice, cmu.group(1) if cmu else voice)
+
+
+class CorpusError(AudioSealLiveError, RuntimeError):
+    """Raised when no source at all could produce audio (or the output cannot be written)."""
 
 
 @dataclass
@@ -381,7 +391,7 @@ def _read_aloud(
     """English TTS: paragraphs through `synth(text_file, wav_file) -> command` until `seconds`."""
     rng = _rng(seed, source, voice)
     pool = english_fallback_pool() + text_pool(["en_GB"])
-    speaker = TTS_SPEAKER.get(voice, voice)
+    speaker = tts_speaker(voice)
     clips: list[Clip] = []
     with tempfile.TemporaryDirectory() as tmp:
         txt, wav = Path(tmp) / "in.txt", Path(tmp) / "out.wav"
@@ -1028,12 +1038,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        build_corpus(args.out, scale=args.scale, seed=args.seed, workers=args.workers)
-    except CorpusError as err:
-        print(f"error: {err}")
-        return 1
-    return 0
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"cannot build the corpus in {out}: it is a file")
+    build_corpus(args.out, scale=args.scale, seed=args.seed, workers=args.workers)
+    return 0  # a CorpusError reaches the CLI: "audioseal-live: error: ..." and status 2
 
 
 if __name__ == "__main__":

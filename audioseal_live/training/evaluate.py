@@ -293,12 +293,16 @@ def evaluate(
     res["targets"] = {
         "si_snr_db >= 26": q["si_snr_db"] >= TARGETS["si_snr_db"],
         "tpr >= 0.99 at fpr <= 0.01": c["tpr_at_fpr1"] >= TARGETS["tpr_at_fpr1"],
-        "16-bit exact match >= 0.95": c["exact_match"] >= TARGETS["exact_match"],
+        "16-bit exact match >= 0.95 (detected windows)": c["exact_match_detected"]
+        >= TARGETS["exact_match"],
         "attack mean accuracy >= 0.90": res["attack_mean_acc"] >= 0.90,
         "false alarms on silence/noise <= 0.01": all(
             v <= 0.01 for k, v in res["false_alarms"].items() if k != "music_test"
         ),
     }
+    if "polarity" in res["attacks"] and "tpr_at_0.5" in res["attacks"]["polarity"]:
+        polarity = res["attacks"]["polarity"]["tpr_at_0.5"]
+        res["targets"]["polarity-inverted audio detected (TPR >= 0.99)"] = polarity >= 0.99
     res["seconds"] = round(time.time() - t0, 1)
     return res
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from audioseal_live.errors import CheckpointError
+from audioseal_live.errors import CheckpointError, SettingError
 from audioseal_live.models.cards import ModelCard, small_card
 from audioseal_live.models.detector import AudioSealDetector
 from audioseal_live.models.generator import AudioSealWM
@@ -44,6 +44,7 @@ from audioseal_live.training.data import Batch, SegmentPool, make_batch
 log = logging.getLogger(__name__)
 
 STAGES = ("detect", "message", "quality")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # both end a run between steps
 KINDS = ("generator", "detector")
 
 
@@ -396,10 +397,10 @@ class Trainer:
         audio, labels = L.apply_masks(watermarked, x, other, modes)
         attack = "none"
         if quality and float(draws[0]) < cfg.attack_prob:
-            from audioseal_live.training.attacks import random_attack
+            from audioseal_live.training.attacks import random_attack_with_labels
 
-            attacked, attack = random_attack(
-                audio, generator=self.tgen, weights=self.attack_weights()
+            attacked, labels, attack = random_attack_with_labels(
+                audio, labels, generator=self.tgen, weights=self.attack_weights()
             )
             audio = straight_through(audio, attacked)
         audio, labels = crop(audio, shifts, cfg.max_shift), crop(labels, shifts, cfg.max_shift)
@@ -634,6 +635,10 @@ class Trainer:
 
     # --- loop ------------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
+        """Stop after the step in progress (SIGTERM, Ctrl-C): the checkpoint then holds whole
+        steps only, so a resume is exact. A second Ctrl-C interrupts at once."""
+        if self._stop:
+            raise KeyboardInterrupt
         self._stop = True
 
     def fit(self) -> None:
@@ -753,6 +758,28 @@ def export(checkpoint: str | Path, out_dir: str | Path = "assets/model") -> tupl
     return g, d
 
 
+# Settings that decide how the detector reads the message (its card: the template code, the
+# phases): a resume that changed them would save a different detector under the same run.
+READER_KEYS = ("w_template_code", "template_lo", "template_hi", "msg_jitter")
+
+
+def _keep_reader(cfg: TrainConfig, saved: dict[str, Any]) -> None:
+    """On resume, READER_KEYS left at their defaults continue as the run had them; set to
+    something else, they are refused (a new run: --fresh with --init-from)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for key in READER_KEYS:
+        if key not in saved or getattr(cfg, key) == saved[key]:
+            continue
+        if getattr(cfg, key) == defaults[key]:
+            setattr(cfg, key, saved[key])
+            continue
+        raise SettingError(
+            f"{key}={getattr(cfg, key)!r} differs from the run's {saved[key]!r}: it changes how "
+            f"the detector reads the message. Start a new run from this one instead "
+            f"(--fresh --init-from {Path(cfg.run_dir) / 'last.pt'})"
+        )
+
+
 def run_training(cfg: TrainConfig, resume: bool = True, keep_lr: bool = True) -> Trainer:
     """Start a run, or continue it from RUN_DIR/last.pt when one is there.
 
@@ -766,6 +793,7 @@ def run_training(cfg: TrainConfig, resume: bool = True, keep_lr: bool = True) ->
         for key in keys + (["lr"] if keep_lr else []):
             if key in saved:  # runs older than a key keep the default
                 setattr(cfg, key, saved[key])
+        _keep_reader(cfg, saved)
     trainer = Trainer(cfg)
     if resume and last.is_file():
         trainer.load(last)
@@ -778,11 +806,15 @@ def run_training(cfg: TrainConfig, resume: bool = True, keep_lr: bool = True) ->
         _, bit = trainer.running()
         trainer.cur.bit_floor = max(0.0, bit - 0.05)  # keep what the bits have, no more
         trainer.switch(cfg.force_stage, "forced by --force-stage")
-    signal.signal(signal.SIGTERM, trainer.request_stop)
+    handlers = {sig: signal.signal(sig, trainer.request_stop) for sig in STOP_SIGNALS}
     try:
         trainer.fit()
     except KeyboardInterrupt:
-        trainer.save()
-        trainer.event("interrupted")
+        # Forced out mid-step: its batch was drawn and maybe applied, so this state is not a
+        # step boundary; the last checkpoint (at most ckpt_minutes old) stays the one to resume.
+        trainer.event("interrupted", step=trainer.step, kept=str(last))
         raise
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return trainer
