@@ -140,3 +140,10 @@ def test_cli_arguments() -> None:
     C.add_arguments(parser)
     args = parser.parse_args(["--out", "x", "--scale", "0.5", "--workers", "2"])
     assert (args.out, args.scale, args.seed, args.workers) == (Path("x"), 0.5, 0, 2)
+
+
+def test_the_same_person_behind_two_tts_engines_is_one_speaker() -> None:
+    """festival's CMU ARCTIC voices are flite's speakers again: one split per person."""
+    assert C.tts_speaker("cmu_us_slt_arctic_hts") == C.tts_speaker("slt") == "slt"
+    assert C.tts_speaker("cmu_us_awb_cg") == "awb" and C.tts_speaker("kal_diphone") == "kal"
+    assert C.tts_speaker("en1_mbrola") == "en1_mbrola"
