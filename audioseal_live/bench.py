@@ -15,7 +15,10 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+from audioseal_live.errors import AudioFileError, SettingError
 
 SAMPLE_RATE = 16000
 DEFAULT_CHUNKS = (320, 640, 1600, 16000)
@@ -269,7 +272,14 @@ def run(args: argparse.Namespace) -> int:
         for key, value in report.items():
             print(f"{key:>28}: {value}")
         return 0
-    chunks = tuple(int(c) for c in args.chunks.split(","))
+    try:
+        chunks = tuple(int(c) for c in args.chunks.split(","))
+    except ValueError:
+        raise SettingError(f"--chunks {args.chunks!r}: sizes in samples, e.g. 320,1600") from None
+    if not chunks or min(chunks) < 1:
+        raise SettingError(f"--chunks {args.chunks!r}: sizes must be positive")
+    if args.json and not Path(args.json).expanduser().parent.is_dir():  # before minutes of work
+        raise AudioFileError(f"cannot write {args.json}: folder does not exist")
     threads = args.threads or 2
     print(
         f"audioseal-live bench: {args.models} cards, streaming, {threads} CPU threads, "
@@ -293,8 +303,12 @@ def run(args: argparse.Namespace) -> int:
             "when it was traced (a busy core stalls every split op; see blocks.traced)"
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([asdict(r) for r in results], f, indent=2)
+        try:
+            Path(args.json).expanduser().write_text(
+                json.dumps([asdict(r) for r in results], indent=2)
+            )
+        except OSError as exc:
+            raise AudioFileError(f"cannot write {args.json}: {exc.strerror or exc}") from None
     return 0
 
 

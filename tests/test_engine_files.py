@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,72 @@ def test_cli_run_checks_its_stats_file_before_the_run(
     stats = tmp_path / "missing" / "stats.json"
     assert main(["demo", "--stats-json", str(stats), "--duration", "60"]) == 2
     assert "stats.json: folder does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["demo", "--threads", "0"], "--threads: at least 1"),
+        (["demo", "--rate", "-44100"], "--rate: a positive rate"),
+        (["demo", "--duration", "-1"], "--duration: a positive number"),
+        (["demo", "--record", "{t}/a.wav", "--record-input", "{t}/a.wav"], "the same file"),
+        (["demo", "--source", "{t}/src.wav", "--record", "{t}/src.wav"], "the same file"),
+        (["embed", "{t}/src.wav", "{t}/o.wav", "--device", "gpu"], "--device 'gpu'"),
+        (["embed", "{t}/src.wav", "{t}/o.wav", "--message", "0101"], "looks binary"),
+        (["embed", "{t}/src.wav", "{t}/o.wav", "--model", "{t}/empty"], "no generator.json"),
+        (["detect", "{t}"], "a folder"),
+        (["bench", "--chunks", "320,,1600"], "--chunks"),
+        (["export", "--checkpoint", "{t}/missing.pt", "--out", "{t}/x"], "missing.pt"),
+    ],
+)
+def test_cli_mistakes_are_one_line_and_touch_nothing(
+    argv: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import soundfile as sf
+
+    src = tmp_path / "src.wav"
+    sf.write(src, np.zeros(16000, np.float32), 16000)
+    (tmp_path / "empty").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with (
+        pytest.raises(SystemExit)
+        if argv[1] in ("--threads", "--rate", "--duration")
+        else (contextlib.nullcontext()) as ctx
+    ):
+        rc = main([a.format(t=tmp_path) for a in argv])
+    if ctx is not None:  # argparse's own error: status 2, one line after the usage
+        rc = ctx.value.code
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert sf.info(src).frames == 16000
+
+
+def test_written_files_have_the_usual_mode_and_a_full_disk_is_one_line(tmp_path: Path) -> None:
+    import os
+
+    from audioseal_live.engine.recorder import AtomicSoundFile
+
+    old = os.umask(0o022)
+    try:
+        f = AtomicSoundFile(tmp_path / "a.wav", 16000, 1)
+        f.write(np.zeros(100, np.float32))
+        f.commit()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.wav").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+    class FullDisk:
+        def write(self, x: np.ndarray) -> None:
+            raise RuntimeError("System error.")  # what libsndfile says on ENOSPC
+
+        def close(self) -> None:
+            pass
+
+    f = AtomicSoundFile(tmp_path / "b.wav", 16000, 1)
+    f._f = FullDisk()
+    with pytest.raises(AudioFileError, match="cannot write .*b.wav: System error"):
+        f.write(np.zeros(100, np.float32))
+    f.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]

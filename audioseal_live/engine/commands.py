@@ -67,6 +67,31 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 # ----- run / demo ------------------------------------------------------------------------
+def _check_compute_device(device: str) -> None:
+    import torch
+
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"--device {device!r}: use cpu or cuda (cuda:N)") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for but torch sees no CUDA GPU")
+
+
+def _distinct_files(**paths: str | None) -> None:
+    """Recordings and the demo's source must be different files (one would overwrite the
+    other: a recording over its own source, two recordings into one file)."""
+    seen: dict[Path, str] = {}
+    for flag, path in paths.items():
+        if path is None:
+            continue
+        key = Path(path).expanduser().resolve()
+        if key in seen:
+            a, b = seen[key].replace("_", "-"), flag.replace("_", "-")
+            raise AudioFileError(f"--{a} and --{b} name the same file {path}: use two files")
+        seen[key] = flag
+
+
 def _engine_config(args: argparse.Namespace, **over: Any) -> Any:
     from audioseal_live.engine.engine import EngineConfig
 
@@ -75,11 +100,12 @@ def _engine_config(args: argparse.Namespace, **over: Any) -> Any:
         monitor = None
     elif isinstance(monitor, str) and monitor != "output":
         monitor = _device_arg(monitor)
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise DeviceError("--device cuda was asked for but torch sees no CUDA GPU")
+    _check_compute_device(args.device)
+    _distinct_files(
+        record=args.record,
+        record_input=args.record_input,
+        source=getattr(args, "source", None),
+    )
     cfg = dict(
         input=_device_arg(getattr(args, "input", None)),
         output=_device_arg(args.output),
@@ -164,6 +190,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _load_marker(args: argparse.Namespace) -> Any:
     from audioseal_live.engine.engine import Engine, EngineConfig
 
+    _check_compute_device(args.device)
     eng = Engine(
         EngineConfig(model=args.model, monitor=None, device=args.device, threads=args.threads)
     )
@@ -177,6 +204,7 @@ def _load_detector(args: argparse.Namespace) -> Any:
     from audioseal_live import AudioSeal
     from audioseal_live.engine.model import TorchDetector, _paired_detector
 
+    _check_compute_device(args.device)
     torch.set_num_threads(max(1, args.threads))
     name = args.detector or _paired_detector(args.model)
     return TorchDetector(
@@ -227,6 +255,21 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 # ----- parser ----------------------------------------------------------------------------
+def _number(kind: type, least: float, what: str) -> Any:
+    """An argparse type: a number >= least (argparse turns the ValueError into one line)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value >= least:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"{what}, not {text}")
+        return value
+
+    return parse
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -234,7 +277,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--detector", help="detector card/path (default: paired with --model)")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument(
+        "--threads",
+        type=_number(int, 1, "at least 1"),
+        default=1,
+        help="torch CPU threads (default 1)",
+    )
 
 
 def _live_args(p: argparse.ArgumentParser, with_input: bool) -> None:
@@ -257,8 +305,17 @@ def _live_args(p: argparse.ArgumentParser, with_input: bool) -> None:
         default=20.0,
         help="model chunk, 20-200 ms in steps of 20 (default 20)",
     )
-    p.add_argument("--rate", type=int, help="device sample rate (default: output's default)")
-    p.add_argument("--block", type=int, default=0, help="PortAudio block size (0 = host's)")
+    p.add_argument(
+        "--rate",
+        type=_number(int, 1, "a positive rate in Hz"),
+        help="device sample rate (default: output's default)",
+    )
+    p.add_argument(
+        "--block",
+        type=_number(int, 0, "0 (the host's) or more frames"),
+        default=0,
+        help="PortAudio block size (0 = host's)",
+    )
     p.add_argument(
         "--overload",
         choices=["pass", "mute"],
@@ -267,7 +324,11 @@ def _live_args(p: argparse.ArgumentParser, with_input: bool) -> None:
     )
     p.add_argument("--record", help="record the marked output to a .wav/.flac file")
     p.add_argument("--record-input", help="also record the input to a .wav/.flac file")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument(
+        "--duration",
+        type=_number(float, 0.001, "a positive number of seconds"),
+        help="stop after this many seconds",
+    )
     p.add_argument("--stats-json", help="write the final statistics to this JSON file")
     _model_args(p)
 

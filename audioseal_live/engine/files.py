@@ -42,7 +42,7 @@ def open_audio(path: str | os.PathLike[str]) -> Any:
 
     p = Path(path)
     if not p.is_file():
-        raise AudioFileError(f"cannot read {p}: no such file")
+        raise AudioFileError(f"cannot read {p}: " + ("a folder" if p.is_dir() else "no such file"))
     try:
         f = sf.SoundFile(p)
     except Exception as exc:  # libsndfile's message says what is wrong

@@ -34,6 +34,17 @@ def format_for(path: Path) -> tuple[str, str]:
     return fmt
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it for every thread)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc (macOS, Windows): set and restore at once
+    os.umask(mask)
+    return mask
+
+
 class AtomicSoundFile:
     """``soundfile.SoundFile`` writing to a temp file, renamed onto ``path`` by ``commit()``."""
 
@@ -54,6 +65,9 @@ class AtomicSoundFile:
             raise AudioFileError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         os.close(fd)
         self.tmp = Path(tmp)
+        # mkstemp makes the file private (0600); the finished file gets the usual mode
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o666 & ~_umask())
         try:
             self._f: Any = sf.SoundFile(
                 tmp,
@@ -68,11 +82,17 @@ class AtomicSoundFile:
             raise AudioFileError(f"cannot write {self.path}: {exc}") from None
 
     def write(self, x: np.ndarray) -> None:
-        self._f.write(x)
+        try:
+            self._f.write(x)
+        except Exception as exc:  # disk full, device gone: one line for the user
+            raise AudioFileError(f"cannot write {self.path}: {exc}") from None
 
     def commit(self) -> None:
-        self._f.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self._f.close()
+            os.replace(self.tmp, self.path)
+        except Exception as exc:
+            raise AudioFileError(f"cannot write {self.path}: {exc}") from None
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
@@ -146,8 +166,8 @@ class Recorder:
         if not self.error:
             try:
                 self._file.commit()
-            except OSError as exc:
-                self.error = f"recording {self.path}: {exc.strerror or exc}"
+            except AudioFileError as exc:
+                self.error = f"recording {exc}"
         if self.error:
             self._file.abort()
             log.error("%s; nothing was saved", self.error)

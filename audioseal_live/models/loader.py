@@ -90,6 +90,11 @@ def load_model(name_or_path: str | Path | None, kind: Kind, nbits: int | None = 
 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        if not (path / f"{kind}.json").is_file():
+            raise CheckpointError(
+                f"{path}: no {kind}.json in this folder (a model folder holds "
+                f"generator.json/detector.json with their .safetensors)"
+            )
         path = path / f"{kind}.json"
     if not path.exists():
         raise CheckpointError(

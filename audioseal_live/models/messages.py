@@ -43,6 +43,12 @@ def parse_message_text(text: str, nbits: int) -> torch.Tensor:
                 raise MessageError(f"binary message must have {nbits} digits, got {len(t)}")
         if len(t) == nbits and set(t) <= {"0", "1"}:
             return torch.tensor([int(c) for c in t], dtype=torch.long)
+        if set(t) <= {"0", "1"} and (len(t) > 5 or (len(t) > 1 and t[0] == "0")):
+            # no decimal of 16 bits looks like this: binary digits, but not nbits of them
+            raise MessageError(
+                f"message {text!r} looks binary but has {len(t)} digits, not {nbits} "
+                f"(or write it in hex, 0x…, or decimal)"
+            )
         return int_to_bits(int(t, 10), nbits)
     except ValueError as exc:
         if isinstance(exc, MessageError):

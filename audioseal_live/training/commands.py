@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import tempfile
 from pathlib import Path
 
 from audioseal_live.errors import AudioSealLiveError, SettingError
@@ -33,10 +34,18 @@ def _check_device(device: str) -> None:
 
 
 def _check_folder(path: str, what: str) -> None:
-    """A folder to write into: refused at once if it is a file (not after hours of work)."""
+    """A folder to write into, made now: refused at once if it is a file or cannot be made
+    or written (not after hours of work)."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise TrainingSetupError(f"{what} {p} is a file, not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise TrainingSetupError(f"{what} {p}: cannot write there ({why})") from None
 
 
 def _corpus(args: argparse.Namespace) -> int:
@@ -46,9 +55,11 @@ def _corpus(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from audioseal_live.training.data import read_manifest
     from audioseal_live.training.trainer import TrainConfig, run_training
 
     _check_device(args.device)
+    read_manifest(args.corpus)  # no corpus: say so before making a run folder
     _check_folder(args.run_dir, "--run-dir")
     logging.getLogger("audioseal_live").setLevel(logging.INFO)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -101,8 +112,10 @@ def _widen(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.run_dir) / "best.pt"
-    _do_export(ckpt, Path(args.out), Path(args.run_dir))
+    if args.checkpoint:  # the file named, or an error that names it
+        _do_export(Path(args.checkpoint), Path(args.out))
+    else:  # the run's best, else its last
+        _do_export(Path(args.run_dir) / "best.pt", Path(args.out), Path(args.run_dir))
     return 0
 
 
