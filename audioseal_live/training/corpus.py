@@ -1031,7 +1031,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scale",
         type=float,
         default=1.0,
-        help="amount of audio relative to the full corpus (~5 h); 0.02 = smoke",
+        help="amount of audio relative to the full corpus (~6 h); 0.02 = smoke",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for splits and synthesis")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
