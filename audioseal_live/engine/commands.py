@@ -67,7 +67,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 # ----- run / demo ------------------------------------------------------------------------
-def _check_compute_device(device: str) -> None:
+def check_compute_device(device: str) -> None:
+    """A torch device the user named: parsed, and CUDA only where torch sees a GPU."""
     import torch
 
     try:
@@ -100,7 +101,7 @@ def _engine_config(args: argparse.Namespace, **over: Any) -> Any:
         monitor = None
     elif isinstance(monitor, str) and monitor != "output":
         monitor = _device_arg(monitor)
-    _check_compute_device(args.device)
+    check_compute_device(args.device)
     _distinct_files(
         record=args.record,
         record_input=args.record_input,
@@ -190,7 +191,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _load_marker(args: argparse.Namespace) -> Any:
     from audioseal_live.engine.engine import Engine, EngineConfig
 
-    _check_compute_device(args.device)
+    check_compute_device(args.device)
     eng = Engine(
         EngineConfig(model=args.model, monitor=None, device=args.device, threads=args.threads)
     )
@@ -204,7 +205,7 @@ def _load_detector(args: argparse.Namespace) -> Any:
     from audioseal_live import AudioSeal
     from audioseal_live.engine.model import TorchDetector, _paired_detector
 
-    _check_compute_device(args.device)
+    check_compute_device(args.device)
     torch.set_num_threads(max(1, args.threads))
     name = args.detector or _paired_detector(args.model)
     return TorchDetector(

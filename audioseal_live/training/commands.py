@@ -23,14 +23,9 @@ class TrainingSetupError(AudioSealLiveError, ValueError):
 
 
 def _check_device(device: str) -> None:
-    import torch
+    from audioseal_live.engine.commands import check_compute_device
 
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise TrainingSetupError(f"--device {device!r}: use cpu or cuda (cuda:N)") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingSetupError("--device cuda asked for, but torch sees no CUDA GPU here")
+    check_compute_device(device)
 
 
 def _check_folder(path: str, what: str) -> None:
@@ -51,6 +46,7 @@ def _check_folder(path: str, what: str) -> None:
 def _corpus(args: argparse.Namespace) -> int:
     from audioseal_live.training import corpus
 
+    _check_folder(args.out, "--out")
     return int(corpus.run(args) or 0)
 
 

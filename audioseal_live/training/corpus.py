@@ -1038,15 +1038,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CorpusError(f"cannot build the corpus in {out}: it is a file")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        raise CorpusError(f"cannot build the corpus in {out}: {exc.strerror or exc}") from None
     build_corpus(args.out, scale=args.scale, seed=args.seed, workers=args.workers)
     return 0  # a CorpusError reaches the CLI: "audioseal-live: error: ..." and status 2
 
