@@ -114,8 +114,13 @@ def check_audio_path(res: LoopResult, server: object, min_si_snr: float | None =
     if snap.underruns:
         known.append(f"{snap.underruns} output-ring underruns in {SECONDS:.0f} s")
     assert snap.callback_errors == 0, snap.last_error
-    assert snap.chunks >= SECONDS * 50 * 0.95, (  # 20 ms chunks
-        f"{snap.chunks} chunks from {snap.time_s:.2f} s of input; input ring overflows "
+    # The worker kept up with what JACK delivered (20 ms chunks): JACK's own clock, not the
+    # wall's -- with the host stealing the CPU, the dummy server runs fewer periods than 22 s
+    # hold (CI rehearsal, session 10: 20.8 s of input in 22 s, 13 s stolen).
+    fed_s = len(res.fed) / res.rate
+    assert snap.chunks >= fed_s * 50 * 0.95, (
+        f"{snap.chunks} chunks from {snap.time_s:.2f} s of input ({fed_s:.2f} s fed); "
+        f"input ring overflows "
         f"{snap.input_ring_overflows}, unmarked {snap.unmarked_s:.2f} s; " + causes.summary()
     )
     x, y = aligned(res)

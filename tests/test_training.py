@@ -618,15 +618,18 @@ def test_ctrl_c_stops_between_steps_and_the_resume_is_exact(corpus: Path, tmp_pa
         return real_step(self)
 
     Trainer.train_step = interrupted_step  # type: ignore[method-assign]
+    # as in a terminal (a background job, e.g. CI, starts with SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         t = run_training(tiny_config(corpus, run, max_steps=4))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     finally:
         Trainer.train_step = real_step  # type: ignore[method-assign]
+        signal.signal(signal.SIGINT, before)
     assert t.step == 2  # the interrupted step completed; no more started
     b = Trainer(tiny_config(corpus, tmp_path / "b"))
     b.load(run / "last.pt")
     assert [b.train_step()["loss"] for _ in range(2)] == expected[2:]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
 def test_resume_keeps_how_the_detector_reads_the_message(corpus: Path, tmp_path: Path) -> None:

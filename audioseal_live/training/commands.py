@@ -55,15 +55,17 @@ def _train(args: argparse.Namespace) -> int:
     from audioseal_live.training.trainer import TrainConfig, run_training
 
     _check_device(args.device)
-    read_manifest(args.corpus)  # no corpus: say so before making a run folder
-    _check_folder(args.run_dir, "--run-dir")
-    logging.getLogger("audioseal_live").setLevel(logging.INFO)
+    if Path(args.run_dir).is_file():
+        raise TrainingSetupError(f"--run-dir {args.run_dir} is a file, not a folder")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     if not 0 <= cfg.max_shift < cfg.segment:
         raise TrainingSetupError(
             f"--max-shift {cfg.max_shift} must lie in [0, --segment {cfg.segment})"
         )
+    read_manifest(args.corpus)  # no corpus: say so before making a run folder
+    _check_folder(args.run_dir, "--run-dir")
+    logging.getLogger("audioseal_live").setLevel(logging.INFO)
     trainer = run_training(cfg, resume=not args.fresh, keep_lr=args.lr is None)
     if args.export:
         _do_export(Path(cfg.run_dir) / "best.pt", Path(args.export), trainer.run_dir)
@@ -86,9 +88,10 @@ def _widen(args: argparse.Namespace) -> int:
     from audioseal_live import AudioSeal
     from audioseal_live.models import AudioSealDetector
     from audioseal_live.models.checkpoint import save_model
+    from audioseal_live.models.loader import default_model_dir
     from audioseal_live.training.widen import widen
 
-    src, out = Path(args.model), Path(args.out)
+    src, out = Path(args.model) if args.model else default_model_dir(), Path(args.out)
     det = AudioSeal.load_detector(str(src / "detector.json")).eval()
     card = det.card
     if args.detector_filters <= card.seanet.n_filters:
@@ -280,7 +283,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "widen", help="a model folder with a wider detector that computes the same (Net2Net)"
     )
-    p.add_argument("--model", default="assets/model", help="exported model folder")
+    p.add_argument("--model", help="exported model folder (default: the embedded model)")
     p.add_argument("--detector-filters", type=int, required=True, help="new n_filters")
     p.add_argument("--noise", type=float, default=0.01, help="symmetry-breaking noise (x std)")
     p.add_argument("--out", required=True, help="new model folder (generator copied)")

@@ -806,7 +806,12 @@ def run_training(cfg: TrainConfig, resume: bool = True, keep_lr: bool = True) ->
         _, bit = trainer.running()
         trainer.cur.bit_floor = max(0.0, bit - 0.05)  # keep what the bits have, no more
         trainer.switch(cfg.force_stage, "forced by --force-stage")
-    handlers = {sig: signal.signal(sig, trainer.request_stop) for sig in STOP_SIGNALS}
+    # (a signal the process ignores, e.g. SIGINT in a background job, stays ignored)
+    handlers = {
+        sig: signal.signal(sig, trainer.request_stop)
+        for sig in STOP_SIGNALS
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         trainer.fit()
     except KeyboardInterrupt:
