@@ -420,10 +420,37 @@ def test_streamed_code_detector_gives_the_networks_probabilities() -> None:
     torch.testing.assert_close(streamed, offline, atol=TOL, rtol=0)
 
 
+def test_a_ragged_last_chunk_ends_the_stream_as_the_zero_padded_signal(small) -> None:
+    """The reference's examples stream a file in fixed chunks, the last one ragged: it is
+    zero-padded to whole hops, so the output is the offline output of the padded signal."""
+    gen, det = small
+    x, msg = audio(HOP * 10 + 123, seed=11), torch.tensor([[1, 0] * 8])
+    padded = torch.nn.functional.pad(x, (0, HOP - 123))
+    with torch.inference_mode():
+        whole = gen(padded, message=msg)[..., : x.shape[-1]]
+        logits = det.logits(padded)[..., : x.shape[-1]]
+        with gen.streaming(1), det.streaming(1):
+            out = torch.cat([gen(c, message=msg) for c in x.split(5 * HOP, -1)], -1)
+            probs = torch.cat([det(c)[0] for c in x.split(5 * HOP, -1)], -1)
+            gen.reset_streaming()  # a new stream may start
+            gen(x[..., :HOP], message=msg)
+    torch.testing.assert_close(out, whole, atol=TOL, rtol=0)
+    torch.testing.assert_close(probs, torch.softmax(logits[:, :2], 1), atol=TOL, rtol=0)
+
+
+def test_one_message_row_serves_the_whole_batch(small) -> None:
+    gen, _ = small
+    x, row = audio(HOP * 2, batch=3, seed=12), torch.tensor([[1, 0, 0, 1] * 4])
+    with torch.inference_mode():
+        torch.testing.assert_close(gen(x, message=row), gen(x, message=row.expand(3, -1)))
+
+
 def test_streaming_rejects_partial_hops_and_bad_audio(small) -> None:
     gen, det = small
-    with gen.streaming(1), pytest.raises(ValueError, match="ChunkedStream"):
-        gen(audio(100))
+    with gen.streaming(1):
+        gen(audio(100))  # a ragged chunk can end a stream (a file's last), but then no more
+        with pytest.raises(ValueError, match="ChunkedStream"):
+            gen(audio(HOP))
     with pytest.raises(ValueError, match="NaN"):
         det(torch.full((1, 1, HOP), float("nan")))
     with pytest.raises(ValueError, match=r"\(batch, 1, samples\)"):

@@ -74,9 +74,34 @@ class CardModel(StreamingRoot):
         """How many signals each chunk must hold while streaming (None: not streaming)."""
         return self.stream_batch
 
+    def _pad_last_chunk(self, x: Tensor) -> Tensor:
+        """While streaming, a chunk that is not whole hops can only be the stream's last (a
+        file's ragged end, as the reference's examples feed it): zero-padded to whole hops, so
+        the caller's output, cut to the chunk's length, is the offline output of the signal
+        padded with zeros (as ChunkedStream.flush gives). The stream then ends."""
+        if not (self.is_streaming and isinstance(x, Tensor) and x.ndim == 3):
+            return x
+        rest = x.shape[-1] % self.hop_length
+        if rest == 0:
+            return x
+        self._check_not_ended(x)
+        padded = torch.nn.functional.pad(x, (0, self.hop_length - rest))
+        self.__dict__["_ended"] = (self.stream_epoch, padded)  # this call may still run on it
+        return padded
+
+    def _check_not_ended(self, x: Tensor) -> None:
+        ended = self.__dict__.get("_ended")
+        if self.is_streaming and ended and ended[0] == self.stream_epoch and ended[1] is not x:
+            raise ValueError(
+                f"this stream ended with a chunk that was not whole hops of {self.hop_length} "
+                "samples; reset_streaming() or a new streaming() block starts another "
+                "(audioseal_live.ChunkedStream takes any chunk sizes)"
+            )
+
     def _check_input(self, x: Tensor, sample_rate: int | None) -> None:
         """Valid audio, and whole hops while streaming."""
         check_audio(x, sample_rate, self.sample_rate)
+        self._check_not_ended(x)
         expected = self.signals_streaming()
         if expected is not None and x.shape[0] != expected:  # before any state changes
             raise ValueError(

@@ -94,14 +94,17 @@ class AudioSealWM(CardModel):
     ) -> Tensor:
         """The watermark alone (B, 1, T) for audio x (B, 1, T) at the model's rate.
 
-        While streaming, T must be a multiple of the hop (320 samples at 16 kHz); for other
-        chunk sizes use :class:`audioseal_live.ChunkedStream`.
+        While streaming, T is a multiple of the hop (320 samples at 16 kHz), except in a
+        stream's last chunk (zero-padded, see ``_pad_last_chunk``); for any chunk sizes
+        throughout, use :class:`audioseal_live.ChunkedStream`.
         """
+        length = x.shape[-1] if isinstance(x, Tensor) else 0
+        x = self._pad_last_chunk(x)
         self._check_input(x, sample_rate)
         msg = None
         if self.msg_processor is not None:
             msg = self._resolve_message(message, x.shape[0]).to(x.device)
-        return self.watermark_of(x, msg)
+        return self.watermark_of(x, msg)[..., :length]
 
     def watermark_of(self, x: Tensor, message: Tensor | None) -> Tensor:
         """:meth:`get_watermark`'s arithmetic alone: ``x`` already checked, ``message`` a

@@ -78,8 +78,8 @@ def to_message_tensor(message: MessageLike, batch_size: int, nbits: int) -> torc
             f"expected a message of {nbits} bits, shaped ({nbits},) or (batch, {nbits}); "
             f"got shape {tuple(msg.shape)}"
         )
-    if msg.ndim == 1:
-        msg = msg.unsqueeze(0).expand(batch_size, -1)
+    if msg.ndim == 1 or msg.shape[0] == 1:  # one message for the whole batch, as the reference
+        msg = msg.reshape(1, nbits).expand(batch_size, -1)
     if msg.shape[0] != batch_size:
         raise MessageError(f"message batch {msg.shape[0]} does not match audio batch {batch_size}")
     if not torch.all((msg == 0) | (msg == 1)):
