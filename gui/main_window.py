@@ -49,7 +49,7 @@ from PySide6.QtWidgets import (
 
 from audioseal_live.engine.audio_io import DeviceInfo, list_devices, rescan_devices
 from audioseal_live.engine.engine import EngineConfig
-from audioseal_live.engine.metrics import NO_MONITOR, Detection, Snapshot
+from audioseal_live.engine.metrics import NO_DETECTION, NO_MONITOR, Snapshot
 from audioseal_live.errors import AudioSealLiveError
 
 log = logging.getLogger(__name__)
@@ -646,7 +646,7 @@ class MainWindow(QMainWindow):
             snap = dataclasses.replace(snap, running=True)
         cfg = self.runner.config
         if cfg is not None and cfg.monitor is None and snap.detection.source != NO_MONITOR:
-            snap = dataclasses.replace(snap, detection=Detection(source=NO_MONITOR))
+            snap = dataclasses.replace(snap, detection=NO_DETECTION)
         return snap
 
     def _on_plot_tick(self) -> None:

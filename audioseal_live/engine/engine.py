@@ -26,13 +26,12 @@ from audioseal_live.engine.audio_io import (
     list_devices,
     resolve_device,
 )
-from audioseal_live.engine.metrics import Detection, Snapshot
+from audioseal_live.engine.metrics import NO_DETECTION, Detection, Snapshot
 from audioseal_live.engine.model import NBITS, FrameDetector, Marker
 from audioseal_live.engine.monitor import DetectorMonitor
 from audioseal_live.engine.native_io import make_callback_io
 from audioseal_live.engine.recorder import Recorder
 from audioseal_live.engine.worker import (
-    NO_DETECTION,
     Controls,
     OverloadPolicy,
     Worker,

@@ -33,6 +33,9 @@ class Detection:
     code_sync: float | None = None  # the message code's sync score (None: no code)
 
 
+NO_DETECTION = Detection(source=NO_MONITOR)  # what a snapshot says without a monitor
+
+
 @dataclass(frozen=True)
 class Snapshot:
     running: bool = False

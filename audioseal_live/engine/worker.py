@@ -22,15 +22,13 @@ import numpy as np
 from audioseal_live.engine.delay import DelayLine
 from audioseal_live.engine.drift import DriftCorrector
 from audioseal_live.engine.limiter import SoftLimiter
-from audioseal_live.engine.metrics import NO_MONITOR, Detection, Snapshot, TimingWindow
+from audioseal_live.engine.metrics import NO_DETECTION, Detection, Snapshot, TimingWindow
 from audioseal_live.engine.model import HOP, MODEL_RATE, Marker
 from audioseal_live.engine.resample import live_resampler
 from audioseal_live.engine.ring import Fifo, RingBuffer
 from audioseal_live.errors import SettingError
 
 log = logging.getLogger(__name__)
-
-NO_DETECTION = Detection(source=NO_MONITOR)  # what the snapshot says without a monitor
 
 OverloadPolicy = Literal["pass", "mute"]
 RELAX_AFTER_S = 10  # seconds without an underrun before the raised set point relaxes
