@@ -157,7 +157,7 @@ class EngineRunner(QObject):
 
     def stop_recording(self) -> tuple[Path, float, float] | None:
         """Finish the recording: (path, seconds, seconds the disk was too slow for, written
-        as silence), or None if none was running."""
+        as silence), also sent as ``recorded``; None if none was running."""
         rec, self.recorder = self.recorder, None
         if rec is None:
             return None
@@ -167,7 +167,10 @@ class EngineRunner(QObject):
         rec.close()  # flushes on its writer thread, renames the file into place
         if rec.error:
             raise DeviceError(rec.error)
-        return rec.path, rec.frames / rec.sample_rate, rec.dropped / rec.sample_rate
+        seconds, lost = rec.frames / rec.sample_rate, rec.dropped / rec.sample_rate
+        log.info("recording finished: %.1f s in %s", seconds, rec.path)
+        self.recorded.emit(str(rec.path), seconds, lost)
+        return rec.path, seconds, lost
 
     # ----- stop --------------------------------------------------------------------------
     def stop(self) -> Snapshot:
@@ -179,10 +182,7 @@ class EngineRunner(QObject):
             snap = eng.stop()  # streams first: nothing more reaches the recorder after this
         rec_error = ""
         try:
-            saved = self.stop_recording()
-            if saved:
-                log.info("recording finished: %.1f s in %s", saved[1], saved[0])
-                self.recorded.emit(str(saved[0]), saved[1], saved[2])
+            self.stop_recording()
         except AudioSealLiveError as exc:
             rec_error = str(exc)
         if eng is not None:

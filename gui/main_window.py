@@ -624,9 +624,7 @@ class MainWindow(QMainWindow):
                 self.runner.start_recording(path)
                 self.record_label.setText(f"recording to {path}")
             else:
-                saved = self.runner.stop_recording()
-                if saved:
-                    self._show_saved(str(saved[0]), saved[1], saved[2])
+                self.runner.stop_recording()  # the label follows runner.recorded
         except AudioSealLiveError as exc:
             self.record_button.blockSignals(True)
             self.record_button.setChecked(False)
