@@ -451,14 +451,12 @@ class MainWindow(QMainWindow):
             chunk_ms=float(self.chunk_combo.currentData()),
             device=str(self.compute_combo.currentData()),
             model=model or None,
-            message=self.message_editor.bits(),
-            alpha=self.alpha_slider.value() / 100,
+            **self._live_controls(),
         )
 
-    def _with_live_controls(self, cfg: EngineConfig) -> EngineConfig:
-        return dataclasses.replace(
-            cfg, message=self.message_editor.bits(), alpha=self.alpha_slider.value() / 100
-        )
+    def _live_controls(self) -> dict[str, Any]:
+        """The message and strength the controls show now (both change while running)."""
+        return {"message": self.message_editor.bits(), "alpha": self.alpha_slider.value() / 100}
 
     # ================================================================= start / stop
     def toggle_start(self) -> None:
@@ -493,8 +491,9 @@ class MainWindow(QMainWindow):
         self._end_busy()
         self._pending_switch = None
         # Edits made while the engine was starting had nothing to reach: send them now.
-        self.runner.set_message(self.message_editor.bits())
-        self.runner.set_alpha(self.alpha_slider.value() / 100)
+        live = self._live_controls()
+        self.runner.set_message(live["message"])
+        self.runner.set_alpha(live["alpha"])
         self.runner.set_bypass(self.bypass_button.isChecked())
         cfg = self.runner.config
         self.statusBar().showMessage(
@@ -520,7 +519,7 @@ class MainWindow(QMainWindow):
             )
             # Roll back (a failure here just reports), with the message and strength as they
             # are now: they may have changed since old_cfg started.
-            self._start_with(self._with_live_controls(old_cfg))
+            self._start_with(dataclasses.replace(old_cfg, **self._live_controls()))
             return
         self.show_error(message)
         self._update_enabled()
