@@ -325,6 +325,10 @@ def _bandpass_random(x: Tensor, g: torch.Generator | None) -> Tensor:
     return bandpass(x, low, _uniform(g, x, max(low + 1000, 2500), 6000))
 
 
+def _speed_factor(g: torch.Generator | None, like: Tensor) -> float:
+    return _uniform(g, like, 0.9, 1.1)
+
+
 def _codec_random(name: str) -> Callable[[Tensor, torch.Generator | None], Tensor]:
     return lambda x, g: codec(x, name, _uniform(g, x, 0.3, 0.9))
 
@@ -342,7 +346,7 @@ TRAINING_ATTACKS: dict[str, Callable[[Tensor, torch.Generator | None], Tensor]] 
     "resample": lambda x, g: resample_roundtrip(
         x, _choice(g, x, [8000, 11025, 22050, 24000, 44100, 48000])
     ),
-    "speed": lambda x, g: speed(x, _uniform(g, x, 0.9, 1.1)),
+    "speed": lambda x, g: speed(x, _speed_factor(g, x)),
     "smooth": lambda x, g: smooth(x, int(_uniform(g, x, 2, 20))),
     "polarity": lambda x, g: polarity(x),
     "clip": lambda x, g: clipping(x, _uniform(g, x, 0.3, 0.9)),
@@ -399,6 +403,6 @@ def random_attack_with_labels(
     name = _pick_family(x, generator, weights)
     if name != "speed":
         return TRAINING_ATTACKS[name](x, generator), labels, name
-    factor = _uniform(generator, x, 0.9, 1.1)  # as TRAINING_ATTACKS["speed"] draws it
+    factor = _speed_factor(generator, x)  # the draw TRAINING_ATTACKS["speed"] makes
     moved = speed(labels[:, None, :], factor)[:, 0] > 0.5
     return speed(x, factor), moved.to(labels.dtype), name

@@ -28,12 +28,17 @@ def _check_device(device: str) -> None:
     check_compute_device(device)
 
 
-def _check_folder(path: str, what: str) -> None:
-    """A folder to write into, made now: refused at once if it is a file or cannot be made
-    or written (not after hours of work)."""
+def _not_a_file(path: str, what: str) -> Path:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise TrainingSetupError(f"{what} {p} is a file, not a folder")
+    return p
+
+
+def _check_folder(path: str, what: str) -> None:
+    """A folder to write into, made now: refused at once if it is a file or cannot be made
+    or written (not after hours of work)."""
+    p = _not_a_file(path, what)
     try:
         p.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=p):
@@ -55,8 +60,7 @@ def _train(args: argparse.Namespace) -> int:
     from audioseal_live.training.trainer import TrainConfig, run_training
 
     _check_device(args.device)
-    if Path(args.run_dir).is_file():
-        raise TrainingSetupError(f"--run-dir {args.run_dir} is a file, not a folder")
+    _not_a_file(args.run_dir, "--run-dir")  # before the corpus check; made after it
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     if not 0 <= cfg.max_shift < cfg.segment:
@@ -127,23 +131,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise SettingError(f"--alpha must be a finite strength >= 0, got {args.alpha}")
     if args.windows < 1 or args.attack_windows < 1 or args.localization < 0:
         raise SettingError("--windows and --attack-windows must be >= 1, --localization >= 0")
-    _check_folder(args.out, "--out")
-    if args.attacks not in ("all", "none"):
-        from audioseal_live.training.attacks import ATTACKS, CODECS, codec_available
-
-        asked = [a.strip() for a in args.attacks.split(",") if a.strip()]
-        unknown = [a for a in asked if a not in ATTACKS]
-        if unknown:
-            codecs = [
-                a
-                for a in unknown
-                if a.split("_")[0] in CODECS and not codec_available(a.split("_")[0])
-            ]
-            why = f" ({', '.join(codecs)}: no encoder in this libsndfile)" if codecs else ""
-            raise SettingError(
-                f"unknown attack(s) {', '.join(unknown)}{why}; known: {', '.join(ATTACKS)}"
-            )
-    run_eval(args)
+    run_eval(args, ready=lambda: _check_folder(args.out, "--out"))
     return 0
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from audioseal_live.errors import SettingError
 from audioseal_live.models.detector import AudioSealDetector
 from audioseal_live.models.generator import AudioSealWM
 from audioseal_live.training.data import SAMPLE_RATE, read_audio, read_manifest
@@ -239,9 +241,12 @@ def evaluate(
     seed: int = 0,
     alpha: float = 1.0,
 ) -> dict[str, Any]:
-    """``alpha``: the watermark's strength, as the app's Strength control (1.0 = 100 %)."""
+    """``alpha``: the watermark's strength, as the app's Strength control (1.0 = 100 %);
+    ``attacks``: names from the suite (None: all); an unknown one is an error, before any work.
+    """
     from audioseal_live.training.attacks import ATTACKS
 
+    names = list(ATTACKS) if attacks is None else known_attacks(attacks)
     t0 = time.time()
     gen.eval()
     det.eval()
@@ -272,7 +277,6 @@ def evaluate(
     res["clean_per_kind"] = per_kind
     res["false_alarms"] = false_alarms(det, corpus, seed, 64)
 
-    names = list(ATTACKS) if attacks is None else [a for a in attacks if a in ATTACKS]
     m = min(attack_windows, len(x))
     res["attacks"] = {}
     for name in names:
@@ -367,15 +371,31 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(max(1, args.threads))
-    gen, det = load_models(args.model)
+def known_attacks(names: list[str]) -> list[str]:
+    """``names``, each in the evaluation suite; else a SettingError that lists the unknown
+    ones (a codec's says when this libsndfile has no encoder for it) and the known."""
+    from audioseal_live.training.attacks import ATTACKS, CODECS, codec_available
+
+    unknown = [a for a in names if a not in ATTACKS]
+    if not unknown:
+        return names
+    codecs = [a for a in unknown if a.split("_")[0] in CODECS]
+    missing = [a for a in codecs if not codec_available(a.split("_")[0])]
+    why = f" ({', '.join(missing)}: no encoder in this libsndfile)" if missing else ""
+    raise SettingError(f"unknown attack(s) {', '.join(unknown)}{why}; known: {', '.join(ATTACKS)}")
+
+
+def run_eval(args: argparse.Namespace, ready: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """``ready``: called once the options hold, before any work (the CLI makes --out)."""
     if args.attacks == "all":
         attacks = None
     elif args.attacks == "none":
         attacks = []
-    else:
-        attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    else:  # checked before the models load
+        attacks = known_attacks([a.strip() for a in args.attacks.split(",") if a.strip()])
+    ready()
+    torch.set_num_threads(max(1, args.threads))
+    gen, det = load_models(args.model)
     res = evaluate(
         gen,
         det,
