@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from audioseal_live.blocks.conv import PAD_MODES
 from audioseal_live.models.message_code import TemplateCode
 
 # Activations a card may name. A closed list, so that a checkpoint's config cannot make us
 # instantiate arbitrary torch.nn attributes.
 ACTIVATIONS = ("ELU", "ReLU", "LeakyReLU", "GELU", "SiLU", "Tanh", "PReLU")
-PAD_MODES = ("constant", "zeros", "reflect", "replicate")
 
 
 def _is_int(v: object) -> bool:
