@@ -9,16 +9,14 @@ the number to trust.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from audioseal_live.errors import AudioFileError, SettingError
+from audioseal_live.errors import SettingError
 
 SAMPLE_RATE = 16000
 DEFAULT_CHUNKS = (320, 640, 1600, 16000)
@@ -278,8 +276,9 @@ def run(args: argparse.Namespace) -> int:
         raise SettingError(f"--chunks {args.chunks!r}: sizes in samples, e.g. 320,1600") from None
     if not chunks or min(chunks) < 1:
         raise SettingError(f"--chunks {args.chunks!r}: sizes must be positive")
-    if args.json and not Path(args.json).expanduser().parent.is_dir():  # before minutes of work
-        raise AudioFileError(f"cannot write {args.json}: folder does not exist")
+    from audioseal_live.engine.files import report_path, write_report  # noqa: PLC0415
+
+    json_out = report_path(args.json)  # before minutes of work
     threads = args.threads or 2
     print(
         f"audioseal-live bench: {args.models} cards, streaming, {threads} CPU threads, "
@@ -302,13 +301,8 @@ def run(args: argparse.Namespace) -> int:
             f"thr: threads the traced step ran on: one unless {threads} timed >= 10 % faster "
             "when it was traced (a busy core stalls every split op; see blocks.traced)"
         )
-    if args.json:
-        try:
-            Path(args.json).expanduser().write_text(
-                json.dumps([asdict(r) for r in results], indent=2)
-            )
-        except OSError as exc:
-            raise AudioFileError(f"cannot write {args.json}: {exc.strerror or exc}") from None
+    if json_out is not None:
+        write_report(json_out, [asdict(r) for r in results])
     return 0
 
 

@@ -133,9 +133,9 @@ def _engine_config(args: argparse.Namespace, **over: Any) -> Any:
 
 def _live(args: argparse.Namespace, engine: Any) -> int:
     tty = sys.stderr.isatty()
-    stats = Path(args.stats_json) if args.stats_json else None
-    if stats is not None and not stats.parent.is_dir():  # before the run, not after it
-        raise AudioFileError(f"cannot write {stats}: folder does not exist")
+    from audioseal_live.engine.files import report_path, write_report
+
+    stats = report_path(args.stats_json)  # before the run, not after it
     try:
         engine.start()
     except ValueError as exc:  # bad chunk size and similar settings
@@ -164,10 +164,7 @@ def _live(args: argparse.Namespace, engine: Any) -> int:
             print(file=sys.stderr)
     print(snap.status_line(), file=sys.stderr)
     if stats is not None:
-        try:
-            stats.write_text(json.dumps(snap.to_dict(), indent=2))
-        except OSError as exc:
-            raise AudioFileError(f"cannot write {stats}: {exc.strerror or exc}") from None
+        write_report(stats, snap.to_dict())
     if engine.record_errors:
         raise AudioFileError("; ".join(engine.record_errors) + " (nothing was saved)")
     return 0

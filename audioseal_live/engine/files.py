@@ -5,6 +5,7 @@ soxr HQ streams (latency does not matter here, quality does)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,24 @@ BLOCK_S = 1.0  # seconds read per step: memory stays O(block), not O(file)
 # through that one pair instead of 2 x sync_phases (8x less work for the 4-phase default).
 LOCK_SEARCH_S = 10.0
 LOCK_MARKED_S = 3.0
+
+
+def report_path(path: str | None) -> Path | None:
+    """Where a JSON report (--stats-json, bench --json) goes, checked before the work it
+    reports on: its folder must exist."""
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    if not p.parent.is_dir():
+        raise AudioFileError(f"cannot write {p}: folder does not exist")
+    return p
+
+
+def write_report(path: Path, data: Any) -> None:
+    try:
+        path.write_text(json.dumps(data, indent=2))
+    except OSError as exc:
+        raise AudioFileError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def open_audio(path: str | os.PathLike[str]) -> Any:
