@@ -281,6 +281,12 @@ def _fake_window(qtbot: Any, tmp_path: Path, **saved: object) -> MainWindow:
     return w
 
 
+def _edit_controls(w: MainWindow) -> None:
+    """What a user changes mid-session: the message and the strength."""
+    w.message_editor.set_value(0xBEEF)
+    w.alpha_slider.setValue(40)
+
+
 def _controls(w: MainWindow) -> tuple[int, float]:
     c = w.runner.engine._controls  # type: ignore[union-attr]
     return int("".join(map(str, c.message)), 2), c.alpha
@@ -293,8 +299,7 @@ def test_edits_made_while_starting_reach_the_engine(
     w.message_editor.set_value(0x1111)
     w.start()
     assert w.runner.starting and w.message_editor.isEnabled() and w.alpha_slider.isEnabled()
-    w.message_editor.set_value(0xBEEF)
-    w.alpha_slider.setValue(40)
+    _edit_controls(w)
     qtbot.waitUntil(lambda: w.runner.running, timeout=10000)
     assert _controls(w) == (0xBEEF, 0.4)
     w.stop()
@@ -307,8 +312,7 @@ def test_a_failed_switch_rolls_back_with_the_message_and_strength_of_now(
     w.message_editor.set_value(0x1111)
     w.start()
     qtbot.waitUntil(lambda: w.runner.running, timeout=10000)
-    w.message_editor.set_value(0xBEEF)
-    w.alpha_slider.setValue(40)
+    _edit_controls(w)
     w.select_device("output", DeviceRef("Bad"))
     qtbot.waitUntil(lambda: bool(w.errors) and w.runner.running, timeout=10000)
     assert "Could not switch output" in w.errors[0]
