@@ -230,3 +230,82 @@ def test_thread_choice_leaves_the_stream_and_the_threads_as_they_were(
         torch.testing.assert_close(parts, whole, atol=TOL, rtol=0)
     finally:
         torch.set_num_threads(threads)
+
+
+def _forks(step: StreamStep) -> list[int]:
+    return [
+        sum(node.kind() == "prim::fork" for node in graph.graph.nodes())
+        for graph in step._graphs.values()
+        if graph is not None
+    ]
+
+
+@pytest.mark.parametrize("kind", ["generator", "detector"])
+@pytest.mark.parametrize("one_thread", [True, False])
+def test_recurrent_products_run_ahead_only_on_one_thread_and_change_nothing(
+    monkeypatch: pytest.MonkeyPatch, kind: str, one_thread: bool
+) -> None:
+    """At one hop per chunk on one intra-op thread, the LSTMs' h @ W_hh (wide enough to
+    stream from memory: 16 x 16 = 256 wide here) is forked ahead of the convolutions; the stream is
+    the same floats as without, and as offline. On 2 threads the graph forks nothing."""
+    monkeypatch.setattr(traced, "THREADS_MIN_GAIN", float("inf") if one_thread else 0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        card = small_card(kind, n_filters=16, dimension=32, lstm=2)  # type: ignore[arg-type]
+        x = torch.from_numpy(audio(HOP * 10)).view(1, 1, -1)
+        msg = torch.tensor([[1, 0] * 8])
+        outs = []
+        for parallel in (True, False):
+            torch.manual_seed(0)
+            model = AudioSealWM(card) if kind == "generator" else AudioSealDetector(card)
+            model = model.eval().requires_grad_(False)
+            for m in model.modules():
+                if hasattr(m, "parallel_recurrent"):
+                    m.parallel_recurrent = parallel
+            if kind == "generator":
+                step = StreamStep(model, lambda c, m=model: (m.get_watermark(c, message=msg),))
+            else:
+                step = StreamStep(model, lambda c, m=model: (m(c)[0],))
+            with torch.inference_mode(), model.streaming(1):
+                outs.append(torch.cat([step(c)[0] for c in x.split(HOP, dim=-1)], dim=-1))
+                assert step.single_threaded == one_thread and step.traced_calls == 8
+            assert _forks(step) == [1 if parallel and one_thread else 0]
+            assert torch.get_num_threads() == 2
+        with torch.inference_mode():
+            whole = model.get_watermark(x, message=msg) if kind == "generator" else model(x)[0]
+        torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+        torch.testing.assert_close(outs[0], whole, atol=TOL, rtol=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_recurrent_products_started_for_a_stream_that_moved_on_are_dropped() -> None:
+    """Products started from an h that is no longer the state (the stream was reset or
+    narrowed before the chunk reached the LSTM) are never used."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        gen = AudioSealWM(small_card("generator", n_filters=16, dimension=32)).eval()
+        x = torch.from_numpy(audio(HOP * 6)).view(2, 1, -1)
+        msg = torch.tensor([[1, 0] * 8] * 2)
+        lstms = [m for m in gen.modules() if hasattr(m, "parallel_recurrent")]
+        with torch.inference_mode(), gen.streaming(2):
+            for c in x[..., : 2 * HOP].split(HOP, dim=-1):
+                gen.get_watermark(c, message=msg)
+            gen._start_recurrent(x[..., :HOP])
+            assert all(m._recurrent is not None for m in lstms)
+            gen.select_streams([1])
+            assert all(m._recurrent is None for m in lstms)
+            gen._start_recurrent(x[1:, :, :HOP])
+            gen.reset_streaming()
+            assert all(m._recurrent is None for m in lstms)
+            gen._start_recurrent(x[..., :HOP])  # no h yet: nothing to start from
+            assert all(m._recurrent is None for m in lstms)
+            streamed = [gen.get_watermark(c, message=msg) for c in x.split(HOP, dim=-1)]
+        with torch.inference_mode():
+            whole = gen.get_watermark(x, message=msg)
+        torch.testing.assert_close(torch.cat(streamed, dim=-1), whole, atol=TOL, rtol=0)
+    finally:
+        torch.set_num_threads(threads)

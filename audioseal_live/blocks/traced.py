@@ -208,8 +208,14 @@ class StreamStep:
         if key not in self._graphs:
             self._graphs[key] = self._trace(inputs, flat, spec)
             self._specs[key] = spec
-            if self._graphs[key] is not None and self._prefers_one_thread(key, inputs, flat):
-                self._one_thread.add(key)
+            if self._graphs[key] is not None and self._could_run_on_one(inputs, flat):
+                # traced anew on one thread: a model may hand work to another thread then
+                # (models.base: the LSTMs' recurrent products), which it must not on more
+                with _intra_op_threads(1):
+                    single = self._trace(inputs, flat, spec)
+                if single is not None and self._prefers_one_thread(key, single, inputs, flat):
+                    self._graphs[key] = single
+                    self._one_thread.add(key)
         # The graph runs only on the state shapes it was traced with (its sizes are constants):
         # any other state (a stream not yet settled) goes on eagerly.
         if self._graphs[key] is not None and flat and spec == self._specs[key]:
@@ -228,32 +234,35 @@ class StreamStep:
         """Whether the graph running the stream now runs on one intra-op thread."""
         return self._held_key in self._one_thread and torch.get_num_threads() > 1
 
+    @staticmethod
+    def _could_run_on_one(inputs: tuple[Tensor, ...], flat: list[Tensor]) -> bool:
+        return torch.get_num_threads() > 1 and all(t.device.type == "cpu" for t in (*inputs, *flat))
+
     def _prefers_one_thread(
-        self, key: Hashable, inputs: tuple[Tensor, ...], flat: list[Tensor]
+        self, key: Hashable, single: Any, inputs: tuple[Tensor, ...], flat: list[Tensor]
     ) -> bool:
-        """Whether the new graph should run on one thread (see ``THREADS_MIN_GAIN``): timed
-        on torch's threads and on one, on copies of the state (the stream does not advance);
-        the first calls of a graph also optimise it, so each setting keeps its best call."""
+        """Whether the graph traced on one thread (``single``) should run the stream rather
+        than the one on torch's threads (see ``THREADS_MIN_GAIN``): each timed on its
+        threads, on copies of the state (the stream does not advance); the first calls of a
+        graph also optimise it, so each keeps its best call."""
         threads = torch.get_num_threads()
-        if threads == 1 or any(t.device.type != "cpu" for t in (*inputs, *flat)):
-            return False
-        graph = self._graphs[key]
+        graphs = {threads: self._graphs[key], 1: single}
         best: dict[int, float] = {}
         for n in (threads, 1) * THREAD_TRIALS:
             state = [t.clone() for t in flat]
             with _intra_op_threads(n):
                 t0 = time.perf_counter()
-                graph(*inputs, *state)
+                graphs[n](*inputs, *state)
                 best[n] = min(best.get(n, float("inf")), time.perf_counter() - t0)
-        single = best[1] < THREADS_MIN_GAIN * best[threads]
+        one = best[1] < THREADS_MIN_GAIN * best[threads]
         log.info(
             "traced step: %.2f ms on %d threads, %.2f ms on one: %s",
             1e3 * best[threads],
             threads,
             1e3 * best[1],
-            "runs on one" if single else f"keeps {threads}",
+            "runs on one" if one else f"keeps {threads}",
         )
-        return single
+        return one
 
     def _trace(self, inputs: tuple[Tensor, ...], flat: list[Tensor], spec: tuple) -> Any:
         """Trace one step from this state; None if the state would not keep its layout."""

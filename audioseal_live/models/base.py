@@ -8,10 +8,15 @@ import logging
 import torch
 from torch import Tensor
 
-from audioseal_live.blocks import StreamingRoot
+from audioseal_live.blocks import StreamingLSTM, StreamingRoot
+from audioseal_live.blocks.lstm import recurrent_terms
 from audioseal_live.models.cards import STREAMING_CARD_NAMES, ModelCard
 
 log = logging.getLogger(__name__)
+
+# torch.jit.fork without its per-call deprecation warning (the traced steps that record it
+# are torch.jit graphs too); a torch without it computes the LSTMs' products inline.
+_FORK = getattr(torch._C, "fork", None)
 
 
 @functools.lru_cache(8)
@@ -69,6 +74,44 @@ class CardModel(StreamingRoot):
     def _check_streamable(self) -> None:
         if not self.card.streamable:
             raise streaming_not_supported(self.card)
+
+    def _start_recurrent(self, x: Tensor) -> None:
+        """At a one-hop chunk on one intra-op thread, let the LSTMs start their recurrent
+        products on torch's inter-op pool now, while the convolutions before them run (see
+        blocks.lstm).
+
+        Not with more frames per chunk: only the first frame's products could start early,
+        and the inter-op thread would compete with the intra-op threads those bigger steps
+        use (2-core VM, 100 ms chunks on 2 threads: 22 -> 36 ms). Not with more intra-op
+        threads: an inter-op thread then opens its own OpenMP team, and once a process has
+        more OpenMP threads than cores, libgomp stops spinning between parallel regions in
+        every team, for good (the reference generator's 20 ms chunk on 2 threads in the same
+        process: 20 -> 42 ms). StreamStep traces a one-thread graph separately.
+        """
+        if not self.is_streaming or x.shape[-1] != self.hop_length:
+            return
+        if _FORK is None or torch.get_num_threads() != 1 or torch.get_num_interop_threads() < 2:
+            return
+        lstms = self.__dict__.get("_lstms")
+        if lstms is None:
+            lstms = self.__dict__["_lstms"] = [
+                m for m in self.modules() if isinstance(m, StreamingLSTM)
+            ]
+        ready = [(lstm, lstm.recurrent_inputs()) for lstm in lstms]
+        ready = [(lstm, inputs) for lstm, inputs in ready if inputs is not None]
+        if not ready:
+            return
+        # One task, the LSTMs in the order the step needs them: two would put three threads
+        # on a 2-core machine. The h go as the call's own arguments: a tracer records what a
+        # forked call reads otherwise (lists included) as constants, as they were when traced.
+        weights = [inputs[1] for _, inputs in ready]
+        terms = _FORK(
+            functools.partial(recurrent_terms, weights), *(inputs[0] for _, inputs in ready)
+        )
+        first = 0
+        for lstm, (h, w_hh) in ready:
+            lstm.give_recurrent(h, terms, first)
+            first += len(w_hh)
 
     def signals_streaming(self) -> int | None:
         """How many signals each chunk must hold while streaming (None: not streaming)."""

@@ -160,6 +160,7 @@ class AudioSealDetector(CardModel):
         """``self.detector(x)``; while streaming with the 1x1 output conv folded into the
         transposed conv before it (both linear, kernel == stride): ~45 % of the detector's
         time per chunk went to the 32-channel per-sample features between them."""
+        self._start_recurrent(x)
         if not self.is_streaming or self._fused is None:
             return self.detector(x)
         return self._run_folded(x, self._fused)

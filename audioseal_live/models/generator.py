@@ -111,6 +111,7 @@ class AudioSealWM(CardModel):
         validated (B, nbits) tensor of 0/1. No Python-side decisions on tensor values, so a
         traced streaming step (blocks.traced) keeps the message as an input."""
         length = x.shape[-1]
+        self._start_recurrent(x)
         hidden = self.encoder(x)
         if self.msg_processor is not None and message is not None:
             hidden = self.msg_processor(hidden, message)
