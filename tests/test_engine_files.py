@@ -198,6 +198,16 @@ def test_default_model_file_round_trip(stereo_44k: Path, tmp_path: Path) -> None
     sf.write(cut, -y[12345:], rate)
     res = detect_file(cut, TorchDetector(AudioSeal.load_detector()), expected=MSG)
     assert res.marked and res.match and res.inverted, res
+    # ... and through a telephone band as well, where the bit head (the polarity check)
+    # reads nothing: given the message, the polarity comes from it; without, the complement.
+    import soxr
+
+    phone = soxr.resample(soxr.resample(-y[12345:], rate, 8000), 8000, rate)
+    sf.write(cut, phone, rate)
+    res = detect_file(cut, TorchDetector(AudioSeal.load_detector()), expected=MSG)
+    assert res.marked and res.match and res.inverted, res
+    res = detect_file(cut, TorchDetector(AudioSeal.load_detector()))
+    assert res.marked and res.bits == tuple(1 - b for b in MSG) and not res.inverted, res
 
 
 def test_cli_run_checks_its_stats_file_before_the_run(

@@ -16,7 +16,7 @@ from audioseal_live.engine import Engine, EngineConfig
 from audioseal_live.engine.audio_io import CallbackIO
 from audioseal_live.engine.delay import DelayLine
 from audioseal_live.engine.limiter import SoftLimiter
-from audioseal_live.engine.model import FrameDetector
+from audioseal_live.engine.model import FrameDetector, polarity_from_message
 from audioseal_live.engine.recorder import Recorder
 from audioseal_live.engine.resample import PolyphaseResampler
 from audioseal_live.engine.ring import RingBuffer
@@ -560,6 +560,19 @@ def test_monitor_calls_polarity_inverted_only_on_clear_evidence() -> None:
     det = eng.stop().detection
     assert det.prob_smoothed > 0.85 and det.bits == MSG
     assert not det.inverted  # 0.95 vs 0.90 is no evidence of an inverted chain
+
+
+def test_polarity_from_the_message_only_for_its_exact_complement() -> None:
+    expected = (1, 0) * 8
+    z = np.where(np.array(expected) > 0, 2.0, -2.0)
+    assert polarity_from_message(z, expected) is z  # read as sent: left as it is
+    np.testing.assert_array_equal(polarity_from_message(-z, expected), z)  # the complement
+    one_off = -z.copy()
+    one_off[3] *= -1  # 15 of 16 flipped: not the complement, left as read
+    assert polarity_from_message(one_off, expected) is one_off
+    flipped = -z
+    assert polarity_from_message(flipped, None) is flipped  # no message known: as read
+    assert polarity_from_message(flipped, ()) is flipped
 
 
 # ----- recorder --------------------------------------------------------------------------

@@ -156,8 +156,9 @@ def test_monitor_reads_the_code_live() -> None:
 def test_default_model_through_a_telephone_band_cut_anywhere_and_inverted() -> None:
     """The shipped model's code read where its network's detection is not (8 kHz band, a
     cut off the grid), and inverted: marked, the right bits, offline and in the live monitor.
-    (Inverted *and* band-limited reads the complement: the polarity check needs the bit head,
-    which reads nothing in the telephone band; see the model card.)"""
+    Inverted *and* band-limited, offline reads the complement (the polarity check needs the
+    bit head, which reads nothing in the telephone band; see the model card); the monitor,
+    which knows the message, and `detect` given it, read the polarity from the message."""
     from audioseal_live import AudioSeal
     from audioseal_live.engine.jackloop import speech
     from audioseal_live.engine.model import TorchDetector
@@ -170,11 +171,12 @@ def test_default_model_through_a_telephone_band_cut_anywhere_and_inverted() -> N
     with torch.inference_mode():
         y = gen(x, message=MSG[None])[..., 777:]
         phone = resample_roundtrip(y, 8000)
-        p, bits = det.detect_watermark(torch.cat([phone, -y]))
+        p, bits = det.detect_watermark(torch.cat([phone, -y, -phone]))
         p0, _ = det.detect_watermark(x)
     assert float(p.min()) > 0.9 and float(p0[0]) < 0.1
-    assert torch.equal(bits, MSG.int().expand(2, -1))
-    for signal, inverted in ((phone, False), (-y, True)):
+    assert torch.equal(bits[:2], MSG.int().expand(2, -1))
+    assert torch.equal(bits[2], 1 - MSG.int())  # a sign code alone cannot tell
+    for signal, inverted in ((phone, False), (-y, True), (-phone, True)):
         mon = DetectorMonitor(TorchDetector(det), RATE, message=lambda: want)
         mon.reset()
         mon.ring.write(signal.reshape(-1).numpy())

@@ -23,6 +23,7 @@ from audioseal_live.engine.model import (
     best_phase,
     decode_bits,
     inverted_wins,
+    polarity_from_message,
 )
 from audioseal_live.engine.recorder import AtomicSoundFile
 from audioseal_live.engine.resample import SoxrResampler
@@ -283,6 +284,12 @@ def detect_file(
         b = int(read.inverted) if read.inverted is not None else b
         mean_logit = -read.z if b else read.z
         marked = marked or read.p_marked >= 0.5
+        fractions = n_det / total
+        told = inverted_wins(*fractions) or inverted_wins(*fractions[::-1])
+        if read.inverted is None and not told and expected is not None:
+            flipped = polarity_from_message(mean_logit, tuple(int(v) for v in expected))
+            if flipped is not mean_logit:
+                b, mean_logit = 1 - b, flipped
     bits, confidence = decode_bits(mean_logit)
     match = None if expected is None else bits == tuple(int(v) for v in expected)
     return DetectResult(

@@ -41,7 +41,8 @@ class CodeReadout:
     z: np.ndarray  # signed z-score per bit (nbits,) of the signal as pushed
     sync: float  # the code's sync score
     p_marked: float  # the sync as P(marked) (models.message_code.sync_probability)
-    inverted: bool | None  # whether the signal came inverted: None until checked
+    inverted: bool | None  # whether the signal came inverted: None until checked, or where
+    # the check could not tell (the bit head reads nothing, e.g. in the telephone band)
 
 
 class CodeStream(Protocol):
@@ -97,6 +98,18 @@ POLARITY_MARGIN = 0.1
 def inverted_wins(plain: float, inverted: float) -> bool:
     """Is the inverted signal clearly the marked one? (scores are detected fractions/P)."""
     return inverted > plain + POLARITY_MARGIN
+
+
+def polarity_from_message(mean_logit: np.ndarray, expected: tuple[int, ...] | None) -> np.ndarray:
+    """A message code's bit evidence read in a polarity nothing else could settle: flipped
+    if its bits are exactly the expected message's complement, which is how a sign code
+    reads an inverted chain (by chance: 2^-16 for 16 bits); as it is otherwise."""
+    if not expected or len(expected) != mean_logit.shape[-1]:
+        return mean_logit
+    bits = mean_logit > 0
+    if all(bool(b) != bool(e) for b, e in zip(bits, expected, strict=True)):
+        return -mean_logit
+    return mean_logit
 
 
 def decode_bits(mean_logit: np.ndarray) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -294,6 +307,7 @@ class TorchCodeStream:
             self._since += x.shape[0]
 
     def read(self) -> CodeReadout | None:
+        from audioseal_live.models.detector import POLARITY_EVIDENCE
         from audioseal_live.models.message_code import sync_probability
 
         torch = self._torch
@@ -306,7 +320,11 @@ class TorchCodeStream:
             if sync >= self.sync_min and self._fill == MODEL_RATE and due:
                 x = torch.from_numpy(self._buf)[None, None]
                 last = self.det.code.read_offline(x)
-                self.inverted = bool(self.det.code_polarity(x, last)[0] < 0)
+                agree = float(self.det.code_agreement(x, last)[0])
+                if abs(agree) > POLARITY_EVIDENCE:
+                    self.inverted = agree < 0
+                else:  # the head reads nothing here: undecided, not "as recorded"
+                    self.inverted = None
                 self._since = 0
             p_marked = float(sync_probability(r.sync[0]))
         return CodeReadout(r.z[0].numpy(), sync, p_marked, self.inverted)

@@ -30,6 +30,7 @@ from audioseal_live.engine.model import (
     best_phase,
     decode_bits,
     inverted_wins,
+    polarity_from_message,
 )
 from audioseal_live.engine.resample import live_resampler
 from audioseal_live.engine.ring import Fifo, RingBuffer
@@ -150,12 +151,14 @@ class DetectorMonitor:
         if self.code is not None:
             self.code.push(block)
             read = self.code.read()
+        settled = True  # whether anything but the message tells the polarity
         if self.lock is not None:
             b = self.lock[0]
         elif read is not None and read.inverted is not None:
             b = int(read.inverted)  # the code's polarity check, surer than comparing P(marked)
         else:
             b = int(inverted_wins(smoothed[0], smoothed[1]))
+            settled = b == 1 or inverted_wins(smoothed[1], smoothed[0])
         cnt = self._vote_cnt[b].sum()
         bits: tuple[int, ...] = ()
         conf: tuple[float, ...] = ()
@@ -164,6 +167,10 @@ class DetectorMonitor:
         if self.code is not None:
             if read is not None and (cnt > 0 or read.sync >= self.code.sync_min):
                 mean_logit = -read.z if b else read.z  # an inverted chain flips every bit
+                if not settled:
+                    flipped = polarity_from_message(mean_logit, tuple(self.message()))
+                    if flipped is not mean_logit:
+                        b, mean_logit = 1 - b, flipped
         elif cnt > 0:
             mean_logits = self._vote_sum[b].sum(axis=0) / cnt  # (P, nbits)
             mean_logit = mean_logits[best_phase(mean_logits)]
