@@ -309,3 +309,33 @@ def test_recurrent_products_started_for_a_stream_that_moved_on_are_dropped() -> 
         torch.testing.assert_close(torch.cat(streamed, dim=-1), whole, atol=TOL, rtol=0)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_graph_traced_on_one_thread_stays_on_one_when_threads_change() -> None:
+    """Traced on one thread, a graph may fork (above); raised to 2 threads later, the
+    process must not run it there (the fork would open a second OpenMP team)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        gen = AudioSealWM(small_card("generator", n_filters=16, dimension=32)).eval()
+        gen.requires_grad_(False)
+        step = StreamStep(gen, lambda c, m: (gen.get_watermark(c, message=m),))
+        x = torch.from_numpy(audio(HOP * 8)).view(1, 1, -1)
+        msg = torch.tensor([[1, 0] * 8])
+        seen = []
+        with torch.inference_mode(), gen.streaming(1):
+            parts = []
+            for i, c in enumerate(x.split(HOP, dim=-1)):
+                if i == 4:
+                    torch.set_num_threads(2)
+                parts.append(step(c, msg)[0])
+                if step.traced_calls:
+                    seen.append(torch.get_num_threads())
+            assert step.single_threaded and _forks(step) == [1] and step.traced_calls == 6
+        assert 2 in seen and torch.get_num_threads() == 2
+        with torch.inference_mode():
+            whole = gen.get_watermark(x, message=msg)
+        torch.testing.assert_close(torch.cat(parts, dim=-1), whole, atol=TOL, rtol=0)
+    finally:
+        torch.set_num_threads(threads)

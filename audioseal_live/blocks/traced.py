@@ -208,7 +208,9 @@ class StreamStep:
         if key not in self._graphs:
             self._graphs[key] = self._trace(inputs, flat, spec)
             self._specs[key] = spec
-            if self._graphs[key] is not None and self._could_run_on_one(inputs, flat):
+            if torch.get_num_threads() == 1:  # it may fork: keep it on one if threads change
+                self._one_thread.add(key)
+            elif self._graphs[key] is not None and self._could_run_on_one(inputs, flat):
                 # traced anew on one thread: a model may hand work to another thread then
                 # (models.base: the LSTMs' recurrent products), which it must not on more
                 with _intra_op_threads(1):
