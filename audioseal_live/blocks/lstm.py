@@ -6,10 +6,10 @@ arithmetic in ~0.2-2 ms. From 16 frames on (chunks of 320 ms and more) the fused
 again and is used, with the carried (h, c); offline (long sequences, training) always uses it.
 
 At one frame per chunk every product is a gemv that streams its weight from memory, and the
-recurrent half of each layer's gates (``h @ W_hh``) needs only the carried h: a model
-(``models.base.CardModel._start_recurrent``) has it run on torch's inter-op pool (another
-core) while the convolutions before the LSTM run. The same products, added in the same
-order, so the floats do not change.
+recurrent half of each layer's gates (``h @ W_hh``) needs only the carried h: in a traced
+step (blocks.traced) a model (``models.base.CardModel._start_recurrent``) has it run on
+torch's inter-op pool (another core) while the convolutions before the LSTM run. The same
+products, added in the same order, so the floats do not change.
 """
 
 from __future__ import annotations

@@ -87,8 +87,16 @@ class CardModel(StreamingRoot):
         more OpenMP threads than cores, libgomp stops spinning between parallel regions in
         every team, for good (the reference generator's 20 ms chunk on 2 threads in the same
         process: 20 -> 42 ms). StreamStep traces a one-thread graph separately.
+
+        Only while tracing: outside a graph a fork runs at once on the calling thread, so an
+        eager step would only pay for it. In the graph, a wait that finds the products still
+        running lets the rest of the step go on on the pool's thread; that thread took its
+        OpenMP setting when the pool started, which is on one thread unless other code in the
+        process forked on more before (then it may open the second team this avoids).
         """
         if not self.is_streaming or x.shape[-1] != self.hop_length:
+            return
+        if not torch.jit.is_tracing():
             return
         if _FORK is None or torch.get_num_threads() != 1 or torch.get_num_interop_threads() < 2:
             return
