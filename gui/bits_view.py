@@ -243,7 +243,9 @@ class BitsView(QWidget):
             detail.append("BYPASS: output is unmarked")
         if running and det.bits and self.match_state.detected:
             detail.append(f"decoded {_hex(det.bits)}")
-            if det.inverted:
+            if det.polarity_from_message:  # a sign code alone cannot tell (model card)
+                detail.append("polarity inverted, as the message reads (or its complement)")
+            elif det.inverted:
                 detail.append("polarity inverted")
         if running and det.source and det.source not in ("output", NO_MONITOR):
             detail.append(f"monitor: {det.source}")

@@ -180,7 +180,9 @@ def test_cli_embed_detect_and_errors(
 
 
 @pytest.mark.skipif(not HAVE_DEFAULT, reason="the trained default model is not in assets/model yet")
-def test_default_model_file_round_trip(stereo_44k: Path, tmp_path: Path) -> None:
+def test_default_model_file_round_trip(
+    stereo_44k: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from audioseal_live import AudioSeal
 
     out = tmp_path / "marked.flac"
@@ -205,9 +207,19 @@ def test_default_model_file_round_trip(stereo_44k: Path, tmp_path: Path) -> None
     phone = soxr.resample(soxr.resample(-y[12345:], rate, 8000), 8000, rate)
     sf.write(cut, phone, rate)
     res = detect_file(cut, TorchDetector(AudioSeal.load_detector()), expected=MSG)
-    assert res.marked and res.match and res.inverted, res
+    assert res.marked and res.match and res.inverted and res.polarity_from_message, res
     res = detect_file(cut, TorchDetector(AudioSeal.load_detector()))
     assert res.marked and res.bits == tuple(1 - b for b in MSG) and not res.inverted, res
+    assert not res.polarity_from_message
+    # the CLI says what it assumed: the same code as the complement message, not inverted
+    capsys.readouterr()
+    assert main(["detect", str(cut), "--message", "".join(map(str, MSG))]) == 0
+    line = capsys.readouterr().out
+    assert "inverted polarity" in line and "matches if the chain inverted" in line, line
+    # silence: no code, nothing to flip, whatever message is expected
+    sf.write(cut, np.zeros((rate * 3, 2), dtype=np.float32), rate)
+    res = detect_file(cut, TorchDetector(AudioSeal.load_detector()), expected=(1,) * 16)
+    assert not res.marked and not res.inverted and not res.polarity_from_message, res
 
 
 def test_cli_run_checks_its_stats_file_before_the_run(

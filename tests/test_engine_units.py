@@ -570,6 +570,8 @@ def test_polarity_from_the_message_only_for_its_exact_complement() -> None:
     one_off = -z.copy()
     one_off[3] *= -1  # 15 of 16 flipped: not the complement, left as read
     assert polarity_from_message(one_off, expected) is one_off
+    silent = np.zeros(16)  # no sign at all (silence): not the complement of anything
+    assert polarity_from_message(silent, (1,) * 16) is silent
     flipped = -z
     assert polarity_from_message(flipped, None) is flipped  # no message known: as read
     assert polarity_from_message(flipped, ()) is flipped

@@ -92,6 +92,26 @@ def test_match_state_hysteresis() -> None:
     assert m.update(0.9, None, False, 4.1) == STOPPED
 
 
+def test_bits_view_says_where_the_polarity_came_from(qtbot: Any) -> None:
+    """A polarity read off the message (a sign code alone cannot tell) is said to be that."""
+    from audioseal_live_gui.bits_view import BitsView
+
+    from audioseal_live.engine.metrics import Detection, Snapshot
+
+    view = BitsView()
+    qtbot.addWidget(view)
+    bits = (1, 0) * 8
+    for guessed in (False, True):
+        det = Detection(0.95, 0.95, bits, (1.0,) * 16, True, True, chunks=5)
+        det = dataclasses.replace(det, polarity_from_message=guessed)
+        snap = Snapshot(running=True, message=bits, detection=det)
+        for now in (0.0, 1.0):
+            view.handle_new_data(snap, now=now)
+        assert view.state == MATCH
+        text = view.detail_label.text()
+        assert "polarity inverted" in text and ("as the message reads" in text) == guessed
+
+
 def test_views_draw_snapshots(qtbot: Any) -> None:
     """Widgets take engine snapshots (Friture's handle_new_data) and show what they hold."""
     from audioseal_live_gui.health_strip import HealthStrip

@@ -176,13 +176,19 @@ def test_default_model_through_a_telephone_band_cut_anywhere_and_inverted() -> N
     assert float(p.min()) > 0.9 and float(p0[0]) < 0.1
     assert torch.equal(bits[:2], MSG.int().expand(2, -1))
     assert torch.equal(bits[2], 1 - MSG.int())  # a sign code alone cannot tell
-    for signal, inverted in ((phone, False), (-y, True), (-phone, True)):
+    # (signal, inverted, polarity taken from the message: only where nothing else told it)
+    for signal, inverted, guessed in (
+        (phone, False, False),
+        (-y, True, False),
+        (-phone, True, True),
+    ):
         mon = DetectorMonitor(TorchDetector(det), RATE, message=lambda: want)
         mon.reset()
         mon.ring.write(signal.reshape(-1).numpy())
         mon.step()
         d = mon.detection
         assert d.prob_smoothed > 0.9 and d.match and d.inverted == inverted, d
+        assert d.polarity_from_message == guessed, d
         mon.stop()
 
 

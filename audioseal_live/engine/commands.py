@@ -241,13 +241,20 @@ def cmd_detect(args: argparse.Namespace) -> int:
         sync = "" if res.code_sync is None else f", code sync {res.code_sync:.1f}"
         line = (
             f"{res.path}: {verdict} (P {res.probability:.2f} of {res.seconds:.1f} s{sync}"
-            f"{', inverted polarity' if res.inverted else ''})"
+            f"{', inverted polarity' if res.inverted and res.marked else ''})"
         )
         if res.marked:
             line += f", message {bits_hex(res.bits)} ({''.join(map(str, res.bits))})"
             line += f", min bit confidence {min(res.bit_confidence):.2f}"
             if res.match is not None:
                 line += ", matches" if res.match else ", DOES NOT match --message"
+            if res.polarity_from_message:
+                # a sign code alone cannot tell: see the model card
+                other = bits_hex([1 - b for b in res.bits])
+                line += (
+                    f" if the chain inverted the polarity (the code reads the same for"
+                    f" {other} as recorded; nothing else here tells the polarity)"
+                )
         print(line)
     return 0 if res.marked else 1
 

@@ -190,6 +190,7 @@ class DetectResult:
     inverted: bool
     marked: bool
     match: bool | None = None
+    polarity_from_message: bool = False  # as Detection's (engine.metrics)
     windows: list[float] = field(default_factory=list)  # P(marked) per second
     code_sync: float | None = None  # the message code's sync over the file (None: no code)
 
@@ -280,16 +281,18 @@ def detect_file(
     frac = float(cnt / total)
     marked = frac > 0.5
     read = code.read() if code is not None else None
+    guessed = False
     if read is not None:  # the code: bits at any alignment, its own polarity check
         b = int(read.inverted) if read.inverted is not None else b
         mean_logit = -read.z if b else read.z
         marked = marked or read.p_marked >= 0.5
         fractions = n_det / total
         told = inverted_wins(*fractions) or inverted_wins(*fractions[::-1])
-        if read.inverted is None and not told and expected is not None:
+        there = read.sync >= code.sync_min  # the code is there at all (as the monitor asks)
+        if read.inverted is None and not told and there and expected is not None:
             flipped = polarity_from_message(mean_logit, tuple(int(v) for v in expected))
             if flipped is not mean_logit:
-                b, mean_logit = 1 - b, flipped
+                b, mean_logit, guessed = 1 - b, flipped, True
     bits, confidence = decode_bits(mean_logit)
     match = None if expected is None else bits == tuple(int(v) for v in expected)
     return DetectResult(
@@ -302,6 +305,7 @@ def detect_file(
         inverted=bool(b),
         marked=marked,
         match=match,
+        polarity_from_message=guessed,
         windows=windows,
         code_sync=None if read is None else read.sync,
     )

@@ -26,6 +26,10 @@ class Detection:
     bit_confidence: tuple[float, ...] = ()  # |2 sigmoid(z or mean logit) - 1| per bit
     match: bool | None = None  # bits == embedded message (None: nothing detected yet)
     inverted: bool = False  # the inverted polarity scored higher
+    # the polarity was taken from the embedded message (nothing else told it): the bits
+    # read as its exact complement, which the message inverted or its complement as
+    # recorded both give
+    polarity_from_message: bool = False
     source: str = "output"  # "output" (digital), the capture device's name, or NO_MONITOR
     chunks: int = 0
     history: tuple[float, ...] = ()  # smoothed probability, one value per chunk (last ~10 s)

@@ -102,12 +102,14 @@ def inverted_wins(plain: float, inverted: float) -> bool:
 
 def polarity_from_message(mean_logit: np.ndarray, expected: tuple[int, ...] | None) -> np.ndarray:
     """A message code's bit evidence read in a polarity nothing else could settle: flipped
-    if its bits are exactly the expected message's complement, which is how a sign code
-    reads an inverted chain (by chance: 2^-16 for 16 bits); as it is otherwise."""
+    if every bit reads, with a sign, as the expected message's complement (how a sign code
+    reads that message through an inverted chain); as it is otherwise. An *assumption*, which
+    callers report as such: audio marked with the complement message, as recorded, reads
+    the same."""
     if not expected or len(expected) != mean_logit.shape[-1]:
         return mean_logit
-    bits = mean_logit > 0
-    if all(bool(b) != bool(e) for b, e in zip(bits, expected, strict=True)):
+    want = np.asarray(expected) > 0
+    if bool(np.all(np.where(want, mean_logit < 0, mean_logit > 0))):
         return -mean_logit
     return mean_logit
 

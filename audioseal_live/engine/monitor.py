@@ -152,6 +152,7 @@ class DetectorMonitor:
             self.code.push(block)
             read = self.code.read()
         settled = True  # whether anything but the message tells the polarity
+        guessed = False
         if self.lock is not None:
             b = self.lock[0]
         elif read is not None and read.inverted is not None:
@@ -170,7 +171,7 @@ class DetectorMonitor:
                 if not settled:
                     flipped = polarity_from_message(mean_logit, tuple(self.message()))
                     if flipped is not mean_logit:
-                        b, mean_logit = 1 - b, flipped
+                        b, mean_logit, guessed = 1 - b, flipped, True
         elif cnt > 0:
             mean_logits = self._vote_sum[b].sum(axis=0) / cnt  # (P, nbits)
             mean_logit = mean_logits[best_phase(mean_logits)]
@@ -192,6 +193,7 @@ class DetectorMonitor:
             bit_confidence=conf,
             match=match,
             inverted=bool(b),
+            polarity_from_message=guessed,
             source=self.source,
             chunks=self.chunks,
             history=tuple(self._hist),
