@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -560,6 +561,21 @@ def test_monitor_calls_polarity_inverted_only_on_clear_evidence() -> None:
     det = eng.stop().detection
     assert det.prob_smoothed > 0.85 and det.bits == MSG
     assert not det.inverted  # 0.95 vs 0.90 is no evidence of an inverted chain
+
+
+def test_status_line_says_an_inverted_chain_and_whether_the_message_told_it() -> None:
+    from audioseal_live.engine.metrics import Detection, Snapshot
+
+    det = Detection(0.9, 0.9, MSG, (1.0,) * 16, True)
+    line = Snapshot(detection=det).status_line
+    assert line().endswith(" ok")
+    assert (
+        Snapshot(detection=dataclasses.replace(det, inverted=True))
+        .status_line()
+        .endswith(" ok inv")
+    )
+    guessed = dataclasses.replace(det, inverted=True, polarity_from_message=True)
+    assert Snapshot(detection=guessed).status_line().endswith(" ok inv?")
 
 
 def test_polarity_from_the_message_only_for_its_exact_complement() -> None:

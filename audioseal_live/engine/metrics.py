@@ -104,6 +104,8 @@ class Snapshot:
         det = self.detection
         bits = "".join(map(str, det.bits)) if det.bits else "-" * 16
         match = {None: "?", True: "ok", False: "NO"}[det.match]
+        if det.bits and det.inverted:  # "inv?": read off the message (see Detection)
+            match += " inv?" if det.polarity_from_message else " inv"
         return (
             f"t={self.time_s:6.1f}s in {db(self.peak_in):6.1f} dB out {db(self.peak_out):6.1f} dB"
             f" | {self.ms_per_chunk_p50:5.1f}/{self.ms_per_chunk_p99:5.1f} ms p50/p99"
