@@ -164,6 +164,7 @@ def test_output_is_delayed_input_plus_watermark() -> None:
     # Zero watermark -> the untouched original, exactly, after a fixed latency.
     np.testing.assert_array_equal(y[lag:], x[: y.shape[0] - lag])
     assert snap.underruns == 0 and snap.xruns == 0 and snap.unmarked_spans == 0
+    assert snap.input_frames == 256 * (96000 // 256)  # what the input callback received
     assert abs(snap.latency_ms - (1000 * lag / 48000 + snap.output_latency_ms)) < 6
     assert snap.latency_ms <= snap.latency_budget_ms
 

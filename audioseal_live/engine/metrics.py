@@ -44,6 +44,7 @@ NO_DETECTION = Detection(source=NO_MONITOR)  # what a snapshot says without a mo
 class Snapshot:
     running: bool = False
     time_s: float = 0.0  # audio time processed
+    input_frames: int = 0  # frames the input callback received (what the device delivered)
     sample_rate: int = 0
     chunk_ms: float = 0.0
     threads: int = 0

@@ -373,6 +373,7 @@ class Worker:
         self._snapshot = Snapshot(
             running=self._running,
             time_s=self.samples_in / self.rate,
+            input_frames=io.frames_in if io else 0,
             sample_rate=self.rate,
             chunk_ms=self.chunk_ms,
             threads=self.threads,
