@@ -568,15 +568,51 @@ def test_status_line_says_an_inverted_chain_and_whether_the_message_told_it() ->
     from audioseal_live.engine.metrics import Detection, Snapshot
 
     det = Detection(0.9, 0.9, MSG, (1.0,) * 16, True)
-    line = Snapshot(detection=det).status_line
-    assert line().endswith(" ok")
-    assert (
-        Snapshot(detection=dataclasses.replace(det, inverted=True))
-        .status_line()
-        .endswith(" ok inv")
-    )
-    guessed = dataclasses.replace(det, inverted=True, polarity_from_message=True)
-    assert Snapshot(detection=guessed).status_line().endswith(" ok inv?")
+    lines = [
+        Snapshot(detection=d).status_line()
+        for d in (
+            det,
+            dataclasses.replace(det, inverted=True),
+            dataclasses.replace(det, inverted=True, polarity_from_message=True),
+        )
+    ]
+    assert [line.rstrip()[-7:] for line in lines] == ["0010 ok", " ok inv", "ok inv?"]
+    # one width whatever it says: redrawn with "\r", a shorter line would leave a stale tail
+    assert len({len(line) for line in lines}) == 1
+
+
+def test_monitor_never_locks_onto_a_polarity_read_off_the_message() -> None:
+    """The network finds the mark in x and -x alike and the code's own check cannot tell:
+    the polarity shown comes from the message, and stays marked as such (no lock on it)."""
+    from audioseal_live.engine.model import CodeReadout
+    from audioseal_live.engine.monitor import DetectorMonitor
+
+    class Undecided:  # a sign code read as the message's complement, its check undecided
+        sync_min = 1.0
+
+        def reset(self) -> None: ...
+
+        def push(self, x: np.ndarray) -> None: ...
+
+        def read(self) -> CodeReadout:
+            z = -3.0 * (2 * np.array(MSG, float) - 1)
+            return CodeReadout(z, sync=5.0, p_marked=0.99, inverted=None)
+
+    class BothAlike(FakeDetector):
+        def process(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            p, logits = super().process(x)
+            return np.full_like(p, 0.9), logits
+
+        def code_stream(self, seconds: float | None) -> Undecided:
+            return Undecided()
+
+    mon = DetectorMonitor(BothAlike(MSG), 48000, message=lambda: MSG)
+    mon.reset()
+    for _ in range(6):
+        mon.ring.write(np.full(48000, 0.2, np.float32))
+        mon.step()
+        d = mon.detection
+        assert d.match and d.inverted and d.polarity_from_message and mon.lock is None, d
 
 
 def test_polarity_from_the_message_only_for_its_exact_complement() -> None:

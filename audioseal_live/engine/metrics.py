@@ -112,7 +112,7 @@ class Snapshot:
             f" | {self.ms_per_chunk_p50:5.1f}/{self.ms_per_chunk_p99:5.1f} ms p50/p99"
             f" RTF {self.rtf:4.2f} | lat {self.latency_ms:5.1f} ms"
             f" | xruns {self.xruns} under {self.underruns} unmarked {self.unmarked_spans}"
-            f" drift {self.drift_corrections} | P {det.prob_smoothed:4.2f} {bits} {match}"
+            f" drift {self.drift_corrections} | P {det.prob_smoothed:4.2f} {bits} {match:<7}"
         )
 
 

@@ -179,7 +179,8 @@ class DetectorMonitor:
             bits, conf = decode_bits(mean_logit)
             expected = tuple(int(x) for x in self.message())
             match = bits == expected if expected else None
-        self._update_lock(b, float(smoothed[b]))
+        if not guessed:  # a polarity read off the message is shown, never locked onto
+            self._update_lock(b, float(smoothed[b]))
         shown = float(smoothed[b])
         if read is not None:
             # The code's own evidence, as the detector's offline P: it survives the
