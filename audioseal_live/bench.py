@@ -34,6 +34,9 @@ class Timing:
     ms_mean: float
     rtf: float
     threads: int = 0  # intra-op threads the step ran on (a traced step may choose one)
+    # p50 of every alternating round, in order: rounds of two implementations with the same
+    # index ran back to back, so their ratio is the least disturbed by a noisy machine
+    rounds_ms_p50: tuple[float, ...] = ()
 
 
 def keep_freed_memory() -> bool:
@@ -212,6 +215,7 @@ def run_bench(
                             1e3 * mean,
                             mean / (chunk / SAMPLE_RATE),
                             used[name],
+                            tuple(1e3 * statistics.median(r) for r in per_round),
                         )
                     )
     return results
@@ -230,13 +234,16 @@ def format_table(results: list[Timing]) -> str:
         head += f" | {'bf16 p50':>8} {'RTF':>6}"
     if refs:
         head += f" | {'ref p50':>8} {'mean':>6} {'RTF':>6} | {'speed-up':>8} {'traced':>7}"
+        if traced:
+            head += f" {'per round':>11}"
     lines = [head, "-" * len(head)]
     # ms: chunk length; p50/mean: compute per chunk in ms, in the quietest of the alternating
     # rounds; RTF: mean compute / chunk length; ours: the eager API (model(x) in streaming());
     # traced: the same through blocks.traced, as the real-time engine runs its models (its
     # monitor traces det.frame_outputs, without the per-call message read of det(x), and reads
     # the message on its own schedule); thr: the intra-op threads it ran on (one unless more
-    # timed clearly faster: blocks.traced)
+    # timed clearly faster: blocks.traced); per round: the traced speed-up in each round,
+    # lowest-highest (the table's columns take each implementation's quietest round)
     for (model, chunk), r in ours.items():
         line = f"{model:<10} {chunk:>6} {chunk / 16:>5.0f} | "
         line += f"{r.ms_p50:>8.2f} {r.ms_mean:>6.2f} {r.rtf:>6.3f}"
@@ -253,6 +260,10 @@ def format_table(results: list[Timing]) -> str:
                 f" | {ref.ms_p50 / r.ms_p50:>7.2f}x"
                 + (f" {ref.ms_p50 / t.ms_p50:>6.2f}x" if t else "")
             )
+            if t and ref.rounds_ms_p50 and t.rounds_ms_p50:
+                # the traced speed-up round by round (the rounds ran back to back)
+                ratios = [a / b for a, b in zip(ref.rounds_ms_p50, t.rounds_ms_p50, strict=True)]
+                line += f" {min(ratios):>5.2f}-{max(ratios):.2f}x"
         lines.append(line)
     return "\n".join(lines)
 
@@ -300,6 +311,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"thr: threads the traced step ran on: one unless {threads} timed >= 10 % faster "
             "when it was traced (a busy core stalls every split op; see blocks.traced)"
+        )
+    if any(r.impl not in (OURS, OURS_TRACED, OURS_BF16) for r in results):
+        print(
+            "per round: the traced speed-up in each alternating round, lowest-highest (the two "
+            "ran back to back; the columns before take each one's quietest round)"
         )
     if json_out is not None:
         write_report(json_out, [asdict(r) for r in results])

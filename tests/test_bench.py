@@ -33,3 +33,17 @@ def test_bench_keeps_freed_memory_where_glibc_runs() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert out.stdout.strip() == str(glibc)
+
+
+def test_table_gives_the_traced_speed_up_round_by_round() -> None:
+    from audioseal_live.bench import OURS, OURS_TRACED, Timing, format_table
+
+    rows = [
+        Timing(OURS, "generator", 320, 10.0, 10.0, 0.5, 2, (10.0, 11.0, 12.0)),
+        Timing(OURS_TRACED, "generator", 320, 7.0, 7.0, 0.35, 1, (7.0, 10.0, 6.0)),
+        Timing("audioseal 0.2.0", "generator", 320, 20.0, 20.0, 1.0, 2, (21.0, 20.0, 24.0)),
+    ]
+    table = format_table(rows)
+    assert "per round" in table.splitlines()[0]
+    line = table.splitlines()[2]
+    assert line.split()[-1] == "2.00-4.00x" and " 2.86x " in line  # 20/10, 24/6; 20/7
