@@ -161,6 +161,14 @@ class BitRow(QWidget):
         p.end()
 
 
+POLARITY_GUESS_TIP = (
+    "Nothing in this audio tells its polarity (the chain inverts it and cuts it to the "
+    "telephone band, where the model's polarity check hears nothing). The bits read as the "
+    "exact complement of your message, which is what your message sounds like inverted; the "
+    "complement message, not inverted, would read the same."
+)
+
+
 class BitsView(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -244,12 +252,16 @@ class BitsView(QWidget):
         if running and det.bits and self.match_state.detected:
             detail.append(f"decoded {_hex(det.bits)}")
             if det.polarity_from_message:  # a sign code alone cannot tell (model card)
-                detail.append("polarity inverted, as the message reads (or its complement)")
+                detail.append("polarity inverted (inferred from the message)")
             elif det.inverted:
                 detail.append("polarity inverted")
         if running and det.source and det.source not in ("output", NO_MONITOR):
             detail.append(f"monitor: {det.source}")
         self.detail_label.setText(" · ".join(detail))
+        guessed = running and det.polarity_from_message and self.match_state.detected
+        tip = POLARITY_GUESS_TIP if guessed else ""
+        if self.detail_label.toolTip() != tip:
+            self.detail_label.setToolTip(tip)
         if running and det.bits:
             self.decoded_row.set_bits(det.bits, det.bit_confidence, self.embedded)
             self.decoded_hex.setText(_hex(det.bits))

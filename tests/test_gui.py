@@ -109,7 +109,8 @@ def test_bits_view_says_where_the_polarity_came_from(qtbot: Any) -> None:
             view.handle_new_data(snap, now=now)
         assert view.state == MATCH
         text = view.detail_label.text()
-        assert "polarity inverted" in text and ("as the message reads" in text) == guessed
+        assert "polarity inverted" in text and ("inferred from the message" in text) == guessed
+        assert ("complement message" in view.detail_label.toolTip()) == guessed
 
 
 def test_views_draw_snapshots(qtbot: Any) -> None:
