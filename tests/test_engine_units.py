@@ -579,6 +579,17 @@ def test_status_line_says_an_inverted_chain_and_whether_the_message_told_it() ->
     assert [line.rstrip()[-7:] for line in lines] == ["0010 ok", " ok inv", "ok inv?"]
     # one width whatever it says: redrawn with "\r", a shorter line would leave a stale tail
     assert len({len(line) for line in lines}) == 1
+    # on a terminal: within its width (a wrapped line cannot be redrawn), the figures kept
+    busy = dataclasses.replace(
+        Snapshot(detection=det), time_s=12.3, latency_ms=48.9, xruns=198, underruns=11
+    )
+    assert len(busy.status_line()) > 120
+    for width in (80, 120):
+        line = busy.status_line(width)
+        assert len(line) == width - 1
+        assert all(s in line for s in ("t=12.3s", "lat 49 ms", "xruns 198 under 11", "P 0.90 ok"))
+    assert busy.status_line(200) == busy.status_line().ljust(199)
+    assert len(busy.status_line(20)) == 19  # a tiny terminal: cut, never wrapped
 
 
 def test_monitor_never_locks_onto_a_polarity_read_off_the_message() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -152,7 +153,8 @@ def _live(args: argparse.Namespace, engine: Any) -> int:
             time.sleep(0.25)
             snap = engine.snapshot()
             if tty:
-                print("\r" + snap.status_line(), end="", file=sys.stderr, flush=True)
+                width = shutil.get_terminal_size().columns  # may change while it runs
+                print("\r" + snap.status_line(width), end="", file=sys.stderr, flush=True)
             elif time.monotonic() - last_log >= 10:
                 last_log = time.monotonic()
                 print(snap.status_line(), file=sys.stderr, flush=True)
