@@ -22,8 +22,9 @@ from audioseal_live.engine.model import (
     Marker,
     best_phase,
     decode_bits,
+    guess_polarity,
     inverted_wins,
-    polarity_from_message,
+    polarity_told,
 )
 from audioseal_live.engine.recorder import AtomicSoundFile
 from audioseal_live.engine.resample import SoxrResampler
@@ -286,13 +287,10 @@ def detect_file(
         b = int(read.inverted) if read.inverted is not None else b
         mean_logit = -read.z if b else read.z
         marked = marked or read.p_marked >= 0.5
-        fractions = n_det / total
-        told = inverted_wins(*fractions) or inverted_wins(*fractions[::-1])
+        told = polarity_told(n_det[0] / total, n_det[1] / total)
         there = read.sync >= code.sync_min  # the code is there at all (as the monitor asks)
         if read.inverted is None and not told and there and expected is not None:
-            flipped = polarity_from_message(mean_logit, tuple(int(v) for v in expected))
-            if flipped is not mean_logit:
-                b, mean_logit, guessed = 1 - b, flipped, True
+            b, mean_logit, guessed = guess_polarity(b, mean_logit, tuple(int(v) for v in expected))
     bits, confidence = decode_bits(mean_logit)
     match = None if expected is None else bits == tuple(int(v) for v in expected)
     return DetectResult(

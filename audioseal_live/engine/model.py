@@ -100,6 +100,11 @@ def inverted_wins(plain: float, inverted: float) -> bool:
     return inverted > plain + POLARITY_MARGIN
 
 
+def polarity_told(plain: float, inverted: float) -> bool:
+    """Whether either polarity clearly scored higher (see :func:`inverted_wins`)."""
+    return inverted_wins(plain, inverted) or inverted_wins(inverted, plain)
+
+
 def polarity_from_message(mean_logit: np.ndarray, expected: tuple[int, ...] | None) -> np.ndarray:
     """A message code's bit evidence read in a polarity nothing else could settle: flipped
     if every bit reads, with a sign, as the expected message's complement (how a sign code
@@ -112,6 +117,17 @@ def polarity_from_message(mean_logit: np.ndarray, expected: tuple[int, ...] | No
     if bool(np.all(np.where(want, mean_logit < 0, mean_logit > 0))):
         return -mean_logit
     return mean_logit
+
+
+def guess_polarity(
+    b: int, mean_logit: np.ndarray, expected: tuple[int, ...] | None
+) -> tuple[int, np.ndarray, bool]:
+    """(polarity, bit evidence, whether the message decided them): ``b`` and ``mean_logit``
+    flipped where :func:`polarity_from_message` flips the evidence, as they were otherwise."""
+    flipped = polarity_from_message(mean_logit, expected)
+    if flipped is mean_logit:
+        return b, mean_logit, False
+    return 1 - b, flipped, True
 
 
 def decode_bits(mean_logit: np.ndarray) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -309,7 +325,6 @@ class TorchCodeStream:
             self._since += x.shape[0]
 
     def read(self) -> CodeReadout | None:
-        from audioseal_live.models.detector import POLARITY_EVIDENCE
         from audioseal_live.models.message_code import sync_probability
 
         torch = self._torch
@@ -322,11 +337,9 @@ class TorchCodeStream:
             if sync >= self.sync_min and self._fill == MODEL_RATE and due:
                 x = torch.from_numpy(self._buf)[None, None]
                 last = self.det.code.read_offline(x)
-                agree = float(self.det.code_agreement(x, last)[0])
-                if abs(agree) > POLARITY_EVIDENCE:
-                    self.inverted = agree < 0
-                else:  # the head reads nothing here: undecided, not "as recorded"
-                    self.inverted = None
+                sign = float(self.det.code_polarity(x, last, undecided=0.0)[0])
+                # 0: the head reads nothing here: undecided, not "as recorded"
+                self.inverted = None if sign == 0 else sign < 0
                 self._since = 0
             p_marked = float(sync_probability(r.sync[0]))
         return CodeReadout(r.z[0].numpy(), sync, p_marked, self.inverted)

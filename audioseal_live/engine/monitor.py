@@ -29,8 +29,9 @@ from audioseal_live.engine.model import (
     FrameDetector,
     best_phase,
     decode_bits,
+    guess_polarity,
     inverted_wins,
-    polarity_from_message,
+    polarity_told,
 )
 from audioseal_live.engine.resample import live_resampler
 from audioseal_live.engine.ring import Fifo, RingBuffer
@@ -159,7 +160,7 @@ class DetectorMonitor:
             b = int(read.inverted)  # the code's polarity check, surer than comparing P(marked)
         else:
             b = int(inverted_wins(smoothed[0], smoothed[1]))
-            settled = b == 1 or inverted_wins(smoothed[1], smoothed[0])
+            settled = polarity_told(smoothed[0], smoothed[1])
         cnt = self._vote_cnt[b].sum()
         bits: tuple[int, ...] = ()
         conf: tuple[float, ...] = ()
@@ -169,9 +170,7 @@ class DetectorMonitor:
             if read is not None and (cnt > 0 or read.sync >= self.code.sync_min):
                 mean_logit = -read.z if b else read.z  # an inverted chain flips every bit
                 if not settled:
-                    flipped = polarity_from_message(mean_logit, tuple(self.message()))
-                    if flipped is not mean_logit:
-                        b, mean_logit, guessed = 1 - b, flipped, True
+                    b, mean_logit, guessed = guess_polarity(b, mean_logit, tuple(self.message()))
         elif cnt > 0:
             mean_logits = self._vote_sum[b].sum(axis=0) / cnt  # (P, nbits)
             mean_logit = mean_logits[best_phase(mean_logits)]

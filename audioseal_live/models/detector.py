@@ -238,23 +238,10 @@ class AudioSealDetector(CardModel):
         marked = torch.maximum(probs[:, 1], code)
         return torch.stack([1 - marked, marked], dim=1)
 
-    def code_agreement(self, x: Tensor, read: CodeRead) -> Tensor:
-        """(B,) how much better the bit head agrees with the code's bits as read than with
-        them flipped, on a [-2, 2] scale (what :meth:`code_polarity` decides on)."""
-        hop = self.hop_length
-        length = x.shape[-1] - hop
-        if length < hop:
-            return x.new_zeros(x.shape[0])
-        idx = read.lag.to(x.device)[:, None] + torch.arange(length, device=x.device)
-        aligned = x[:, 0].gather(1, idx)[:, None]  # each signal from its grid on
-        out = self._run(torch.cat([aligned, -aligned]))[:, 2:]
-        head = torch.tanh(out.mean(dim=-1)).view(2, x.shape[0], -1)  # (+/-, B, nbits)
-        sign = (2 * read.bits.to(x.device) - 1).to(head.dtype)
-        return (head[0] * sign).mean(-1) - (head[1] * -sign).mean(-1)
-
-    def code_polarity(self, x: Tensor, read: CodeRead) -> Tensor:
+    def code_polarity(self, x: Tensor, read: CodeRead, undecided: float = 1.0) -> Tensor:
         """(B,) +1, or -1 where the audio reached us inverted (the code's bits then read
-        flipped: a sign code cannot tell by itself).
+        flipped: a sign code cannot tell by itself); ``undecided`` where the head cannot tell
+        either way (+1: read the bits as they come).
 
         The bit head reads its bits only on the generator's frame grid, which the code's sync
         has just found: cropped onto it, x and -x are read by the head, and the audio counts
@@ -266,8 +253,18 @@ class AudioSealDetector(CardModel):
         there the bits are read as they come. Offline only (not while streaming: these passes
         would disturb the stream's state).
         """
-        agree = self.code_agreement(x, read)
-        return torch.where(agree < -POLARITY_EVIDENCE, -1.0, 1.0).to(x.dtype)
+        hop = self.hop_length
+        length = x.shape[-1] - hop
+        if length < hop:
+            return x.new_full((x.shape[0],), undecided)
+        idx = read.lag.to(x.device)[:, None] + torch.arange(length, device=x.device)
+        aligned = x[:, 0].gather(1, idx)[:, None]  # each signal from its grid on
+        out = self._run(torch.cat([aligned, -aligned]))[:, 2:]
+        head = torch.tanh(out.mean(dim=-1)).view(2, x.shape[0], -1)  # (+/-, B, nbits)
+        sign = (2 * read.bits.to(x.device) - 1).to(head.dtype)
+        agree = (head[0] * sign).mean(-1) - (head[1] * -sign).mean(-1)
+        told = torch.where(agree > POLARITY_EVIDENCE, 1.0, undecided)
+        return torch.where(agree < -POLARITY_EVIDENCE, -1.0, told).to(x.dtype)
 
     def detect_watermark(
         self,
