@@ -222,6 +222,24 @@ def test_streaming_detector_reads_the_message_over_the_stream_so_far() -> None:
     assert float((streamed - offline).abs().max()) <= 1e-5
 
 
+def test_reset_streaming_outside_a_stream_changes_nothing() -> None:
+    """It used to arm the streamed head outside a stream: every later offline det(x) then
+    folded its code across unrelated inputs (a review found the message of the call before)."""
+    torch.manual_seed(0)
+    det = AudioSealDetector(small_card("detector").replace(template_code=CODE)).eval()
+    a = coded(host(1.0, seed=1), MSG)[None, None]
+    b = coded(host(1.0, seed=2), 1 - MSG)[None, None]
+    with torch.inference_mode():
+        before = det(b)
+        det.reset_streaming()
+        det(a)
+        after = det(b)
+    assert not det.is_streaming
+    torch.testing.assert_close(after[0], before[0], atol=0, rtol=0)
+    torch.testing.assert_close(after[1], before[1], atol=0, rtol=0)
+    assert torch.equal((after[1][0] > 0.5).long(), 1 - MSG)
+
+
 @pytest.mark.parametrize("lo_hz", [300.0, 0.0])
 def test_spread_across_lags_is_the_std(lo_hz: float) -> None:
     # the reader takes each bit's spread as an RMS when its templates have no DC (mean over

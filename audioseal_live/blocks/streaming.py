@@ -204,7 +204,10 @@ class StreamingRoot(nn.Module):
 
     def reset_streaming(self) -> None:
         """Start a new stream without leaving the streaming block (e.g. after a seek), with
-        the batch size the block was entered with (undoing any :meth:`select_streams`)."""
+        the batch size the block was entered with (undoing any :meth:`select_streams`).
+        Outside a streaming block there is no stream to reset: it does nothing."""
+        if not self.is_streaming:
+            return
         batch = self.__dict__.get("_stream_batch")
         for m in self._streaming_modules():
             if m.is_streaming:
