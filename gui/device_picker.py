@@ -40,8 +40,21 @@ class DevicePicker(QComboBox):
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(18)
         self._last: object = None
+        self._base_tip = ""
         self.currentIndexChanged.connect(self._on_index)
         self.set_devices([])
+
+    def setToolTip(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        """The box's own tooltip; the current device's full name is added below it (a long
+        name, or its "not found" mark, is cut off in the closed box)."""
+        self._base_tip = text
+        self._update_tip()
+
+    def _update_tip(self) -> None:
+        row = self.currentIndex()
+        item = self._model.item(row) if row >= 0 else None
+        detail = (item.toolTip() or item.text().strip()) if item is not None else ""
+        super().setToolTip("\n".join(t for t in (self._base_tip, detail) if t))
 
     # ----- filling -----------------------------------------------------------------------
     def set_devices(self, devices: Sequence[DeviceInfo], keep: object = None) -> None:
@@ -116,7 +129,9 @@ class DevicePicker(QComboBox):
         row = self._find(want)
         if row < 0 and isinstance(want, DeviceRef) and not want.is_default:
             api = f" [{want.hostapi}]" if want.hostapi else ""
-            self._add(f"{want.name}{api} (not found)", want, -1, "saved device, not plugged in")
+            # the mark first: a long name would push it out of the closed box
+            tip = f"{want.name}{api}: saved device, not found (not plugged in?)"
+            self._add(f"(not found) {want.name}{api}", want, -1, tip)
             row = self._model.rowCount() - 1
         elif row < 0:
             row = 0
@@ -124,6 +139,7 @@ class DevicePicker(QComboBox):
         self.setCurrentIndex(row)
         self.blockSignals(False)
         self._last = self.current()
+        self._update_tip()
         return True
 
     def revert(self, previous: object) -> None:
@@ -131,6 +147,7 @@ class DevicePicker(QComboBox):
         self.select(previous)
 
     def _on_index(self, _row: int) -> None:
+        self._update_tip()
         cur = self.current()
         if cur is None:  # a header: cannot be chosen, go back
             self.select(self._last)

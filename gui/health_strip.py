@@ -7,8 +7,11 @@ A counter that is not zero turns amber; an overloaded worker or bypass shows as 
 
 from __future__ import annotations
 
+import html
+
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from audioseal_live.engine.metrics import Snapshot
 
@@ -32,9 +35,12 @@ class HealthStrip(QFrame):
         super().__init__(parent)
         self.setObjectName("healthStrip")
         self.setFrameShape(QFrame.Shape.StyledPanel)
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(10, 6, 10, 6)
-        lay.setSpacing(18)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(10, 6, 10, 6)
+        outer.setSpacing(2)
+        lay = QHBoxLayout()
+        lay.setSpacing(14)
+        outer.addLayout(lay)
         self.values: dict[str, QLabel] = {}
         for key, title, tip in FIELDS:
             box = QVBoxLayout()
@@ -50,9 +56,14 @@ class HealthStrip(QFrame):
             lay.addLayout(box)
             self.values[key] = val
         lay.addStretch(1)
+        # On a line of its own, wrapping: in the row it set the window's minimum width, which
+        # grew with each tag (a window at 1280 px widened itself mid-call, review).
         self.tag = QLabel("")
         self.tag.setObjectName("healthTag")
-        lay.addWidget(self.tag)
+        self.tag.setWordWrap(True)
+        self.tag.setTextFormat(Qt.TextFormat.RichText)  # the alarms in colour
+        self.tag.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        outer.addWidget(self.tag)
 
     def text(self, key: str) -> str:
         return self.values[key].text()
@@ -103,11 +114,13 @@ class HealthStrip(QFrame):
         )
         tags = []
         if s.bypass:
-            tags.append("BYPASS")
+            tags.append('<b style="color:#d29922">BYPASS: output unmarked</b>')
         if s.overloaded:
-            tags.append("FALLING BEHIND")
+            tags.append(f'<b style="color:{BAD.name()}">FALLING BEHIND</b>')
         if s.callback_errors:
             tags.append(f"{s.callback_errors} errors")
-        tags.append(f"{s.sample_rate / 1000:g} kHz · {s.chunk_ms:.0f} ms chunk · {s.device}")
-        self.tag.setText("   ".join(tags))
+        tags.append(
+            html.escape(f"{s.sample_rate / 1000:g} kHz · {s.chunk_ms:.0f} ms chunk · {s.device}")
+        )
+        self.tag.setText(" &nbsp; ".join(tags))
         self.tag.setToolTip(s.last_error)

@@ -194,6 +194,10 @@ class MainWindow(QMainWindow):
         self.refresh_button = QPushButton("Refresh devices")
         self.refresh_button.setToolTip("rescan audio devices (while stopped)")
         self.refresh_button.clicked.connect(lambda: self.refresh_devices(rescan=True))
+        self.rate_combo.setToolTip(
+            "the devices' sample rate: their default, or one both input and output support"
+        )
+        self.chunk_combo.setAccessibleName("chunk length")
         form.addRow("Sample rate", self.rate_combo)
         chunk_row = QHBoxLayout()
         chunk_row.addWidget(self.chunk_combo)
@@ -217,6 +221,7 @@ class MainWindow(QMainWindow):
             "watermark strength (alpha): 100% is the model's level. 70%: 3 dB quieter, still "
             "read after MP3 and phone lines; 50%: 6 dB quieter, weaker under noise (README)"
         )
+        self.alpha_slider.setAccessibleName("watermark strength")
         self.alpha_label = QLabel("100%")
         self.alpha_label.setMinimumWidth(44)
         self.alpha_slider.valueChanged.connect(self._on_alpha)
@@ -251,8 +256,11 @@ class MainWindow(QMainWindow):
         lay.addWidget(self.start_button)
         row = QHBoxLayout()
         self.bypass_button = QPushButton("Bypass (A/B)")
+        self.bypass_button.setObjectName("bypassButton")
         self.bypass_button.setCheckable(True)
-        self.bypass_button.setToolTip("hear the unmarked signal; the metrics say so")
+        self.bypass_button.setToolTip(
+            "while running: send the unmarked signal (A/B listening); off again at Stop"
+        )
         self.bypass_button.toggled.connect(self._on_bypass)
         self.record_button = QPushButton("● Record")
         self.record_button.setObjectName("recordButton")
@@ -260,6 +268,8 @@ class MainWindow(QMainWindow):
         self.record_button.toggled.connect(self._on_record)
         self.record_dir_button = QToolButton()
         self.record_dir_button.setText("…")
+        self.record_dir_button.setToolTip("choose the folder recordings are saved to")
+        self.record_dir_button.setAccessibleName("recording folder")
         self.record_dir_button.clicked.connect(self._choose_record_dir)
         row.addWidget(self.bypass_button, 1)
         row.addWidget(self.record_button, 1)
@@ -281,6 +291,8 @@ class MainWindow(QMainWindow):
         for keys, button in self.shortcuts.items():
             seq = QKeySequence(keys)
             QShortcut(seq, self, button.click)  # click(): does nothing while disabled
+            if keys == "Ctrl+Return":  # the keypad's Enter is another key to Qt
+                QShortcut(QKeySequence("Ctrl+Enter"), self, button.click)
             text = seq.toString(QKeySequence.SequenceFormat.NativeText)
             button.setToolTip(f"{button.toolTip()} ({text})")
         return box
@@ -294,6 +306,8 @@ class MainWindow(QMainWindow):
         win = pal.color(QPalette.ColorRole.Window)
         cap = _mix(text, win, 0.62)
         panel = _mix(pal.color(QPalette.ColorRole.Base), win, 0.5)
+        hi = pal.color(QPalette.ColorRole.Highlight)  # a set bit: filled, as in the bits view
+        hi_text = pal.color(QPalette.ColorRole.HighlightedText)
         mono = QFont("DejaVu Sans Mono")
         mono.setStyleHint(QFont.StyleHint.Monospace)
         self.setStyleSheet(
@@ -307,6 +321,11 @@ class MainWindow(QMainWindow):
                 border: 1px solid {_mix(text, win, 0.85).name()}; border-radius: 8px; }}
             QPushButton#startButton {{ font-size: 18px; font-weight: 700; }}
             QPushButton#recordButton:checked {{ color: #f85149; font-weight: 700; }}
+            QPushButton#bypassButton:checked {{ background: #d29922; color: #1b1b1b;
+                font-weight: 700; border: 1px solid #9e7212; border-radius: 4px; padding: 3px; }}
+            QToolButton#bitButton:checked {{ background: {hi.name()}; color: {hi_text.name()};
+                font-weight: 700; border-radius: 3px; }}
+            QLabel#healthTag {{ color: {cap.name()}; }}
             QGroupBox {{ font-weight: 600; }}
             """
         )
@@ -390,7 +409,12 @@ class MainWindow(QMainWindow):
         n_in = sum(d.max_input_channels > 0 for d in self._devices)
         n_out = sum(d.max_output_channels > 0 for d in self._devices)
         log.info("devices: %d inputs, %d outputs", n_in, n_out)
-        if rescan:
+        if not n_in or not n_out:  # said where it is seen, not only at the failed Start
+            missing = " and ".join(k for k, n in (("input", n_in), ("output", n_out)) if not n)
+            self.statusBar().showMessage(
+                f"No audio {missing} devices found: plug one in, then Refresh devices"
+            )
+        elif rescan:
             self.statusBar().showMessage(f"{n_in} inputs, {n_out} outputs found", 4000)
 
     def _pickers(self) -> tuple[tuple[str, DevicePicker], ...]:
@@ -528,6 +552,8 @@ class MainWindow(QMainWindow):
         self.record_button.blockSignals(True)
         self.record_button.setChecked(False)
         self.record_button.blockSignals(False)
+        # A/B belongs to the session: the next Start must not go out unmarked unnoticed.
+        self.bypass_button.setChecked(False)
         self.statusBar().showMessage(
             f"Stopped after {snap.time_s:.1f} s · xruns {snap.xruns} · "
             f"underruns {snap.underruns} · unmarked spans {snap.unmarked_spans}",
@@ -546,6 +572,7 @@ class MainWindow(QMainWindow):
         for w in (self.rate_combo, self.chunk_combo, self.model_combo, self.compute_combo):
             w.setEnabled(idle)  # these need a fresh engine: change them while stopped
         self.record_button.setEnabled(running)
+        self.bypass_button.setEnabled(running)
         self.record_dir_button.setEnabled(self.runner.recorder is None)
 
     # ================================================================= live controls
@@ -561,6 +588,12 @@ class MainWindow(QMainWindow):
     def _on_bypass(self, on: bool) -> None:
         self.runner.set_bypass(on)
         log.info("bypass %s", "on" if on else "off")
+        if self.runner.running:
+            self.statusBar().showMessage(
+                "BYPASS: the output is unmarked (Ctrl+B or the button again to mark)"
+                if on
+                else "Marking again"
+            )
 
     def _on_model_activated(self, idx: int) -> None:
         kind, _ = self.model_combo.itemData(idx)
@@ -678,6 +711,8 @@ class MainWindow(QMainWindow):
     def show_error(self, message: str) -> None:
         """One line, no traceback, non-blocking; a newer message replaces an open one."""
         line = (message or "unknown error").strip().splitlines()[0]
+        # the library's errors point at the command line; in the window, the button is here
+        line = line.replace("(see `audioseal-live devices`)", "(plug it in, then Refresh devices)")
         self.errors.append(line)
         log.warning("shown to user: %s", line)
         self.statusBar().showMessage(line, 10000)

@@ -1,8 +1,9 @@
 """16-bit message editor: bit toggles, hex and decimal fields, a random button.
 
-All three views edit one value. Typed text is applied only when it parses to a value that fits
-16 bits; otherwise the field is flagged and the last good message stays in force (the engine
-never sees a half-typed message).
+All three views edit one value. Typed hex goes live once it holds all 4 digits (or on Enter /
+leaving the field, for a shorter one); decimal on Enter, leaving the box, or its arrows. Text that
+does not parse to a 16-bit value flags the field and the last good message stays in force: the
+engine never sees a half-typed message (overtyping BEEF would otherwise mark 000B, 00BE, 0BEE).
 """
 
 from __future__ import annotations
@@ -46,10 +47,9 @@ def parse_hex(text: str, nbits: int = NBITS) -> int:
         t = t[2:]
     if not t:
         raise MessageError("enter up to 4 hex digits, e.g. 1A2B")
-    try:
-        v = int(t, 16)
-    except ValueError:
-        raise MessageError(f"{text.strip()!r} is not hex (digits 0-9 and A-F)") from None
+    if t.strip("0123456789abcdef"):  # int(t, 16) would also take a sign: -1, +1a
+        raise MessageError(f"{text.strip()!r} is not hex (digits 0-9 and A-F)")
+    v = int(t, 16)
     if v >= 1 << nbits:
         raise MessageError(f"0x{v:X} does not fit in {nbits} bits (max 0x{(1 << nbits) - 1:X})")
     return v
@@ -71,9 +71,11 @@ class MessageEditor(QWidget):
         self.bit_buttons: list[QToolButton] = []
         for i in range(NBITS):
             b = QToolButton(self)
+            b.setObjectName("bitButton")
             b.setCheckable(True)
             b.setText("0")
             b.setToolTip(f"bit {i} (MSB first)")
+            b.setAccessibleName(f"message bit {i}")
             b.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
             b.setMinimumWidth(16)
             b.setFocusPolicy(Qt.FocusPolicy.TabFocus)
@@ -86,8 +88,11 @@ class MessageEditor(QWidget):
         lay.addLayout(grid)
 
         row = QHBoxLayout()
-        row.addWidget(QLabel("Hex"))
+        hex_label = QLabel("&Hex")
+        row.addWidget(hex_label)
         self.hex_edit = QLineEdit(self)
+        hex_label.setBuddy(self.hex_edit)
+        self.hex_edit.setAccessibleName("message, hex")
         self.hex_edit.setMaxLength(8)
         self.hex_edit.setPlaceholderText("1A2B")
         self.hex_edit.setToolTip("message as hex, 0000 to FFFF (Enter applies)")
@@ -96,10 +101,14 @@ class MessageEditor(QWidget):
         self.hex_edit.editingFinished.connect(self._on_hex_done)
         row.addWidget(self.hex_edit)
         row.addSpacing(8)
-        row.addWidget(QLabel("Dec"))
+        dec_label = QLabel("D&ec")
+        row.addWidget(dec_label)
         self.dec_spin = QSpinBox(self)
+        dec_label.setBuddy(self.dec_spin)
+        self.dec_spin.setAccessibleName("message, decimal")
         self.dec_spin.setRange(0, (1 << NBITS) - 1)
-        self.dec_spin.setToolTip("message as a decimal number, 0 to 65535")
+        self.dec_spin.setToolTip("message as a decimal number, 0 to 65535 (Enter applies)")
+        self.dec_spin.setKeyboardTracking(False)  # typed digits apply on Enter, not each key
         self.dec_spin.valueChanged.connect(self.set_value)
         row.addWidget(self.dec_spin)
         row.addStretch(1)
@@ -156,29 +165,32 @@ class MessageEditor(QWidget):
     def _on_bit(self, _checked: bool) -> None:
         self.set_value(bits_to_value([int(b.isChecked()) for b in self.bit_buttons]))
 
-    def _on_hex_edited(self, text: str) -> None:
-        """Live: apply each keystroke that gives a valid value; flag the field otherwise."""
+    def _on_hex_edited(self, text: str, complete: bool = False) -> None:
+        """Each keystroke: flag text that cannot become a message; apply it once it holds all
+        4 digits (``complete``: Enter or leaving the field applies a shorter one)."""
         try:
             v = parse_hex(text)
         except MessageError as exc:
             self._set_error(str(exc))
             return
         self._set_error("")
-        if v != self._value:
+        digits = len(text.strip().lower().removeprefix("0x").replace(" ", "").replace("_", ""))
+        if v != self._value and (complete or digits >= NBITS // 4):
             self._value = v
             self._sync_views(hex_too=False)
             self.messageChanged.emit(v)
 
     def _on_hex_done(self) -> None:
-        # Leaving the field: if the text is bad, keep showing the error until fixed but
-        # leave the last good message in force.
+        # Enter or leaving the field: apply what parses; bad text keeps its error on show
+        # and the last good message in force.
+        self._on_hex_edited(self.hex_edit.text(), complete=True)
         if not self.hex_edit.property("invalid"):
             self.hex_edit.setText(f"{self._value:04X}")
 
     def apply_hex(self, text: str) -> bool:
-        """Type ``text`` into the hex field (as a user would). True if it was accepted."""
+        """Type ``text`` into the hex field and press Enter. True if it was accepted."""
         self.hex_edit.setText(text)
-        self._on_hex_edited(text)
+        self._on_hex_done()
         return not self.hex_error()
 
     def hex_error(self) -> str:

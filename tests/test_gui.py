@@ -53,14 +53,25 @@ def test_message_editor_rejects_bad_hex(qtbot: Any) -> None:
         assert not ed.apply_hex("12345")  # 0x12345 needs 17 bits
         assert "does not fit" in ed.hex_error()
         assert not ed.apply_hex("")
+        for signed in ("-1", "+1a", "-0"):  # int(.., 16) takes a sign; a message has none
+            assert not ed.apply_hex(signed)
+            assert "not hex" in ed.hex_error()
     assert ed.value() == MESSAGE  # the last good message stays in force
     assert ed.error_label.isVisibleTo(ed)
-    # Typing as a user would: each keystroke that parses is applied.
+    # Typing as a user would: nothing half-typed goes live; the 4th digit applies.
     ed.hex_edit.clear()
     seen: list[int] = []
     ed.messageChanged.connect(seen.append)
     qtbot.keyClicks(ed.hex_edit, "beef")
-    assert seen == [0xB, 0xBE, 0xBEE, 0xBEEF] and ed.value() == 0xBEEF and not ed.hex_error()
+    assert seen == [0xBEEF] and ed.value() == 0xBEEF and not ed.hex_error()
+    qtbot.keyClicks(ed.hex_edit, "5")  # 0xBEEF5: flagged, 0xBEEF stays
+    assert seen == [0xBEEF] and "does not fit" in ed.hex_error()
+    ed.hex_edit.clear()
+    qtbot.keyClicks(ed.hex_edit, "1a")
+    assert seen == [0xBEEF]
+    qtbot.keyClick(ed.hex_edit, Qt.Key.Key_Return)  # Enter applies a shorter one
+    assert seen == [0xBEEF, 0x1A] and ed.hex_edit.text() == "001A"
+    assert ed.apply_hex("0xbeef") and ed.value() == 0xBEEF
     assert ed.dec_spin.value() == 0xBEEF
     assert "".join(b.text() for b in ed.bit_buttons) == "1011111011101111"
     ed.show()
@@ -145,6 +156,10 @@ def test_views_draw_snapshots(qtbot: Any) -> None:
     health.handle_new_data(dataclasses.replace(snap, xruns=3, rtf=0.9, overloaded=True))
     assert health.text("xruns") == "3" and "color" in health.values["xruns"].styleSheet()
     assert health.text("unmarked") == "1 (0.5 s)" and "FALLING BEHIND" in health.tag.text()
+    health.handle_new_data(dataclasses.replace(snap, bypass=True, device="cpu <&>"))
+    assert (
+        "BYPASS: output unmarked" in health.tag.text() and "cpu &lt;&amp;&gt;" in health.tag.text()
+    )
     meter.set_level(0.5, 0.1, now=0.0)
     meter.set_level(0.01, 0.005, now=0.5)  # peak hold keeps the loud moment for a while
     assert meter.hold_db == pytest.approx(-6.02, abs=0.01) and meter.peak_db == -40.0
@@ -176,7 +191,10 @@ def test_settings_round_trip(qtbot: Any, tmp_path: Path) -> None:
         assert getattr(got, field) == getattr(saved, field), field
     assert got.input == DeviceRef("USB Mic Pro", "ALSA")
     assert got.monitor == st.MONITOR_OFF and got.record_dir == str(tmp_path)
-    assert "not found" in w2.input_picker.currentText()
+    assert w2.input_picker.currentText().startswith("(not found) USB Mic Pro")
+    # the closed box cuts long names: its tooltip has the whole one, under its own
+    assert "microphone to watermark" in w2.input_picker.toolTip()
+    assert "USB Mic Pro [ALSA]: saved device, not found" in w2.input_picker.toolTip()
     assert w2.message_editor.value() == 0xBEEF and w2.alpha_label.text() == "65%"
     cfg = w2.engine_config()
     assert cfg.input == "USB Mic Pro" and cfg.monitor is None and cfg.sample_rate == 44100
@@ -185,9 +203,10 @@ def test_settings_round_trip(qtbot: Any, tmp_path: Path) -> None:
 
 
 def test_keyboard_shortcuts_press_the_buttons(qtbot: Any, tmp_path: Path) -> None:
-    """Ctrl+B toggles bypass, Ctrl+R does nothing while stopped (no recording without a
-    stream), Ctrl+Return presses Start/Stop (counted here: starting needs audio devices, see
-    the fake-engine tests below); the tooltips name the keys."""
+    """Ctrl+B and Ctrl+R do nothing while stopped (bypass and recording belong to a running
+    stream; the live tests below use them); Ctrl+Return or keypad Enter presses Start/Stop
+    (counted here: starting needs audio devices, see the fake-engine tests below); the
+    tooltips name the keys."""
     w = MainWindow(st.qsettings(str(tmp_path / "settings.ini")))
     qtbot.addWidget(w)
     w.show()
@@ -196,14 +215,13 @@ def test_keyboard_shortcuts_press_the_buttons(qtbot: Any, tmp_path: Path) -> Non
     clicks: list[bool] = []
     w.start_button.clicked.disconnect()  # starting needs audio devices: count the press
     w.start_button.clicked.connect(lambda: clicks.append(True))
-    qtbot.keyClick(w, Qt.Key.Key_B, Qt.KeyboardModifier.ControlModifier)
-    assert w.bypass_button.isChecked()
-    qtbot.keyClick(w, Qt.Key.Key_B, Qt.KeyboardModifier.ControlModifier)
-    assert not w.bypass_button.isChecked()
-    qtbot.keyClick(w, Qt.Key.Key_R, Qt.KeyboardModifier.ControlModifier)
+    for key in (Qt.Key.Key_B, Qt.Key.Key_R):  # A/B and recording belong to a running session
+        qtbot.keyClick(w, key, Qt.KeyboardModifier.ControlModifier)
+    assert not w.bypass_button.isChecked() and not w.bypass_button.isEnabled()
     assert not w.record_button.isChecked() and not w.record_button.isEnabled()
     qtbot.keyClick(w, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
-    assert clicks == [True]
+    qtbot.keyClick(w, Qt.Key.Key_Enter, Qt.KeyboardModifier.ControlModifier)  # keypad Enter
+    assert clicks == [True, True]
     assert "Ctrl+B" in w.bypass_button.toolTip() and "Ctrl+R" in w.record_button.toolTip()
     w.close()
 
@@ -353,6 +371,25 @@ def test_stop_while_recording_says_where_the_file_went(
     saved = list(tmp_path.glob("audioseal-live-*.wav"))
     assert len(saved) == 1 and not w.record_button.isChecked()
     assert w.record_label.text().startswith("saved ") and str(saved[0]) in w.record_label.text()
+
+
+def test_bypass_is_shown_and_ends_with_the_session(
+    fake_audio: Any, qtbot: Any, tmp_path: Path
+) -> None:
+    """A review found Bypass left on after Stop: the next session went out unmarked."""
+    w = _fake_window(qtbot, tmp_path)
+    assert not w.bypass_button.isEnabled()  # nothing to bypass while stopped
+    w.start()
+    qtbot.waitUntil(lambda: w.runner.running, timeout=10000)
+    w.bypass_button.click()
+    assert w.runner.engine._controls.bypass  # type: ignore[union-attr]
+    assert w.statusBar().currentMessage().startswith("BYPASS")
+    w.toggle_start()  # stop
+    assert not w.bypass_button.isChecked() and not w.bypass_button.isEnabled()
+    w.start()
+    qtbot.waitUntil(lambda: w.runner.running, timeout=10000)
+    assert not w.runner.engine._controls.bypass  # type: ignore[union-attr]
+    w.stop()
 
 
 def test_detector_off_says_off_not_undetected(fake_audio: Any, qtbot: Any, tmp_path: Path) -> None:
