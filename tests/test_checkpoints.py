@@ -174,6 +174,8 @@ def test_truncated_and_mismatched_checkpoints(tmp_path: Path) -> None:
 
     with pytest.raises(CheckpointError, match="holds a generator"):
         AudioSeal.load_detector(good)
+    with pytest.raises(CheckpointError, match="good.pth: its config says nbits=16, not 32"):
+        AudioSeal.load_generator(good, nbits=32)
 
     cfg_small = {**cfg, "seanet": {**cfg["seanet"], "n_filters": 16}}
     wrong = tmp_path / "wrong.pth"

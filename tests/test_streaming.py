@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -336,6 +337,27 @@ def test_bad_messages_are_rejected(small, message) -> None:
     with pytest.raises(ValueError, match="bit|message") as info:
         gen(audio(HOP), message=message)
     assert isinstance(info.value, MessageError)
+
+
+def test_audio_of_another_dtype_or_a_rate_as_text(small) -> None:
+    """float64 (soundfile's default) is refused in words, not with torch's bias message; a
+    rate given as text is read as a number (the review saw "16000 given, model at 16000")."""
+    gen, det = small
+    x = audio(HOP)
+    for model in (gen, det):
+        with pytest.raises(ValueError, match=r"float64 but the model's weights are float32"):
+            model(x.double())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "foreign rate" warning
+        gen(x, sample_rate="16000")
+    with pytest.raises(TypeError, match="sample_rate must be a rate in Hz"):
+        gen(x, sample_rate="16 kHz")
+
+
+def test_decode_message_is_the_references() -> None:
+    det = AudioSealDetector(small_card("detector")).eval()
+    logits = torch.randn(2, 16, 50)
+    torch.testing.assert_close(det.decode_message(logits), torch.sigmoid(logits.mean(-1)))
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,11 @@ def _warn_once(msg: str) -> None:
     log.warning(msg)
 
 
-def check_audio(x: Tensor, sample_rate: int | None, model_rate: int) -> None:
-    """Shape, dtype and finiteness of an audio batch; warn (once) about a foreign rate."""
+def check_audio(
+    x: Tensor, sample_rate: int | None, model_rate: int, dtype: torch.dtype | None = None
+) -> None:
+    """Shape, dtype (``dtype``: the model's) and finiteness of an audio batch; warn (once)
+    about a foreign rate."""
     if not isinstance(x, Tensor):
         raise TypeError(
             f"audio must be a torch.Tensor shaped (batch, 1, samples), got {type(x).__name__}"
@@ -34,8 +37,20 @@ def check_audio(x: Tensor, sample_rate: int | None, model_rate: int) -> None:
         raise ValueError(f"audio must be shaped (batch, 1, samples), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"audio must be floating point, got {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        # e.g. float64 from soundfile.read's default; torch's own error names a bias
+        have, want = str(x.dtype).removeprefix("torch."), str(dtype).removeprefix("torch.")
+        raise ValueError(
+            f"audio is {have} but the model's weights are {want}: pass x.to(torch.{want}) "
+            "(soundfile: sf.read(path, dtype='float32'))"
+        )
     if not torch.isfinite(x).all():
         raise ValueError("audio contains NaN or infinite samples")
+    if sample_rate is not None:
+        try:
+            sample_rate = int(sample_rate)
+        except (TypeError, ValueError):
+            raise TypeError(f"sample_rate must be a rate in Hz, got {sample_rate!r}") from None
     if sample_rate is not None and sample_rate != model_rate:
         _warn_once(
             f"sample_rate={sample_rate} given, but the model works at {model_rate} Hz and does "
@@ -151,7 +166,8 @@ class CardModel(StreamingRoot):
 
     def _check_input(self, x: Tensor, sample_rate: int | None) -> None:
         """Valid audio, and whole hops while streaming."""
-        check_audio(x, sample_rate, self.sample_rate)
+        weight = next(self.parameters(), None)
+        check_audio(x, sample_rate, self.sample_rate, None if weight is None else weight.dtype)
         self._check_not_ended(x)
         expected = self.signals_streaming()
         if expected is not None and x.shape[0] != expected:  # before any state changes

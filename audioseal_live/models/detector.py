@@ -267,6 +267,12 @@ class AudioSealDetector(CardModel):
         told = torch.where(agree > POLARITY_EVIDENCE, 1.0, undecided)
         return torch.where(agree < -POLARITY_EVIDENCE, -1.0, told).to(x.dtype)
 
+    def decode_message(self, result: Tensor) -> Tensor:
+        """The reference's decode: bit logits (B, nbits, T) -> P(bit = 1) (B, nbits), their
+        mean over time through a sigmoid (e.g. ``det.logits(x)[:, 2:]``). A card with a
+        template code reads its message with the code instead: ``det(x)[1]``."""
+        return torch.sigmoid(result.mean(dim=-1))
+
     def detect_watermark(
         self,
         x: Tensor,

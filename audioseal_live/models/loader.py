@@ -113,6 +113,10 @@ def load_model(name_or_path: str | Path | None, kind: Kind, nbits: int | None = 
     if nbits is not None and "nbits" not in cfg:
         cfg = {**cfg, "nbits": nbits}
     card = card_from_config(cfg, kind, path.stem)
+    if (
+        nbits is not None and nbits != card.nbits
+    ):  # as for our own format (the reference ignores it)
+        raise CheckpointError(f"{path}: its config says nbits={card.nbits}, not {nbits}")
     return _finish(_build(kind, card, str(path)), state, str(path), kind)
 
 
