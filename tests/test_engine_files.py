@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from model_quality import bits_shortfall
 
 from audioseal_live.cli import main
 from audioseal_live.engine import files
+from audioseal_live.engine.commands import bits_hex
 from audioseal_live.engine.files import detect_file, embed_file
 from audioseal_live.engine.model import TorchDetector, TorchMarker
 from audioseal_live.errors import AudioFileError
@@ -82,7 +85,8 @@ def test_detect_reports_well_formed_result(random_models: Path, stereo_44k: Path
     res = detect_file(stereo_44k, det, expected=MSG)
     assert abs(res.seconds - 2.5) < 0.05
     assert 0 <= res.probability <= 1 and len(res.bits) == 16 and len(res.windows) == 2
-    assert res.match in (True, False)
+    # a message is matched only where there is one (unmarked: bits are noise)
+    assert res.match is None if not res.marked else res.match in (True, False)
 
 
 def test_detect_reads_the_bits_at_the_surest_phase(stereo_44k: Path) -> None:
@@ -216,6 +220,10 @@ def test_default_model_file_round_trip(
     assert main(["detect", str(cut), "--message", "".join(map(str, MSG))]) == 0
     line = capsys.readouterr().out
     assert "inverted polarity" in line and "matches if the chain inverted" in line, line
+    # another message than expected: exit status 1, as the help says (scripts check it)
+    assert main(["detect", str(out), "--message", "0x0000", "--json"]) == 1
+    got = json.loads(capsys.readouterr().out)
+    assert got["match"] is False and got["message_hex"] == bits_hex(MSG)
     # silence: no code, nothing to flip, whatever message is expected
     sf.write(cut, np.zeros((rate * 3, 2), dtype=np.float32), rate)
     res = detect_file(cut, TorchDetector(AudioSeal.load_detector()), expected=(1,) * 16)
@@ -241,6 +249,9 @@ def test_cli_run_checks_its_stats_file_before_the_run(
         (["demo", "--source", "{t}/src.wav", "--record", "{t}/src.wav"], "the same file"),
         (["embed", "{t}/src.wav", "{t}/o.wav", "--device", "gpu"], "--device 'gpu'"),
         (["embed", "{t}/src.wav", "{t}/o.wav", "--message", "0101"], "looks binary"),
+        (["embed", "{t}/src.wav", "{t}/o.wav", "--message", "0000000000000002"], "leading zero"),
+        (["embed", "{t}/src.wav", "{t}/o.wav", "--message", "2222222222222222"], "0 or 1"),
+        (["demo", "--stats-json", "{t}", "--duration", "60"], "it is a folder"),
         (["embed", "{t}/src.wav", "{t}/o.wav", "--model", "{t}/empty"], "no generator.json"),
         (["detect", "{t}"], "a folder"),
         (["bench", "--chunks", "320,,1600"], "--chunks"),
@@ -271,6 +282,49 @@ def test_cli_mistakes_are_one_line_and_touch_nothing(
     assert sf.info(src).frames == 16000
 
 
+def test_embed_keeps_the_input_format_and_says_what_a_file_cannot_hold(
+    random_models: Path, stereo_44k: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = str(random_models)
+    out = tmp_path / "o.wav"
+    assert main(["embed", str(stereo_44k), str(out), "--model", m]) == 0
+    assert sf.info(out).subtype == "PCM_16"  # as the input: not 1.5x the size in 24 bits
+    loud = tmp_path / "loud.wav"  # a float file may peak above full scale on purpose
+    t = np.arange(32000) / 16000
+    sf.write(loud, (1.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000, "FLOAT")
+    assert main(["embed", str(loud), str(out), "--model", m, "--alpha", "0"]) == 0
+    assert "nothing embedded" in capsys.readouterr().out
+    y, _ = sf.read(out, dtype="float32")
+    assert sf.info(out).subtype == "FLOAT" and float(np.max(np.abs(y))) > 1.4  # not limited
+    ten = tmp_path / "ten.wav"
+    sf.write(ten, np.zeros((1600, 10), np.float32), 16000)
+    assert main(["embed", str(ten), str(tmp_path / "ten.flac"), "--model", m]) == 2
+    err = capsys.readouterr().err
+    assert "FLAC holds at most 8 channels, not 10; use a .wav name" in err and ".part" not in err
+    low = tmp_path / "low.wav"
+    sf.write(low, 0.1 * np.sin(2 * np.pi * 300 * np.arange(8000) / 4000), 4000)
+    assert main(["embed", str(low), str(out), "--model", m]) == 0
+    assert "warning: at 4000 Hz" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "in.wav",
+        "loud.wav",
+        "low.wav",
+        "o.wav",
+        "ten.wav",
+    ]
+
+
+def test_a_demo_source_with_nan_is_refused_as_embed_refuses_it(tmp_path: Path) -> None:
+    from audioseal_live.engine.demo import load_source
+
+    x = np.zeros(16000, np.float32)
+    x[8000] = np.inf
+    bad = tmp_path / "bad.wav"
+    sf.write(bad, x, 16000, subtype="FLOAT")
+    with pytest.raises(AudioFileError, match=r"sample 8000 \(0\.500 s\) is NaN or infinite"):
+        load_source(str(bad), 48000)
+
+
 def test_written_files_have_the_usual_mode_and_a_full_disk_is_one_line(tmp_path: Path) -> None:
     import os
 
@@ -295,6 +349,14 @@ def test_written_files_have_the_usual_mode_and_a_full_disk_is_one_line(tmp_path:
     f = AtomicSoundFile(tmp_path / "b.wav", 16000, 1)
     f._f = FullDisk()
     with pytest.raises(AudioFileError, match="cannot write .*b.wav: System error"):
+        f.write(np.zeros(100, np.float32))
+    import audioseal_live.engine.recorder as rec
+
+    full = rec.shutil.disk_usage(tmp_path)._replace(free=4096)
+    with (
+        mock.patch.object(rec.shutil, "disk_usage", return_value=full),
+        pytest.raises(AudioFileError, match=r"b.wav: the disk is full \(System error"),
+    ):
         f.write(np.zeros(100, np.float32))
     f.abort()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]

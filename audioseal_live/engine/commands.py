@@ -31,6 +31,10 @@ def parse_message(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(b) for b in parse_message_text(text, NBITS).tolist())
 
 
+# Below this rate a file cannot hold the message code's band (300-3400 Hz), read at 8 kHz.
+LOW_RATE = 8000
+
+
 def bits_hex(bits: Sequence[int]) -> str:
     v = 0
     for b in bits:
@@ -220,11 +224,23 @@ def cmd_embed(args: argparse.Namespace) -> int:
     info = embed_file(
         args.input, args.output, _load_marker(args), msg, args.alpha, progress=sys.stderr.isatty()
     )
+    what = (
+        "unchanged (--alpha 0: nothing embedded)"
+        if args.alpha == 0
+        else f"with message {bits_hex(msg)} ({info['message']})"
+    )
     print(
         f"wrote {info['output']} ({info['frames'] / info['sample_rate']:.1f} s, "
-        f"{info['channels']} ch, {info['sample_rate']} Hz) with message {bits_hex(msg)} "
-        f"({info['message']})"
+        f"{info['channels']} ch, {info['sample_rate']} Hz) {what}"
     )
+    if info["sample_rate"] < LOW_RATE and args.alpha:
+        print(
+            f"warning: at {info['sample_rate']} Hz the file keeps only what lies below "
+            f"{info['sample_rate'] // 2} Hz of the mark (the model marks 16 kHz audio, its "
+            "message code 300-3400 Hz): it may not be detected or read back; 8 kHz or more "
+            "keeps it",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -240,14 +256,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
         verdict = "MARKED" if res.marked else "not marked"
         # P: the share of samples the network calls marked; sync: the message code's own
         # evidence over the file (>= 6 counts as marked; unmarked audio stays below ~4.5).
-        sync = "" if res.code_sync is None else f", code sync {res.code_sync:.1f}"
+        sync = "" if res.code_sync is None else f", message code sync {res.code_sync:.1f}"
         line = (
-            f"{res.path}: {verdict} (P {res.probability:.2f} of {res.seconds:.1f} s{sync}"
-            f"{', inverted polarity' if res.inverted and res.marked else ''})"
+            f"{res.path}: {verdict} (network P {res.probability:.2f} of {res.seconds:.1f} s"
+            f"{sync}{', inverted polarity' if res.inverted and res.marked else ''})"
         )
         if res.marked:
             line += f", message {bits_hex(res.bits)} ({''.join(map(str, res.bits))})"
             line += f", min bit confidence {min(res.bit_confidence):.2f}"
+            if res.seconds < 1.0:  # the code is read over ~1 s and more
+                line += " (under 1 s: too short to read the bits reliably)"
             if res.match is not None:
                 line += ", matches" if res.match else ", DOES NOT match --message"
             if res.polarity_from_message:
@@ -258,7 +276,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                     f" {other} as recorded; nothing else here tells the polarity)"
                 )
         print(line)
-    return 0 if res.marked else 1
+    return 0 if res.marked and res.match is not False else 1
 
 
 # ----- parser ----------------------------------------------------------------------------
@@ -277,12 +295,13 @@ def _number(kind: type, least: float, what: str) -> Any:
     return parse
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def _model_args(p: argparse.ArgumentParser, detector: bool = True) -> None:
     p.add_argument(
         "--model",
         help="generator card name, checkpoint file or folder (default: the embedded model)",
     )
-    p.add_argument("--detector", help="detector card/path (default: paired with --model)")
+    if detector:
+        p.add_argument("--detector", help="detector card/path (default: paired with --model)")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
     p.add_argument(
         "--threads",
@@ -358,11 +377,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("input")
     p.add_argument("output", help=".wav or .flac")
     p.add_argument("--message", help="16-bit message (hex/int/bits; default random)")
-    p.add_argument("--alpha", type=float, default=1.0)
-    _model_args(p)
+    p.add_argument("--alpha", type=float, default=1.0, help="watermark strength (default 1)")
+    _model_args(p, detector=False)
     p.set_defaults(func=cmd_embed)
 
-    p = subparsers.add_parser("detect", help="detect the watermark in an audio file")
+    p = subparsers.add_parser(
+        "detect",
+        help="detect the watermark in an audio file",
+        description="Detect the watermark in an audio file and read its message. Exit "
+        "status: 0 marked (and, with --message, carrying that message), 1 not marked or "
+        "another message, 2 an error.",
+    )
     p.add_argument("input")
     p.add_argument("--message", help="expected message, to report a match")
     p.add_argument("--json", action="store_true")

@@ -7,6 +7,7 @@ source into the input ring (as a mic callback would), then plays from the output
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,12 +48,13 @@ def builtin_voice(rate: int, seconds: float = 12.0) -> np.ndarray:
 def load_source(path: str, rate: int) -> np.ndarray:
     import soxr
 
-    from audioseal_live.engine.files import open_audio
+    from audioseal_live.engine.files import open_audio, read_blocks
 
     with open_audio(path) as f:
         if f.frames > 600 * f.samplerate:
             raise DeviceError(f"{path}: demo sources are looped in memory; use <= 10 min")
-        x = f.read(dtype="float32", always_2d=True).mean(axis=1)
+        # read as embed/detect read it: a NaN or inf sample is refused where it is
+        x = np.concatenate(list(read_blocks(f, Path(path)))).mean(axis=1)
         sr = f.samplerate
     return soxr.resample(x, sr, rate).astype(np.float32) if sr != rate else x
 

@@ -219,7 +219,10 @@ class Engine:
                 if src == "output":
                     w.monitor_ring = mon.ring
                 else:
-                    dev = resolve_device(cfg.monitor, "input")
+                    try:
+                        dev = resolve_device(cfg.monitor, "input")
+                    except DeviceError as exc:  # say which device setting it was
+                        raise DeviceError(f"detector's capture device (monitor): {exc}") from None
                     # 4 s of slack before dropping, a power of two for the C callback
                     slack = 1 << (4 * rate - 1).bit_length()
                     self._capture = CaptureStream(dev, rate, slack)

@@ -46,8 +46,12 @@ def report_path(path: str | None) -> Path | None:
     if not path:
         return None
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise AudioFileError(f"cannot write {p}: it is a folder (name a file in it)")
     if not p.parent.is_dir():
         raise AudioFileError(f"cannot write {p}: folder does not exist")
+    if not os.access(p.parent, os.W_OK):
+        raise AudioFileError(f"cannot write {p}: the folder is not writable")
     return p
 
 
@@ -74,7 +78,7 @@ def open_audio(path: str | os.PathLike[str]) -> Any:
     return f
 
 
-def _blocks(f: Any, path: Path) -> Any:
+def read_blocks(f: Any, path: Path) -> Any:
     """The file in blocks of BLOCK_S; a NaN or infinite sample (a float file written by a
     broken tool) stops with the time it occurs at: marking or reading around it would put out
     a file that is silently not what came in."""
@@ -102,6 +106,11 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="s", unit_scale=True, disable=not enabled or None)
+
+
+# A float file may hold peaks above full scale on purpose: written as float, it keeps them
+# (the limiter is for PCM, which would clip).
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 
 
 def embed_file(
@@ -141,19 +150,21 @@ def embed_file(
             if wm.shape[0] < n:  # soxr's flush can end a sample short
                 wm = np.concatenate([wm, np.zeros(n - wm.shape[0], dtype=np.float32)])
             y = orig[:n] + wm[:, None]
-            peak = np.max(np.abs(y), axis=1)
-            limited = limiter.process(peak)  # one gain for all channels keeps the balance
-            gain = np.where(peak > 0, limited / np.maximum(peak, 1e-12), 1.0)
-            out.write(y * gain[:, None].astype(np.float32))
+            if out.subtype not in FLOAT_SUBTYPES:  # PCM clips at full scale: limit first
+                peak = np.max(np.abs(y), axis=1)
+                limited = limiter.process(peak)  # one gain for all channels keeps the balance
+                gain = np.where(peak > 0, limited / np.maximum(peak, 1e-12), 1.0)
+                y = y * gain[:, None].astype(np.float32)
+            out.write(y)
             pending[:] = [orig[n:]]
             pending_n -= n
             written += n
 
         with (
-            AtomicSoundFile(dst, rate, ch) as out,
+            AtomicSoundFile(dst, rate, ch, like=f.subtype) as out,
             _progress(f.frames / rate, src.name, progress) as bar,
         ):
-            for x in _blocks(f, src):
+            for x in read_blocks(f, src):
                 pending.append(x)
                 pending_n += x.shape[0]
                 fifo16.push(down.process(x.mean(axis=1)))
@@ -198,6 +209,7 @@ class DetectResult:
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["message"] = "".join(map(str, self.bits))
+        d["message_hex"] = f"0x{int(d['message'], 2):0{(len(self.bits) + 3) // 4}x}"
         return d
 
 
@@ -263,7 +275,7 @@ def detect_file(
                     win_acc, win_n = 0.0, 0
 
         with _progress(f.frames / rate, src.name, progress) as bar:
-            for x in _blocks(f, src):
+            for x in read_blocks(f, src):
                 fifo16.push(down.process(x.mean(axis=1)))
                 k = len(fifo16) // HOP * HOP
                 if k:
@@ -292,7 +304,8 @@ def detect_file(
         if read.inverted is None and not told and there and expected is not None:
             b, mean_logit, guessed = guess_polarity(b, mean_logit, tuple(int(v) for v in expected))
     bits, confidence = decode_bits(mean_logit)
-    match = None if expected is None else bits == tuple(int(v) for v in expected)
+    # unmarked audio has no message to match (its bits are noise): None, as without one
+    match = None if expected is None or not marked else bits == tuple(int(v) for v in expected)
     return DetectResult(
         path=str(src),
         seconds=total / MODEL_RATE,

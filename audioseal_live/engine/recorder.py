@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import queue
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -27,11 +28,38 @@ log = logging.getLogger(__name__)
 FORMATS = {".wav": ("WAV", "PCM_24"), ".flac": ("FLAC", "PCM_24")}
 
 
-def format_for(path: Path) -> tuple[str, str]:
+FLAC_MAX_CHANNELS, FLAC_MAX_RATE = 8, 655350  # the format's own limits
+
+
+def format_for(path: Path, like: str | None = None) -> tuple[str, str]:
+    """(format, subtype) for a .wav/.flac name; ``like``: the input's subtype, kept where the
+    format has it (a 16-bit file stays 16-bit, a float WAV stays float), else 24-bit PCM."""
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise AudioFileError(f"cannot write {path.name}: use a .wav or .flac file name")
-    return fmt
+    keep = {"WAV": ("PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"), "FLAC": ("PCM_16", "PCM_24")}
+    return (fmt[0], like) if like in keep[fmt[0]] else fmt
+
+
+def check_writable_format(path: Path, fmt: str, sample_rate: int, channels: int) -> None:
+    """What FLAC cannot hold, said before anything is written (libsndfile's own error names
+    the temp file and not the limit)."""
+    if fmt == "FLAC" and channels > FLAC_MAX_CHANNELS:
+        raise AudioFileError(
+            f"cannot write {path}: FLAC holds at most {FLAC_MAX_CHANNELS} channels, not "
+            f"{channels}; use a .wav name"
+        )
+    if fmt == "FLAC" and sample_rate > FLAC_MAX_RATE:
+        raise AudioFileError(
+            f"cannot write {path}: FLAC holds at most {FLAC_MAX_RATE} Hz, not {sample_rate}; "
+            "use a .wav name"
+        )
+
+
+def _disk_full(folder: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(folder).free < 1 << 20
+    return False
 
 
 def _umask() -> int:
@@ -48,11 +76,19 @@ def _umask() -> int:
 class AtomicSoundFile:
     """``soundfile.SoundFile`` writing to a temp file, renamed onto ``path`` by ``commit()``."""
 
-    def __init__(self, path: str | os.PathLike[str], sample_rate: int, channels: int) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        sample_rate: int,
+        channels: int,
+        like: str | None = None,
+    ) -> None:
         import soundfile as sf
 
         self.path = Path(path)
-        fmt, subtype = format_for(self.path)
+        fmt, subtype = format_for(self.path, like)
+        self.subtype = subtype
+        check_writable_format(self.path, fmt, int(sample_rate), channels)
         if not self.path.parent.is_dir():
             raise AudioFileError(f"cannot write {self.path}: folder does not exist")
         if self.path.is_dir():
@@ -79,20 +115,28 @@ class AtomicSoundFile:
             )
         except Exception as exc:
             self.tmp.unlink(missing_ok=True)
-            raise AudioFileError(f"cannot write {self.path}: {exc}") from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: Exception) -> AudioFileError:
+        """One line that names the user's file, not the hidden temp file, and says when the
+        disk is full (libsndfile says only "System error")."""
+        why = str(exc).replace(str(self.tmp), str(self.path))
+        if _disk_full(self.path.parent):
+            why = f"the disk is full ({why})"
+        return AudioFileError(f"cannot write {self.path}: {why}")
 
     def write(self, x: np.ndarray) -> None:
         try:
             self._f.write(x)
         except Exception as exc:  # disk full, device gone: one line for the user
-            raise AudioFileError(f"cannot write {self.path}: {exc}") from None
+            raise self._error(exc) from None
 
     def commit(self) -> None:
         try:
             self._f.close()
             os.replace(self.tmp, self.path)
         except Exception as exc:
-            raise AudioFileError(f"cannot write {self.path}: {exc}") from None
+            raise self._error(exc) from None
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):

@@ -49,6 +49,17 @@ def parse_message_text(text: str, nbits: int) -> torch.Tensor:
                 f"message {text!r} looks binary but has {len(t)} digits, not {nbits} "
                 f"(or write it in hex, 0x…, or decimal)"
             )
+        if t.isdigit() and len(t) > 1 and t[0] == "0":
+            # 0000000000000002: binary with a typo, not decimal 2 (a review found it taken)
+            raise MessageError(
+                f"message {text!r}: binary takes {nbits} digits of 0 and 1, and a decimal "
+                "message has no leading zero (or write it in hex, 0x…)"
+            )
+        if t.isdigit() and len(t) == nbits:
+            raise MessageError(
+                f"message {text!r} has {nbits} digits but not all of them 0 or 1 (binary), "
+                f"and as decimal it exceeds {(1 << nbits) - 1}"
+            )
         return int_to_bits(int(t, 10), nbits)
     except ValueError as exc:
         if isinstance(exc, MessageError):
