@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("output", nargs="?", default=str(assets_dir() / "screenshot.png"))
     p.add_argument("--seconds", type=float, default=9.0, help="audio before the shot")
     p.add_argument("--theme", default="dark", choices=["system", "dark", "light"])
-    p.add_argument("--chunk-ms", type=int, default=60, help="model chunk (20-200 ms)")
+    p.add_argument(
+        "--chunk-ms", type=int, default=20, help="model chunk (20-200 ms; the app's default)"
+    )
     args = p.parse_args(argv)
 
     from audioseal_live_gui.app import app_icon, apply_theme, setup_logging
