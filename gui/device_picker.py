@@ -99,6 +99,13 @@ class DevicePicker(QComboBox):
     def current(self) -> object:
         return self.currentData(ROLE_REF)
 
+    def shown_name(self) -> str:
+        """The selection's name for messages (without the list's indent or marks)."""
+        cur = self.current()
+        if isinstance(cur, DeviceRef) and not cur.is_default:
+            return cur.name
+        return self.currentText().strip()
+
     def current_index(self) -> int | None:
         """PortAudio index of the selection in the listing it came from (None = default or
         a special entry)."""

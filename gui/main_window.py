@@ -521,8 +521,7 @@ class MainWindow(QMainWindow):
         self.runner.set_bypass(self.bypass_button.isChecked())
         cfg = self.runner.config
         self.statusBar().showMessage(
-            f"Running: {self.input_picker.currentText().strip()} → "
-            f"{self.output_picker.currentText().strip()}"
+            f"Running: {self.input_picker.shown_name()} → {self.output_picker.shown_name()}"
             + (f" at {cfg.sample_rate} Hz" if cfg and cfg.sample_rate else ""),
         )
         self.save_settings()  # a configuration that worked is worth keeping
@@ -534,12 +533,11 @@ class MainWindow(QMainWindow):
         if switch is not None:
             kind, previous, old_cfg = switch
             picker = dict(self._pickers())[kind]
-            bad = picker.currentText().strip()
+            bad = picker.shown_name()  # the box may show "(not found)" before the name
             picker.revert(previous)
             self._selected[kind] = previous
             self.show_error(
-                f"Could not switch {kind} to {bad}: {message}. Back on "
-                f"{picker.currentText().strip()}."
+                f"Could not switch {kind} to {bad}: {message}. Back on {picker.shown_name()}."
             )
             # Roll back (a failure here just reports), with the message and strength as they
             # are now: they may have changed since old_cfg started.
