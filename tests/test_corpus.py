@@ -127,6 +127,28 @@ def test_nothing_built_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         C.build_corpus(tmp_path, scale=0.01, log=lambda _: None)
 
 
+def test_a_folder_of_the_users_own_is_never_emptied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--out naming a folder with train/ in it but no manifest of ours: refused, untouched
+    (a review lost a notes file). A rebuild of our own drops the manifest before the audio."""
+    mine = tmp_path / "train" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("precious")
+    with pytest.raises(C.CorpusError, match="not a corpus this command built"):
+        C.build_corpus(tmp_path, scale=0.01, log=lambda _: None)
+    assert mine.read_text() == "precious"
+    jobs = [C.Job(f"fake{i}", _fake_job, {"voice": f"fake:{i}"}) for i in range(5)]
+    monkeypatch.setattr(C, "fetch_packages", lambda *a, **k: {})
+    monkeypatch.setattr(C, "plan_jobs", lambda *a, **k: jobs)
+    ours = tmp_path / "ours"
+    C.build_corpus(ours, scale=0.01, log=lambda _: None)
+    monkeypatch.setattr(C, "plan_jobs", lambda *a, **k: [C.Job("broken", _boom, {})])
+    with pytest.raises(C.CorpusError):  # a rebuild that fails half-way...
+        C.build_corpus(ours, scale=0.01, log=lambda _: None)
+    assert not (ours / "manifest.jsonl").exists()  # ...leaves no manifest of deleted audio
+
+
 def test_midi_writer_makes_a_valid_file() -> None:
     data, seconds = C.random_song(np.random.default_rng(0))
     assert data[:4] == b"MThd" and struct.unpack(">IHHH", data[4:14]) == (6, 0, 1, 480)
@@ -140,6 +162,9 @@ def test_cli_arguments() -> None:
     C.add_arguments(parser)
     args = parser.parse_args(["--out", "x", "--scale", "0.5", "--workers", "2"])
     assert (args.out, args.scale, args.seed, args.workers) == (Path("x"), 0.5, 0, 2)
+    for bad in (["--scale", "-1"], ["--scale", "0"], ["--workers", "0"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
 
 
 def test_the_same_person_behind_two_tts_engines_is_one_speaker() -> None:

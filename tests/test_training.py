@@ -259,7 +259,7 @@ def test_new_run_can_start_from_exported_weights(corpus: Path, tmp_path: Path) -
     assert all(
         torch.equal(p, q) for p, q in zip(a.det.parameters(), c.det.parameters(), strict=True)
     )
-    with pytest.raises(CheckpointError, match="widths"):
+    with pytest.raises(CheckpointError, match=r"its generator has --n-filters 4 \(this run: 8\); train with those"):
         run_training(
             tiny_config(
                 corpus,
@@ -632,6 +632,63 @@ def test_ctrl_c_stops_between_steps_and_the_resume_is_exact(corpus: Path, tmp_pa
     assert [b.train_step()["loss"] for _ in range(2)] == expected[2:]
 
 
+def test_a_second_ctrl_c_says_what_was_kept_and_a_resume_what_it_ignores(
+    corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review: two quick Ctrl-Cs before the first checkpoint claimed a last.pt that did not
+    exist; a resume dropped --n-filters without a word."""
+    import json
+    import os
+    import signal
+
+    from audioseal_live.training.trainer import run_training
+
+    run = tmp_path / "run"
+    real_step = Trainer.train_step
+
+    def twice(self: Trainer) -> dict:
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # "stopping after this step ..."
+            os.kill(os.getpid(), signal.SIGINT)  # aborts at once
+        return real_step(self)
+
+    Trainer.train_step = twice  # type: ignore[method-assign]
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+            run_training(tiny_config(corpus, run, max_steps=4))
+    finally:
+        Trainer.train_step = real_step  # type: ignore[method-assign]
+        signal.signal(signal.SIGINT, before)
+    assert "Ctrl-C again aborts at once" in caplog.text
+    events = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert events[-1]["kind"] == "interrupted" and not (run / "last.pt").exists()
+    assert events[-1]["kept"] == "nothing: no checkpoint yet"
+    run_training(tiny_config(corpus, run, max_steps=1))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again = run_training(tiny_config(corpus, run, max_steps=1, n_filters=6))
+    assert "--n-filters 6 ignored, the run continues with 4" in caplog.text
+    assert "leaves nothing to do" in caplog.text and again.gen.card.seanet.n_filters == 4
+
+
+def test_a_broken_corpus_is_one_line_naming_it(tmp_path: Path) -> None:
+    import json
+
+    from audioseal_live.training.data import CorpusMissingError, SegmentPool, read_manifest
+
+    (tmp_path / "manifest.jsonl").write_text('{"path": "train/speech/a/x.flac", "split": "tr\n')
+    with pytest.raises(CorpusMissingError, match="manifest.jsonl, line 1: not a manifest entry"):
+        read_manifest(tmp_path)
+    gone = [
+        json.dumps({"path": f"train/speech/a/{i}.flac", "split": "train", "kind": "speech"})
+        for i in range(30)
+    ]
+    (tmp_path / "manifest.jsonl").write_text("\n".join(gone))
+    with pytest.raises(CorpusMissingError, match=r"train split of .*\(30 files missing"):
+        SegmentPool(read_manifest(tmp_path, "train"))
+
+
 def test_resume_keeps_how_the_detector_reads_the_message(corpus: Path, tmp_path: Path) -> None:
     """A resume that does not repeat --w-template-code keeps the run's code (its detector card
     would otherwise lose the template code); a different explicit value is refused."""
@@ -671,7 +728,14 @@ def test_training_commands_refuse_bad_options_in_one_line(
 
 
 @pytest.mark.parametrize(
-    "folder_flag", [["eval", "--out"], ["train", "--run-dir"], ["corpus", "--out"]]
+    "folder_flag",
+    [
+        ["eval", "--out"],
+        ["train", "--run-dir"],
+        ["corpus", "--out"],
+        ["export", "--out"],
+        ["widen", "--detector-filters", "12", "--out"],
+    ],
 )
 def test_commands_that_write_a_folder_refuse_a_file(
     folder_flag: list[str], tmp_path: Path, capsys: pytest.CaptureFixture

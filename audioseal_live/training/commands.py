@@ -68,9 +68,19 @@ def _train(args: argparse.Namespace) -> int:
             f"--max-shift {cfg.max_shift} must lie in [0, --segment {cfg.segment})"
         )
     read_manifest(args.corpus)  # no corpus: say so before making a run folder
+    if args.export:  # checked now, not after hours of training
+        _check_folder(args.export, "--export")
+    run_dir = Path(args.run_dir)
+    existed = run_dir.is_dir()
     _check_folder(args.run_dir, "--run-dir")
     logging.getLogger("audioseal_live").setLevel(logging.INFO)
-    trainer = run_training(cfg, resume=not args.fresh, keep_lr=args.lr is None)
+    try:
+        trainer = run_training(cfg, resume=not args.fresh, keep_lr=args.lr is None)
+    except Exception:
+        # a run that never began (bad --init-from, unreadable corpus) leaves no empty folder
+        if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
     if args.export:
         _do_export(Path(cfg.run_dir) / "best.pt", Path(args.export), trainer.run_dir)
     return 0
@@ -96,6 +106,7 @@ def _widen(args: argparse.Namespace) -> int:
     from audioseal_live.training.widen import widen
 
     src, out = Path(args.model) if args.model else default_model_dir(), Path(args.out)
+    _check_folder(args.out, "--out")
     det = AudioSeal.load_detector(str(src / "detector.json")).eval()
     card = det.card
     if args.detector_filters <= card.seanet.n_filters:
@@ -115,6 +126,7 @@ def _widen(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    _check_folder(args.out, "--out")
     if args.checkpoint:  # the file named, or an error that names it
         _do_export(Path(args.checkpoint), Path(args.out))
     else:  # the run's best, else its last

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -976,7 +977,19 @@ def build_corpus(
     t0 = time.time()
     out = Path(out)
     cache = Path(cache) if cache is not None else out / ".cache"
-    for split in SPLITS:  # a rebuild replaces the audio, never the cache
+    manifest = out / "manifest.jsonl"
+    found = [split for split in SPLITS if (out / split).exists()]
+    if found and not manifest.is_file():
+        # a rebuild replaces a corpus of ours; a folder of the user's own is left alone
+        raise CorpusError(
+            f"{out} already holds {', '.join(found)} but no manifest.jsonl: not a corpus "
+            "this command built; choose a new or empty folder for --out"
+        )
+    # The manifest goes first: an interrupted rebuild then leaves no manifest that names
+    # deleted audio (train would read it); the audio is replaced, never the cache.
+    for name in ("manifest.jsonl", "summary.json"):
+        (out / name).unlink(missing_ok=True)
+    for split in SPLITS:
         shutil.rmtree(out / split, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -1008,16 +1021,31 @@ def build_corpus(
         entries += write_clips(pool + noise + mixes, split, out, seed, counters)
     entries.sort(key=lambda e: e["path"])
 
-    with open(out / "manifest.jsonl", "w") as fh:
-        fh.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
     summary = summarize(entries)
     summary.update(scale=scale, seed=seed, build_seconds=round(time.time() - t0, 1))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    part = manifest.with_suffix(".part")
+    with open(part, "w") as fh:
+        fh.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+    os.replace(part, manifest)  # last: it says the corpus is complete
     log(
         f"corpus: {summary['total_hours']:.2f} h in {summary['files']} files, "
         f"{summary['hours_per_split']} ({summary['build_seconds']} s)"
     )
     return summary
+
+
+def _positive(kind: type) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1029,12 +1057,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scale",
-        type=float,
+        type=_positive(float),
         default=1.0,
         help="amount of audio relative to the full corpus (~6 h); 0.02 = smoke",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for splits and synthesis")
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+    parser.add_argument("--workers", type=_positive(int), default=1, help="parallel processes")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -51,10 +51,17 @@ def read_manifest(
         )
     wanted = set(kinds) if kinds is not None else None
     entries = []
-    for line in manifest.read_text().splitlines():
+    for number, line in enumerate(manifest.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        d = json.loads(line)
+        try:
+            d = json.loads(line)
+            d["split"], d["kind"], d["path"]  # noqa: B018 (the keys every line has)
+        except (ValueError, KeyError, TypeError):
+            raise CorpusMissingError(
+                f"{manifest}, line {number}: not a manifest entry; rebuild the corpus with "
+                f"`audioseal-live corpus --out {root}`"
+            ) from None
         if split is not None and d["split"] != split:
             continue
         if wanted is not None and d["kind"] not in wanted:
@@ -91,18 +98,37 @@ class SegmentPool:
         self.segment = segment
         self.clips: list[np.ndarray] = []
         self.entries: list[Entry] = []
+        unreadable: list[Entry] = []
         for e in entries[:max_clips] if max_clips else entries:
             try:
                 audio = read_audio(e.path)
             except (OSError, RuntimeError) as err:  # a corpus being rebuilt: skip the file
-                log.warning("skipping %s: %s", e.path, err)
+                if not unreadable:  # the first says why; the count says how many
+                    log.warning("skipping %s: %s", e.path, err)
+                unreadable.append(e)
                 continue
             if len(audio) < SAMPLE_RATE // 10:
                 continue
             self.clips.append(np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16))
             self.entries.append(e)
+        self.unreadable = len(unreadable)
+        where = f"{unreadable[0].split} split" if unreadable else "corpus split"
+        if unreadable:
+            log.warning(
+                "%d of %d files of the %s could not be read",
+                len(unreadable),
+                len(unreadable) + len(self.clips),
+                where,
+            )
         if not self.clips:
-            raise CorpusMissingError("no readable audio in the corpus split")
+            path = entries[0].path if entries else Path("corpus")
+            folder = (
+                path.parents[3] if len(path.parents) > 3 else path.parent
+            )  # root/split/kind/src
+            raise CorpusMissingError(
+                f"no readable audio in the {where} of {folder} ({len(unreadable)} files "
+                f"missing or unreadable): rebuild it with `audioseal-live corpus --out {folder}`"
+            )
         lengths = np.array([len(c) for c in self.clips], dtype=np.float64)
         # clips drawn in proportion to their length: every second of audio equally likely
         self.weights = lengths / lengths.sum()

@@ -355,9 +355,21 @@ class Trainer:
                 fresh.append(kind)  # asked for another width: it starts from random weights
                 continue
             if card.seanet != model.card.seanet:
+                # name the widths that differ and the flags that set them, not the whole card
+                flags = {
+                    "n_filters": "--det-n-filters" if kind == "detector" else "--n-filters",
+                    "dimension": "--dimension",
+                    "lstm": "--lstm",
+                }
+                diffs = [
+                    f"{flags.get(f, f)} {getattr(card.seanet, f)} (this run: "
+                    f"{getattr(model.card.seanet, f)})"
+                    for f in (x.name for x in dataclasses.fields(card.seanet))
+                    if getattr(card.seanet, f) != getattr(model.card.seanet, f)
+                ]
                 raise CheckpointError(
-                    f"{source}: {kind} card {card.seanet} differs from this run's widths "
-                    f"(--n-filters/--dimension/--lstm)"
+                    f"{source}: its {kind} has {', '.join(diffs)}; train with those to start "
+                    "from it"
                 )
             load_into(model, weights, f"{source} ({kind})")
         if self.cfg.gen_gain_db:
@@ -640,6 +652,9 @@ class Trainer:
         if self._stop:
             raise KeyboardInterrupt
         self._stop = True
+        # said at once: a step (or a validation) can take a while, which invites a second
+        # press, and that one gives up this step's checkpoint
+        log.warning("stopping after this step and saving; Ctrl-C again aborts at once")
 
     def fit(self) -> None:
         cfg = self.cfg
@@ -725,7 +740,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise CheckpointError(f"{path}: not a readable training checkpoint: {err}") from None
+        why = str(err).strip() or type(err).__name__  # an empty file's EOFError says nothing
+        if path.stat().st_size == 0:
+            why = "the file is empty"
+        raise CheckpointError(f"{path}: not a readable training checkpoint: {why}") from None
     if not isinstance(state, dict) or state.get("format") != "audioseal-live-train-1":
         raise CheckpointError(f"{path}: not an audioseal-live training checkpoint")
     return state
@@ -790,7 +808,21 @@ def run_training(cfg: TrainConfig, resume: bool = True, keep_lr: bool = True) ->
     if resume and last.is_file():
         saved = load_checkpoint(last)["config"]
         keys = ["n_filters", "dimension", "lstm", "det_n_filters", "seed", "batch_size", "segment"]
-        for key in keys + (["lr"] if keep_lr else []):
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        # what a resume cannot change is said, not dropped in silence (a value that is not
+        # the default was given on the command line); the run keeps its own
+        kept_by_run = keys + ["start_stage", "init_from"] + (["lr"] if keep_lr else [])
+        for key in kept_by_run:
+            mine = getattr(cfg, key)
+            if key in saved and mine != saved[key] and mine != defaults[key]:
+                log.warning(
+                    "resuming %s: --%s %s ignored, the run continues with %s (a new run: "
+                    "--fresh, or another --run-dir)",
+                    last,
+                    key.replace("_", "-"),
+                    mine,
+                    saved[key],
+                )
             if key in saved:  # runs older than a key keep the default
                 setattr(cfg, key, saved[key])
         _keep_reader(cfg, saved)
@@ -812,12 +844,24 @@ def run_training(cfg: TrainConfig, resume: bool = True, keep_lr: bool = True) ->
         for sig in STOP_SIGNALS
         if signal.getsignal(sig) is not signal.SIG_IGN
     }
+    if trainer.step >= cfg.max_steps:
+        log.warning(
+            "%s is at step %d already: --max-steps %d leaves nothing to do",
+            last,
+            trainer.step,
+            cfg.max_steps,
+        )
     try:
         trainer.fit()
     except KeyboardInterrupt:
         # Forced out mid-step: its batch was drawn and maybe applied, so this state is not a
         # step boundary; the last checkpoint (at most ckpt_minutes old) stays the one to resume.
-        trainer.event("interrupted", step=trainer.step, kept=str(last))
+        kept = load_checkpoint(last)["step"] if last.is_file() else None
+        trainer.event(
+            "interrupted",
+            step=trainer.step,
+            kept=f"{last} (step {kept})" if kept is not None else "nothing: no checkpoint yet",
+        )
         raise
     finally:
         for sig, handler in handlers.items():
