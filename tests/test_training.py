@@ -259,7 +259,9 @@ def test_new_run_can_start_from_exported_weights(corpus: Path, tmp_path: Path) -
     assert all(
         torch.equal(p, q) for p, q in zip(a.det.parameters(), c.det.parameters(), strict=True)
     )
-    with pytest.raises(CheckpointError, match=r"its generator has --n-filters 4 \(this run: 8\); train with those"):
+    with pytest.raises(
+        CheckpointError, match=r"its generator has --n-filters 4 \(this run: 8\); train with those"
+    ):
         run_training(
             tiny_config(
                 corpus,
