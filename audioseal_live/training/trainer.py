@@ -771,6 +771,9 @@ def export(checkpoint: str | Path, out_dir: str | Path = "assets/model") -> tupl
     step = state["step"]
     hours = state.get("elapsed", 0.0) / 3600
     note = f"trained {step} steps ({hours:.2f} h) by audioseal-live train"
+    parent = state.get("config", {}).get("init_from")
+    if parent:  # a fine-tune: its steps are on top of the parent's
+        note += f", starting from {parent}"
     g = save_model(fold_weight_norm(gen), gen.card.replace(description=note), out / "generator")
     d = save_model(fold_weight_norm(det), det.card.replace(description=note), out / "detector")
     return g, d
