@@ -25,7 +25,6 @@ from audioseal_live.errors import AudioSealLiveError, DeviceError
 
 log = logging.getLogger(__name__)
 
-STALL_S = 3.0  # no audio processed for this long while running = the device is gone
 
 
 class EngineRunner(QObject):
@@ -45,8 +44,6 @@ class EngineRunner(QObject):
         self._models_lock = threading.Lock()
         self._closing = False
         self.recorder: Any = None
-        self._last_time = -1.0
-        self._last_progress = 0.0
         self._done.connect(self._on_done)
 
     # ----- state -------------------------------------------------------------------------
@@ -124,7 +121,6 @@ class EngineRunner(QObject):
             eng.stop()
             return
         self.engine = eng
-        self._last_time, self._last_progress = -1.0, time.monotonic()
         log.info("started: %s", _describe(eng))
         self.started.emit()
 
@@ -209,18 +205,7 @@ class EngineRunner(QObject):
     def check_device(self, now: float | None = None) -> str:
         """Why the running engine lost its device ('' if fine). Called at ~4 Hz."""
         eng = self.engine
-        if eng is None:
-            return ""
-        now = time.monotonic() if now is None else now
-        backend = eng.backend
-        if backend is not None and hasattr(backend, "active") and not backend.active:
-            return "the audio device stopped (unplugged, or taken by another program)"
-        t = eng.snapshot().time_s
-        if t != self._last_time:
-            self._last_time, self._last_progress = t, now
-        elif now - self._last_progress > STALL_S:
-            return f"no audio arrived from the input for {STALL_S:.0f} s"
-        return ""
+        return "" if eng is None else eng.device_problem(now)
 
 
 def _describe(eng: Engine) -> str:

@@ -252,6 +252,7 @@ def test_cli_run_checks_its_stats_file_before_the_run(
         (["embed", "{t}/src.wav", "{t}/o.wav", "--message", "0000000000000002"], "leading zero"),
         (["embed", "{t}/src.wav", "{t}/o.wav", "--message", "2222222222222222"], "0 or 1"),
         (["demo", "--stats-json", "{t}", "--duration", "60"], "it is a folder"),
+        (["demo", "--block", "100000"], "--block 100000: at most 16384"),
         (["embed", "{t}/src.wav", "{t}/o.wav", "--model", "{t}/empty"], "no generator.json"),
         (["detect", "{t}"], "a folder"),
         (["bench", "--chunks", "320,,1600"], "--chunks"),

@@ -592,6 +592,66 @@ def test_status_line_says_an_inverted_chain_and_whether_the_message_told_it() ->
     assert len(busy.status_line(20)) == 19  # a tiny terminal: cut, never wrapped
 
 
+def test_status_line_says_when_no_detector_listens() -> None:
+    from audioseal_live.engine.metrics import NO_DETECTION, Snapshot
+
+    snap = Snapshot(detection=NO_DETECTION)
+    assert snap.status_line().endswith("| detector off") and "P 0.00" not in snap.status_line()
+    assert "detector off" in snap.status_line(80)
+
+
+def test_a_lost_device_or_a_stalled_input_is_said() -> None:
+    eng = make_engine()
+    run_engine(eng, 0.5)
+    assert eng.device_problem(now=100.0) == ""
+    assert eng.device_problem(now=102.0) == ""  # no input for 2 s: not yet
+    assert "no audio arrived from the input for 3 s" in eng.device_problem(now=103.5)
+    run_engine(eng, 0.1)  # input again: fine again
+    assert eng.device_problem(now=104.0) == ""
+    eng.backend.active = False  # what PortAudio says once a device is gone
+    assert "the audio device stopped" in eng.device_problem(now=104.1)
+    eng.stop()
+    assert eng.device_problem() == ""  # a stopped session has nothing to lose
+
+
+def test_a_portaudio_call_that_never_returns_is_left_behind(monkeypatch) -> None:
+    """PortAudio's JACK host never returns from a stream stop once the server is gone: the
+    session must still end and save (the process went on hanging, review)."""
+    import threading
+
+    from audioseal_live.engine import audio_io
+    from audioseal_live.errors import DeviceError
+
+    unregistered: list[object] = []
+    monkeypatch.setattr(audio_io, "_abandoned", False)
+    monkeypatch.setattr(audio_io.atexit, "unregister", unregistered.append)
+    assert audio_io.portaudio_call(lambda: None, "quick") is True
+    hang = threading.Event()
+    t0 = time.monotonic()
+    assert audio_io.portaudio_call(hang.wait, "stuck", timeout=0.2) is False
+    assert time.monotonic() - t0 < 2 and audio_io.portaudio_abandoned()
+    assert unregistered  # not terminated at exit either (its JACK host would abort)
+    assert audio_io.portaudio_call(lambda: None, "after") is False  # left alone from then
+    with pytest.raises(DeviceError, match="restart the program"):
+        audio_io.rescan_devices()
+    hang.set()
+
+
+def test_stop_signals_end_a_live_session_as_ctrl_c_does() -> None:
+    import signal
+
+    from audioseal_live.engine.commands import _stop_signals_ignored, _stop_signals_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _stop_signals_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+    with _stop_signals_ignored():  # while the session is saved: nothing interrupts
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_monitor_never_locks_onto_a_polarity_read_off_the_message() -> None:
     """The network finds the mark in x and -x alike and the code's own check cannot tell:
     the polarity shown comes from the message, and stays marked as such (no lock on it)."""

@@ -11,7 +11,10 @@ Output: the marked mono signal on every output channel.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -136,8 +139,53 @@ def _sd() -> Any:
     return sd
 
 
+# How long a stream's stop/close may take. PortAudio's JACK host waits for a process cycle
+# that never comes once the server is gone (killed, crashed): the call never returns, and
+# the session's recording and statistics were lost with it (review: `run` hung for good).
+STOP_TIMEOUT_S = 2.0
+_abandoned = False  # a stream would not stop: PortAudio is left alone from then on
+
+
+def portaudio_call(fn: Callable[[], Any], what: str, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Run a PortAudio stop/close on a helper thread for at most ``timeout`` seconds. False
+    if it did not return: the audio system is gone, and PortAudio is then abandoned (not
+    terminated at exit either, where its JACK host would abort the process)."""
+    global _abandoned
+    if _abandoned:
+        return False
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception as exc:  # already stopped or device vanished: closing follows
+            errors.append(exc)
+
+    t = threading.Thread(target=run, name=f"audioseal-{what}", daemon=True)
+    t.start()
+    t.join(timeout)
+    if errors:
+        log.debug("%s failed: %s", what, errors[0])
+    if not t.is_alive():
+        return True
+    _abandoned = True
+    log.warning("the audio system did not answer (%s): it was lost; leaving it as it is", what)
+    with contextlib.suppress(Exception):
+        atexit.unregister(_sd()._exit_handler)
+    return False
+
+
+def portaudio_abandoned() -> bool:
+    """Whether a stream would not stop (the audio server is gone): restart the program."""
+    return _abandoned
+
+
 def rescan_devices() -> None:
     """Re-initialise PortAudio so devices (or a JACK server) that appeared later are seen."""
+    if _abandoned:
+        raise DeviceError(
+            "the audio system stopped answering (its server went away); restart the program"
+        )
     sd = _sd()
     sd._terminate()
     sd._initialize()
@@ -325,17 +373,11 @@ class SoundDeviceBackend:
 
     def stop(self) -> None:
         for s in self._streams:
-            try:
-                s.stop()
-            except Exception:  # already stopped or device vanished; closing will follow
-                log.debug("stream stop failed", exc_info=True)
+            portaudio_call(s.stop, "stream stop")
 
     def close(self) -> None:
         for s in self._streams:
-            try:
-                s.close()
-            except Exception:
-                log.debug("stream close failed", exc_info=True)
+            portaudio_call(s.close, "stream close")
         self._streams = []
 
     @property
@@ -377,11 +419,8 @@ class CaptureStream:
         self._stream.start()
 
     def close(self) -> None:
-        try:
-            self._stream.stop()
-            self._stream.close()
-        except Exception:
-            log.debug("monitor stream close failed", exc_info=True)
+        if portaudio_call(self._stream.stop, "monitor input stop"):
+            portaudio_call(self._stream.close, "monitor input close")
 
 
 BackendFactory = Callable[[CallbackIO, int], Any]

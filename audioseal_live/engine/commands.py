@@ -7,16 +7,25 @@ sounddevice) happen inside the command functions so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from audioseal_live.errors import AudioFileError, AudioSealLiveError, DeviceError, MessageError
+from audioseal_live.errors import (
+    AudioFileError,
+    AudioSealLiveError,
+    DeviceError,
+    MessageError,
+    SettingError,
+)
 
 log = logging.getLogger(__name__)
 NBITS = 16
@@ -30,6 +39,8 @@ def parse_message(text: str | None) -> tuple[int, ...] | None:
 
     return tuple(int(b) for b in parse_message_text(text, NBITS).tolist())
 
+
+MAX_USER_BLOCK = 16384  # PortAudio frames per callback: 341 ms at 48 kHz
 
 # Below this rate a file cannot hold the message code's band (300-3400 Hz), read at 8 kHz.
 LOW_RATE = 8000
@@ -107,6 +118,10 @@ def _engine_config(args: argparse.Namespace, **over: Any) -> Any:
     elif isinstance(monitor, str) and monitor != "output":
         monitor = _device_arg(monitor)
     check_compute_device(args.device)
+    if args.block > MAX_USER_BLOCK:  # the rings hold 65536 samples: a bigger block overflows
+        raise SettingError(
+            f"--block {args.block}: at most {MAX_USER_BLOCK} frames (0 lets the host choose)"
+        )
     _distinct_files(
         record=args.record,
         record_input=args.record_input,
@@ -146,34 +161,87 @@ def _live(args: argparse.Namespace, engine: Any) -> int:
     except ValueError as exc:  # bad chunk size and similar settings
         raise DeviceError(str(exc)) from None
     msg = engine.message
-    print(
-        f"marking with message {bits_hex(msg)} ({''.join(map(str, msg))}); Ctrl-C stops",
-        file=sys.stderr,
+    what = (
+        "--alpha 0: passing the input through unmarked"
+        if args.alpha == 0
+        else f"marking with message {bits_hex(msg)} ({''.join(map(str, msg))})"
     )
+    print(f"{what}; Ctrl-C stops", file=sys.stderr)
     t0 = time.monotonic()
     last_log = t0
+    lost = ""
     try:
-        while args.duration is None or time.monotonic() - t0 < args.duration:
-            time.sleep(0.25)
-            snap = engine.snapshot()
-            if tty:
-                width = shutil.get_terminal_size().columns  # may change while it runs
-                print("\r" + snap.status_line(width), end="", file=sys.stderr, flush=True)
-            elif time.monotonic() - last_log >= 10:
-                last_log = time.monotonic()
-                print(snap.status_line(), file=sys.stderr, flush=True)
+        with _stop_signals_interrupt():
+            while args.duration is None or time.monotonic() - t0 < args.duration:
+                time.sleep(0.25)
+                snap = engine.snapshot()
+                if tty:
+                    width = shutil.get_terminal_size().columns  # may change while it runs
+                    print("\r" + snap.status_line(width), end="", file=sys.stderr, flush=True)
+                elif time.monotonic() - last_log >= 10:
+                    last_log = time.monotonic()
+                    print(snap.status_line(), file=sys.stderr, flush=True)
+                lost = engine.device_problem()
+                if lost:
+                    break
     except KeyboardInterrupt:
         pass
     finally:
-        snap = engine.stop()
-        if tty:
-            print(file=sys.stderr)
-    print(snap.status_line(), file=sys.stderr)
-    if stats is not None:
-        write_report(stats, snap.to_dict())
+        # Ctrl-C, kill or a closed terminal while the session is saved would lose it: the
+        # recording and the statistics come first (a stop takes well under a second).
+        with _stop_signals_ignored():
+            snap = engine.stop()
+            if tty:
+                print(file=sys.stderr)
+            print(snap.status_line(), file=sys.stderr)
+            if stats is not None:
+                write_report(stats, snap.to_dict())
     if engine.record_errors:
         raise AudioFileError("; ".join(engine.record_errors) + " (nothing was saved)")
+    if lost:
+        saved = " (what was recorded is saved)" if args.record or args.record_input else ""
+        raise DeviceError(f"audio stopped after {snap.time_s:.1f} s: {lost}{saved}")
     return 0
+
+
+# SIGTERM (kill, systemctl stop, docker stop) and SIGHUP (the terminal closed) end a session
+# as Ctrl-C does: stopped and saved, not killed with the recording half-written.
+_STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    with _signal_handlers(interrupt):
+        yield
+
+
+@contextlib.contextmanager
+def _stop_signals_ignored() -> Iterator[None]:
+    with _signal_handlers(signal.SIG_IGN):
+        yield
+
+
+@contextlib.contextmanager
+def _signal_handlers(handler: Any) -> Iterator[None]:
+    """``handler`` for the stop signals meanwhile (main thread only: elsewhere, as is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {}
+    for sig in _STOP_SIGNALS:
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            continue  # a signal the caller ignores (nohup, a background job) stays ignored
+        before[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in before.items():
+            signal.signal(sig, old)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import gc
 import logging
 import secrets
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ from audioseal_live.errors import DeviceError, MessageError
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.0005
+STALL_S = 3.0  # no input processed for this long while running: the device is gone
 
 
 @dataclass
@@ -127,6 +129,7 @@ class Engine:
         self._record_errors: list[str] = []  # recordings that could not be saved, at stop
         self._final: Snapshot | None = None
         self._gc_frozen = False
+        self._watch = (-1.0, time.monotonic())  # (stream time, when it last moved)
         self._threads_started = False
 
     # ----- live controls (read by the worker once per chunk) ---------------------------
@@ -282,6 +285,23 @@ class Engine:
         if self.worker is None:
             return Snapshot()
         return self.worker.snapshot
+
+    def device_problem(self, now: float | None = None) -> str:
+        """Why the running session lost its audio ('' if fine): the streams stopped (a device
+        unplugged or taken, a server gone), or no input arrived for ``STALL_S``. Polled by
+        apps a few times a second (the window, ``run``)."""
+        backend = self.backend
+        if self.worker is None or self._final is not None or backend is None:
+            return ""
+        now = time.monotonic() if now is None else now
+        if hasattr(backend, "active") and not backend.active:
+            return "the audio device stopped (unplugged, or taken by another program)"
+        t = self.worker.snapshot.time_s
+        if t != self._watch[0]:
+            self._watch = (t, now)
+        elif now - self._watch[1] > STALL_S:
+            return f"no audio arrived from the input for {STALL_S:.0f} s (device or server lost?)"
+        return ""
 
     def detection(self) -> Detection:
         return self.monitor.detection if self.monitor is not None else NO_DETECTION

@@ -182,11 +182,14 @@ class Worker:
     def warm_up(self, seconds: float = 0.5) -> float:
         """Run the model on silence (allocations, kernels, caches), then reset its stream.
         Returns the p90 compute time per chunk in seconds."""
-        n = max(3, int(seconds * MODEL_RATE / self.chunk16))
+        n = max(8, int(seconds * MODEL_RATE / self.chunk16))
         times = []
         self.marker.reset()
         z = np.zeros(self.chunk16, dtype=np.float32)
-        for _ in range(3):  # untimed: first-call allocations, and the step's trace (~0.2 s)
+        # Untimed: first-call allocations, the step's trace (~0.2 s) and the graph executor's
+        # own first runs, which optimise it: at 200 ms chunks calls 3-4 still took 84-91 ms
+        # against 6-8 after, and their p90 became ~190 ms of needless latency (review).
+        for _ in range(6):
             self.marker.process(z, self.controls.message)
         for _ in range(n):
             t0 = time.perf_counter()
@@ -265,7 +268,7 @@ class Worker:
         if n:
             self._adapt_set_point(n)
             self.drift.observe(self._in_flight(), self._underrun_seen)
-            self._emit(self.orig.pop(n), self.wm.pop(n), self.gain.pop(n), x)
+            self._emit(self.orig.pop(n), self.wm.pop(n), self.gain.pop(n))
         if produced:
             self._publish()
         return True
@@ -325,7 +328,7 @@ class Worker:
         self.timing.add(1000.0 * elapsed, self.chunk_ms)
         self.chunks += 1
 
-    def _emit(self, orig: np.ndarray, wm: np.ndarray, gain: np.ndarray, x_in: np.ndarray) -> None:
+    def _emit(self, orig: np.ndarray, wm: np.ndarray, gain: np.ndarray) -> None:
         out = orig * gain + wm
         out = self.limiter.process(out)
         self.out_ring.write(out)
@@ -334,9 +337,11 @@ class Worker:
             self.monitor_ring.write(out)
         for sink in self.sinks:
             sink.push(out)
+        # In and out over the same span (the input as it went out, before the mark): the
+        # last input fragment read could be a few samples of a pause (-120 dB beside speech).
         self._levels = (
-            float(np.max(np.abs(x_in))) if x_in.size else 0.0,
-            float(np.sqrt(np.mean(x_in * x_in))) if x_in.size else 0.0,
+            float(np.max(np.abs(orig))) if orig.size else 0.0,
+            float(np.sqrt(np.mean(orig * orig))) if orig.size else 0.0,
             float(np.max(np.abs(out))),
             float(np.sqrt(np.mean(out * out))),
         )

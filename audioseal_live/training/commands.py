@@ -87,10 +87,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _do_export(checkpoint: Path, out: Path, run_dir: Path | None = None) -> None:
-    from audioseal_live.training.trainer import export
+    from audioseal_live.training.trainer import export, load_checkpoint
 
     if not checkpoint.is_file() and run_dir is not None:
         checkpoint = run_dir / "last.pt"
+    load_checkpoint(checkpoint)  # a missing or bad checkpoint is said before --out is made
+    _check_folder(str(out), "--out")
     g, d = export(checkpoint, out)
     print(f"exported {checkpoint} -> {g}, {d}")
 
@@ -126,7 +128,7 @@ def _widen(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    _check_folder(args.out, "--out")
+    _not_a_file(args.out, "--out")  # made (and its writability checked) once the run is read
     if args.checkpoint:  # the file named, or an error that names it
         _do_export(Path(args.checkpoint), Path(args.out))
     else:  # the run's best, else its last
