@@ -7,6 +7,7 @@ here so that `audioseal-live --help` stays fast (no torch import).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AudioSealLiveError as exc:
-        print(f"audioseal-live: error: {exc}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # stderr gone (a closed terminal): the status says it
+            print(f"audioseal-live: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

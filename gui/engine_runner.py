@@ -26,7 +26,6 @@ from audioseal_live.errors import AudioSealLiveError, DeviceError
 log = logging.getLogger(__name__)
 
 
-
 class EngineRunner(QObject):
     started = Signal()
     failed = Signal(str)  # one line for the user

@@ -89,6 +89,7 @@ class MainWindow(QMainWindow):
         self.errors: list[str] = []  # every message shown to the user (tests read it)
         self._box: QMessageBox | None = None
         self._pending_switch: tuple[str, object, EngineConfig] | None = None
+        self._switching = False  # a live device switch's stop: the session goes on
         self._selected: dict[str, object] = {}
         self._devices: list[DeviceInfo] = []
         self._build()
@@ -450,7 +451,11 @@ class MainWindow(QMainWindow):
         old_cfg = self.runner.config
         assert old_cfg is not None
         log.info("switching %s: %r -> %r", kind, previous, ref)
-        self.runner.stop()  # may report a recording that could not be saved: not the switch's
+        self._switching = True  # Bypass (A/B) carries over to the new device
+        try:
+            self.runner.stop()  # may report a recording that could not be saved: not the switch's
+        finally:
+            self._switching = False
         self._pending_switch = (kind, previous, old_cfg)
         self._start_with(self.engine_config())
 
@@ -550,8 +555,6 @@ class MainWindow(QMainWindow):
         self.record_button.blockSignals(True)
         self.record_button.setChecked(False)
         self.record_button.blockSignals(False)
-        # A/B belongs to the session: the next Start must not go out unmarked unnoticed.
-        self.bypass_button.setChecked(False)
         self.statusBar().showMessage(
             f"Stopped after {snap.time_s:.1f} s · xruns {snap.xruns} · "
             f"underruns {snap.underruns} · unmarked spans {snap.unmarked_spans}",
@@ -571,6 +574,9 @@ class MainWindow(QMainWindow):
             w.setEnabled(idle)  # these need a fresh engine: change them while stopped
         self.record_button.setEnabled(running)
         self.bypass_button.setEnabled(running)
+        if idle and not self._switching:
+            # A/B belongs to the session: the next Start must not go out unmarked unnoticed.
+            self.bypass_button.setChecked(False)
         self.record_dir_button.setEnabled(self.runner.recorder is None)
 
     # ================================================================= live controls

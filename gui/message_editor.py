@@ -114,6 +114,8 @@ class MessageEditor(QWidget):
         row.addStretch(1)
         self.random_button = QPushButton("Random", self)
         self.random_button.setToolTip("draw a random 16-bit message")
+        # not by a click: taking the focus would apply a half-typed hex first (editingFinished)
+        self.random_button.setFocusPolicy(Qt.FocusPolicy.TabFocus)
         self.random_button.clicked.connect(self.randomize)
         row.addWidget(self.random_button)
         lay.addLayout(row)
@@ -175,7 +177,7 @@ class MessageEditor(QWidget):
             return
         self._set_error("")
         digits = len(text.strip().lower().removeprefix("0x").replace(" ", "").replace("_", ""))
-        if v != self._value and (complete or digits >= NBITS // 4):
+        if v != self._value and (complete or digits == NBITS // 4):
             self._value = v
             self._sync_views(hex_too=False)
             self.messageChanged.emit(v)

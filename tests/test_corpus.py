@@ -143,10 +143,23 @@ def test_a_folder_of_the_users_own_is_never_emptied(
     monkeypatch.setattr(C, "plan_jobs", lambda *a, **k: jobs)
     ours = tmp_path / "ours"
     C.build_corpus(ours, scale=0.01, log=lambda _: None)
-    monkeypatch.setattr(C, "plan_jobs", lambda *a, **k: [C.Job("broken", _boom, {})])
-    with pytest.raises(C.CorpusError):  # a rebuild that fails half-way...
+    real_write = C.write_clips
+    calls: list[int] = []
+
+    def interrupted(*args: object, **kwargs: object) -> list[dict]:
+        calls.append(1)
+        if len(calls) == 2:  # Ctrl-C while the splits are written
+            raise KeyboardInterrupt
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(C, "write_clips", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # a rebuild that stops half-way...
         C.build_corpus(ours, scale=0.01, log=lambda _: None)
     assert not (ours / "manifest.jsonl").exists()  # ...leaves no manifest of deleted audio
+    assert (ours / "train").is_dir()
+    monkeypatch.setattr(C, "write_clips", real_write)
+    C.build_corpus(ours, scale=0.01, log=lambda _: None)  # ...and can be built again there
+    assert (ours / "manifest.jsonl").is_file()
 
 
 def test_midi_writer_makes_a_valid_file() -> None:

@@ -634,6 +634,8 @@ def test_a_portaudio_call_that_never_returns_is_left_behind(monkeypatch) -> None
     assert audio_io.portaudio_call(lambda: None, "after") is False  # left alone from then
     with pytest.raises(DeviceError, match="restart the program"):
         audio_io.rescan_devices()
+    with pytest.raises(DeviceError, match="restart the program"):  # no new Start either
+        audio_io.check_portaudio_usable()
     hang.set()
 
 

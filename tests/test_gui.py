@@ -71,6 +71,14 @@ def test_message_editor_rejects_bad_hex(qtbot: Any) -> None:
     assert seen == [0xBEEF]
     qtbot.keyClick(ed.hex_edit, Qt.Key.Key_Return)  # Enter applies a shorter one
     assert seen == [0xBEEF, 0x1A] and ed.hex_edit.text() == "001A"
+    ed.show()
+    ed.activateWindow()
+    ed.hex_edit.setFocus()
+    qtbot.waitUntil(ed.hex_edit.hasFocus, timeout=3000)
+    qtbot.keyClicks(ed.hex_edit, "ab")  # "001Aab": six digits, nothing applied while typing
+    assert len(seen) == 2
+    qtbot.mouseClick(ed.random_button, Qt.MouseButton.LeftButton)  # replaces, applies nothing
+    assert len(seen) == 3 and seen[-1] == ed.value() and ed.hex_edit.text() == f"{ed.value():04X}"
     assert ed.apply_hex("0xbeef") and ed.value() == 0xBEEF
     assert ed.dec_spin.value() == 0xBEEF
     assert "".join(b.text() for b in ed.bit_buttons) == "1011111011101111"
@@ -384,6 +392,9 @@ def test_bypass_is_shown_and_ends_with_the_session(
     w.bypass_button.click()
     assert w.runner.engine._controls.bypass  # type: ignore[union-attr]
     assert w.statusBar().currentMessage().startswith("BYPASS")
+    w.select_device("output", DeviceRef("Other Speakers"))  # a live switch: A/B goes on
+    qtbot.waitUntil(lambda: w.runner.running, timeout=10000)
+    assert w.bypass_button.isChecked() and w.runner.engine._controls.bypass  # type: ignore[union-attr]
     w.toggle_start()  # stop
     assert not w.bypass_button.isChecked() and not w.bypass_button.isEnabled()
     w.start()

@@ -180,12 +180,19 @@ def portaudio_abandoned() -> bool:
     return _abandoned
 
 
+ABANDONED = "the audio system stopped answering (its server went away); restart the program"
+
+
+def check_portaudio_usable() -> None:
+    """Refuse to open streams or rescan once PortAudio was abandoned: it then fails with
+    unrelated errors ("Insufficient memory"), and a stream it did open could not be closed."""
+    if _abandoned:
+        raise DeviceError(ABANDONED)
+
+
 def rescan_devices() -> None:
     """Re-initialise PortAudio so devices (or a JACK server) that appeared later are seen."""
-    if _abandoned:
-        raise DeviceError(
-            "the audio system stopped answering (its server went away); restart the program"
-        )
+    check_portaudio_usable()
     sd = _sd()
     sd._terminate()
     sd._initialize()
@@ -319,6 +326,7 @@ class SoundDeviceBackend:
     def open(self) -> None:
         from audioseal_live.engine.native_io import stream_callback
 
+        check_portaudio_usable()
         sd = _sd()
         io = self.io
 
@@ -397,6 +405,7 @@ class CaptureStream:
 
     def __init__(self, device: int, sample_rate: int, capacity: int) -> None:
         """``capacity``: samples of slack (a power of two); the monitor reads ``self.ring``."""
+        check_portaudio_usable()
         from audioseal_live.engine.native_io import make_callback_io, stream_callback
 
         self.device = device

@@ -191,11 +191,12 @@ def _live(args: argparse.Namespace, engine: Any) -> int:
         # recording and the statistics come first (a stop takes well under a second).
         with _stop_signals_ignored():
             snap = engine.stop()
-            if tty:
-                print(file=sys.stderr)
-            print(snap.status_line(), file=sys.stderr)
-            if stats is not None:
+            if stats is not None:  # before any print: a closed terminal fails those
                 write_report(stats, snap.to_dict())
+            with contextlib.suppress(OSError):  # stderr gone (terminal closed, pipe reader)
+                if tty:
+                    print(file=sys.stderr)
+                print(snap.status_line(), file=sys.stderr)
     if engine.record_errors:
         raise AudioFileError("; ".join(engine.record_errors) + " (nothing was saved)")
     if lost:
@@ -293,7 +294,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         args.input, args.output, _load_marker(args), msg, args.alpha, progress=sys.stderr.isatty()
     )
     what = (
-        "unchanged (--alpha 0: nothing embedded)"
+        "with nothing embedded (--alpha 0)"
         if args.alpha == 0
         else f"with message {bits_hex(msg)} ({info['message']})"
     )

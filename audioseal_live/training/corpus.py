@@ -962,6 +962,9 @@ def summarize(entries: list[dict]) -> dict:
 # entry points
 
 
+BUILD_MARK = ".audioseal-corpus"  # in OUT from a build's start: the splits there are ours
+
+
 def build_corpus(
     out: Path,
     scale: float = 1.0,
@@ -977,21 +980,23 @@ def build_corpus(
     t0 = time.time()
     out = Path(out)
     cache = Path(cache) if cache is not None else out / ".cache"
-    manifest = out / "manifest.jsonl"
+    manifest, mark = out / "manifest.jsonl", out / BUILD_MARK
     found = [split for split in SPLITS if (out / split).exists()]
-    if found and not manifest.is_file():
+    if found and not manifest.is_file() and not mark.is_file():
         # a rebuild replaces a corpus of ours; a folder of the user's own is left alone
         raise CorpusError(
             f"{out} already holds {', '.join(found)} but no manifest.jsonl: not a corpus "
             "this command built; choose a new or empty folder for --out"
         )
+    out.mkdir(parents=True, exist_ok=True)
+    # Ours from here on, even if this build is interrupted (it can then be built again).
+    mark.write_text("audio built by `audioseal-live corpus`; rebuilding replaces it\n")
     # The manifest goes first: an interrupted rebuild then leaves no manifest that names
     # deleted audio (train would read it); the audio is replaced, never the cache.
     for name in ("manifest.jsonl", "summary.json"):
         (out / name).unlink(missing_ok=True)
     for split in SPLITS:
         shutil.rmtree(out / split, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
 
     pkgs = fetch_packages(
         [*ASTERISK_SPEECH, *(p for p, _, _ in MUSIC_PACKAGES.values())], cache, log
