@@ -8,16 +8,28 @@ until it comes back (and starting with it gives a clear message instead of a sil
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from audioseal_live_gui.settings import DeviceRef
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont, QStandardItem, QStandardItemModel
-from PySide6.QtWidgets import QComboBox, QWidget
+from PySide6.QtWidgets import QComboBox, QStyledItemDelegate, QStyleOptionViewItem, QWidget
 
 from audioseal_live.engine.audio_io import DeviceInfo
 
 ROLE_REF = Qt.ItemDataRole.UserRole + 1  # DeviceRef, or a special string ("output", "off")
 ROLE_INDEX = Qt.ItemDataRole.UserRole + 2  # PortAudio index in the current listing, or -1
+
+
+class _IndentDevices(QStyledItemDelegate):
+    """In the open list, devices sit indented under their host API's bold heading; the
+    closed box shows the bare name (an indent there cost three characters of it)."""
+
+    def initStyleOption(self, option: QStyleOptionViewItem, index: Any) -> None:  # noqa: N802
+        super().initStyleOption(option, index)
+        row = index.data(ROLE_INDEX)
+        if row is not None and int(row) >= 0:
+            option.text = "    " + option.text
 
 
 class DevicePicker(QComboBox):
@@ -37,6 +49,7 @@ class DevicePicker(QComboBox):
         self.specials = tuple(specials)
         self._model = QStandardItemModel(self)
         self.setModel(self._model)
+        self.setItemDelegate(_IndentDevices(self))
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(18)
         self._last: object = None
@@ -74,7 +87,7 @@ class DevicePicker(QComboBox):
                 if d.hostapi == api:
                     n = getattr(d, chan)
                     tip = f"{d.name} [{api}] · {n} ch · {d.default_samplerate:.0f} Hz"
-                    self._add(f"   {d.name}", DeviceRef(d.name, d.hostapi), d.index, tip)
+                    self._add(d.name, DeviceRef(d.name, d.hostapi), d.index, tip)
         self.blockSignals(False)
         self.select(want if want is not None else DeviceRef())
         self._last = self.current()

@@ -175,6 +175,27 @@ def test_views_draw_snapshots(qtbot: Any) -> None:
     assert meter.hold_db < -6.1  # ...then falls
 
 
+def test_device_boxes_group_by_host_api_and_show_bare_names(qtbot: Any) -> None:
+    from audioseal_live_gui.device_picker import DevicePicker
+    from PySide6.QtWidgets import QStyleOptionViewItem
+
+    from audioseal_live.engine.audio_io import DeviceInfo
+
+    mic = DeviceInfo(
+        3, "Blue Yeti Stereo Microphone USB Audio (hw:2,0)", "ALSA", 2, 0, 48000.0, 0.01, 0.01
+    )
+    p = DevicePicker("input")
+    qtbot.addWidget(p)
+    p.set_devices([mic], keep=DeviceRef(mic.name, "ALSA"))
+    assert p.currentText() == mic.name  # the closed box: the whole name, no indent
+    shown = []
+    for row in range(p.model().rowCount()):
+        opt = QStyleOptionViewItem()
+        p.itemDelegate().initStyleOption(opt, p.model().index(row, 0))
+        shown.append(opt.text)
+    assert shown == ["System default", "ALSA", f"    {mic.name}"]  # the list: under its API
+
+
 def test_settings_round_trip(qtbot: Any, tmp_path: Path) -> None:
     ini = str(tmp_path / "settings.ini")
     w = MainWindow(st.qsettings(ini))
