@@ -121,10 +121,9 @@ class SegmentPool:
                 where,
             )
         if not self.clips:
+            # entries lie at ROOT/split/kind/source/file: name ROOT, the folder to rebuild
             path = entries[0].path if entries else Path("corpus")
-            folder = (
-                path.parents[3] if len(path.parents) > 3 else path.parent
-            )  # root/split/kind/src
+            folder = path.parents[3] if len(path.parents) > 3 else path.parent
             raise CorpusMissingError(
                 f"no readable audio in the {where} of {folder} ({len(unreadable)} files "
                 f"missing or unreadable): rebuild it with `audioseal-live corpus --out {folder}`"
