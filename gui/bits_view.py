@@ -24,15 +24,21 @@ from PySide6.QtWidgets import (
 
 from audioseal_live.engine.metrics import NO_MONITOR, Snapshot
 
-STOPPED, NOT_DETECTED, DETECTING, MATCH, MISMATCH, OFF = (
+STOPPED, NOT_DETECTED, DETECTING, MATCH, MISMATCH, OFF, UPDATING = (
     "stopped",
     "not detected",
     "detecting",
     "match",
     "mismatch",
     "detector off",
+    "updating",
 )
+# After the message changes, the detector's bits are a vote over its last ~3 s: until they
+# show the new message (or this long), the state says so instead of MATCH / MISMATCH, which
+# contradicted the rows beside it for ~2.7 s (review).
+UPDATE_S = 4.0
 STATE_TEXT = {
+    UPDATING: "UPDATING…",
     STOPPED: "STOPPED",
     OFF: "DETECTOR OFF",
     NOT_DETECTED: "NOT DETECTED",
@@ -41,6 +47,7 @@ STATE_TEXT = {
     MISMATCH: "MISMATCH",
 }
 STATE_COLOR = {
+    UPDATING: QColor("#58a6ff"),
     STOPPED: None,  # palette text, dimmed
     OFF: None,
     NOT_DETECTED: QColor("#8b949e"),
@@ -174,6 +181,9 @@ class BitsView(QWidget):
         super().__init__(parent)
         self.match_state = MatchState()
         self.embedded: tuple[int, ...] = ()
+        self._previous: tuple[int, ...] = ()  # the message before the last change
+        self._change_seen: float | None = None  # when a snapshot first came after it
+        self.shown_state = STOPPED  # what the big label says (UPDATING over the match state)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(8)
@@ -227,7 +237,12 @@ class BitsView(QWidget):
         return self.match_state.state
 
     def set_embedded(self, bits: Sequence[int]) -> None:
-        self.embedded = tuple(bits)
+        bits = tuple(bits)
+        if bits != self.embedded:
+            # the one before: a snapshot taken before the engine had the new one still says
+            # it (it flipped the row back for a tick); and the detector's bits catch up
+            self._previous, self._change_seen = self.embedded, None
+        self.embedded = bits
         self.embedded_row.set_bits(self.embedded)
         self.embedded_hex.setText(_hex(self.embedded))
 
@@ -237,8 +252,15 @@ class BitsView(QWidget):
         running = snap.running
         listening = det.source != NO_MONITOR
         state = self.match_state.update(det.prob_smoothed, det.match, running, now, listening)
-        if snap.message and tuple(snap.message) != self.embedded:
-            self.set_embedded(snap.message)
+        message = tuple(snap.message) if snap.message else ()
+        if message and message not in (self.embedded, self._previous):
+            self.set_embedded(message)  # the engine's own (e.g. a random one at start)
+        if self._change_seen is None:
+            self._change_seen = now
+        catching_up = now - self._change_seen < UPDATE_S and tuple(det.bits) != self.embedded
+        if state in (MATCH, MISMATCH) and self._previous and catching_up:
+            state = UPDATING
+        self.shown_state = state
         self.prob_label.setText(f"{det.prob_smoothed:.2f}" if running and det.chunks else "–")
         col = STATE_COLOR[state]
         style = f"color: {col.name()};" if col is not None else ""

@@ -403,8 +403,15 @@ class MainWindow(QMainWindow):
                 rescan_devices()
             self._devices = list_devices()
         except AudioSealLiveError as exc:
+            # said as it is (e.g. "restart the program"), not as "no devices found" below
+            if rescan:  # the devices listed so far stay
+                self.show_error(str(exc))
+                return
             self._devices = []
             self.statusBar().showMessage(str(exc))
+            for kind, p in self._pickers():
+                p.set_devices([], keep=self._selected.get(kind))
+            return
         for kind, p in self._pickers():
             p.set_devices(self._devices, keep=self._selected.get(kind))
         n_in = sum(d.max_input_channels > 0 for d in self._devices)

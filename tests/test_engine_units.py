@@ -639,6 +639,28 @@ def test_a_portaudio_call_that_never_returns_is_left_behind(monkeypatch) -> None
     hang.set()
 
 
+def test_a_jack_server_gone_since_portaudio_started_is_never_terminated(monkeypatch) -> None:
+    """A JACK server killed or restarted under an idle window: PortAudio's terminate (a
+    rescan, the exit) aborted or crashed the process (review); now it is refused in words."""
+    from audioseal_live.engine import audio_io
+    from audioseal_live.errors import DeviceError
+
+    unregistered: list[object] = []
+    monkeypatch.setattr(audio_io, "_abandoned", False)
+    monkeypatch.setattr(audio_io.atexit, "unregister", unregistered.append)
+    monkeypatch.setattr(audio_io, "_server_pids", lambda: {4242})
+    monkeypatch.setattr(audio_io, "_jack_servers", frozenset({4242}))
+    assert not audio_io.jack_server_gone()
+    audio_io.check_portaudio_usable()  # the server PortAudio knows is still there
+    monkeypatch.setattr(audio_io, "_server_pids", lambda: {4343})  # restarted: another one
+    assert audio_io.jack_server_gone()
+    with pytest.raises(DeviceError, match="restart the program"):
+        audio_io.rescan_devices()
+    assert unregistered and audio_io.portaudio_abandoned()
+    monkeypatch.setattr(audio_io, "_jack_servers", frozenset())  # no JACK host: no watch
+    assert not audio_io.jack_server_gone()
+
+
 def test_stop_signals_end_a_live_session_as_ctrl_c_does() -> None:
     import signal
 

@@ -111,6 +111,33 @@ def test_match_state_hysteresis() -> None:
     assert m.update(0.9, None, False, 4.1) == STOPPED
 
 
+def test_bits_view_says_updating_while_the_bits_catch_up_with_a_new_message(qtbot: Any) -> None:
+    """A review saw MATCH beside 9 red bits, then MISMATCH beside equal rows, for ~2.7 s after
+    a message change, and the embedded row flipped back to the old message for a tick."""
+    from audioseal_live_gui.bits_view import UPDATING, BitsView
+
+    from audioseal_live.engine.metrics import Detection, Snapshot
+
+    old, new = (1, 0) * 8, (0, 1) * 8
+    view = BitsView()
+    qtbot.addWidget(view)
+    view.set_embedded(old)
+
+    def show(bits: tuple[int, ...], engine_message: tuple[int, ...], now: float) -> str:
+        det = Detection(0.95, 0.95, bits, (1.0,) * 16, bits == engine_message, chunks=9)
+        view.handle_new_data(Snapshot(running=True, message=engine_message, detection=det), now)
+        return view.shown_state
+
+    assert [show(old, old, t) for t in (0.0, 1.0)][-1] == MATCH
+    view.set_embedded(new)  # the user's change
+    assert show(old, old, 1.2) == UPDATING and view.embedded == new  # a stale snapshot
+    assert show(old, new, 2.5) == UPDATING  # the vote still holds the old bits
+    assert show(new, new, 3.0) == MATCH  # caught up: the state is the detector's again
+    view.set_embedded(old)
+    assert show(new, old, 5.0) == UPDATING
+    assert show(new, old, 9.5) == MISMATCH  # not caught up after UPDATE_S: it is a mismatch
+
+
 def test_bits_view_says_where_the_polarity_came_from(qtbot: Any) -> None:
     """A polarity read off the message (a sign code alone cannot tell) is said to be that."""
     from audioseal_live_gui.bits_view import BitsView

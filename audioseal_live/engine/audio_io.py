@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,7 +137,60 @@ def _sd() -> Any:
         import sounddevice as sd
     except OSError as exc:  # PortAudio library missing
         raise DeviceError(f"PortAudio is not available ({exc}); install libportaudio2") from None
+    global _jack_servers
+    if _jack_servers is None:  # PortAudio was initialised on import: note its JACK server
+        _jack_servers = _note_jack_servers(sd)
+        atexit.register(_leave_portaudio_at_exit)
     return sd
+
+
+# PortAudio's JACK host keeps a client of the server it found at initialisation. Once that
+# server is gone (killed, crashed, restarted), terminating PortAudio aborts the process
+# (pa_jack.c: "Terminate: Assertion `err == 0'") or crashes it -- at exit, and in a device
+# rescan. So the server's processes are noted at initialisation and looked up again before
+# PortAudio is terminated: if none of them is alive, PortAudio is left alone (Linux: /proc).
+JACK_SERVER_NAMES = ("jackd", "jackdbus", "pipewire")
+_jack_servers: frozenset[int] | None = None  # None: not looked yet; empty: no JACK host
+
+
+def _server_pids() -> set[int]:
+    pids = set()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError), open(f"/proc/{entry.name}/comm") as fh:
+                    if fh.read().strip() in JACK_SERVER_NAMES:
+                        pids.add(int(entry.name))
+    return pids
+
+
+def _note_jack_servers(sd: Any) -> frozenset[int]:
+    try:
+        apis = [str(api["name"]) for api in sd.query_hostapis()]
+    except Exception:  # noqa: BLE001 - no host APIs: nothing to watch
+        return frozenset()
+    return frozenset(_server_pids()) if any("JACK" in name for name in apis) else frozenset()
+
+
+def jack_server_gone() -> bool:
+    """Whether PortAudio's JACK server has gone since PortAudio was initialised."""
+    return bool(_jack_servers) and not (_jack_servers & _server_pids())
+
+
+def _leave_portaudio_at_exit() -> None:
+    # Runs before sounddevice's own exit handler (atexit runs in reverse order of
+    # registration, and this module registers after importing sounddevice).
+    if jack_server_gone():
+        _abandon("its JACK server went away")
+
+
+def _abandon(why: str) -> None:
+    global _abandoned
+    if not _abandoned:
+        log.warning("the audio system is gone (%s): PortAudio is left as it is", why)
+    _abandoned = True
+    with contextlib.suppress(Exception):
+        atexit.unregister(_sd()._exit_handler)
 
 
 # How long a stream's stop/close may take. PortAudio's JACK host waits for a process cycle
@@ -168,10 +222,7 @@ def portaudio_call(fn: Callable[[], Any], what: str, timeout: float = STOP_TIMEO
         log.debug("%s failed: %s", what, errors[0])
     if not t.is_alive():
         return True
-    _abandoned = True
-    log.warning("the audio system did not answer (%s): it was lost; leaving it as it is", what)
-    with contextlib.suppress(Exception):
-        atexit.unregister(_sd()._exit_handler)
+    _abandon(f"{what} did not return")
     return False
 
 
@@ -180,22 +231,29 @@ def portaudio_abandoned() -> bool:
     return _abandoned
 
 
-ABANDONED = "the audio system stopped answering (its server went away); restart the program"
+ABANDONED = (
+    "the audio system stopped answering (its server went away or restarted); restart the program"
+)
 
 
 def check_portaudio_usable() -> None:
-    """Refuse to open streams or rescan once PortAudio was abandoned: it then fails with
-    unrelated errors ("Insufficient memory"), and a stream it did open could not be closed."""
+    """Refuse to open streams or rescan once PortAudio was abandoned or its JACK server has
+    gone: it then fails with unrelated errors ("Insufficient memory", "Invalid sample rate"),
+    a stream it did open could not be closed, and a rescan would crash the process."""
+    if not _abandoned and jack_server_gone():
+        _abandon("its JACK server went away")
     if _abandoned:
         raise DeviceError(ABANDONED)
 
 
 def rescan_devices() -> None:
     """Re-initialise PortAudio so devices (or a JACK server) that appeared later are seen."""
+    global _jack_servers
     check_portaudio_usable()
     sd = _sd()
     sd._terminate()
     sd._initialize()
+    _jack_servers = _note_jack_servers(sd)  # a JACK server started since is watched now
 
 
 def list_devices() -> list[DeviceInfo]:
@@ -302,6 +360,7 @@ class SoundDeviceBackend:
 
     def _check(self, sd: Any, with_input: bool = True) -> None:
         """PortAudio's own check of rate and channels, as one clear error."""
+        check_portaudio_usable()  # (a gone JACK server answers "Invalid sample rate")
         try:
             if with_input:
                 sd.check_input_settings(
