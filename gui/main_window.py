@@ -90,6 +90,7 @@ class MainWindow(QMainWindow):
         self._box: QMessageBox | None = None
         self._pending_switch: tuple[str, object, EngineConfig] | None = None
         self._switching = False  # a live device switch's stop: the session goes on
+        self._recording_ended_by_switch = False
         self._selected: dict[str, object] = {}
         self._devices: list[DeviceInfo] = []
         self._build()
@@ -458,6 +459,7 @@ class MainWindow(QMainWindow):
         old_cfg = self.runner.config
         assert old_cfg is not None
         log.info("switching %s: %r -> %r", kind, previous, ref)
+        recording = self.runner.recorder is not None
         self._switching = True  # Bypass (A/B) carries over to the new device
         try:
             self.runner.stop()  # may report a recording that could not be saved: not the switch's
@@ -465,6 +467,8 @@ class MainWindow(QMainWindow):
             self._switching = False
         self._pending_switch = (kind, previous, old_cfg)
         self._start_with(self.engine_config())
+        # a file has one device's rate and clock: the switch ends it, and the next status says so
+        self._recording_ended_by_switch = recording
 
     # ================================================================= engine config
     def engine_config(self) -> EngineConfig:
@@ -532,9 +536,15 @@ class MainWindow(QMainWindow):
         self.runner.set_alpha(live["alpha"])
         self.runner.set_bypass(self.bypass_button.isChecked())
         cfg = self.runner.config
+        ended, self._recording_ended_by_switch = self._recording_ended_by_switch, False
         self.statusBar().showMessage(
             f"Running: {self.input_picker.shown_name()} → {self.output_picker.shown_name()}"
-            + (f" at {cfg.sample_rate} Hz" if cfg and cfg.sample_rate else ""),
+            + (f" at {cfg.sample_rate} Hz" if cfg and cfg.sample_rate else "")
+            + (
+                " · the recording ended at the switch (saved; Record starts a new one)"
+                if ended
+                else ""
+            ),
         )
         self.save_settings()  # a configuration that worked is worth keeping
         self._update_enabled()

@@ -440,8 +440,12 @@ def test_bypass_is_shown_and_ends_with_the_session(
     w.bypass_button.click()
     assert w.runner.engine._controls.bypass  # type: ignore[union-attr]
     assert w.statusBar().currentMessage().startswith("BYPASS")
+    w.record_button.click()
     w.select_device("output", DeviceRef("Other Speakers"))  # a live switch: A/B goes on
     qtbot.waitUntil(lambda: w.runner.running, timeout=10000)
+    # ...and a recording ends there (one device's rate and clock per file): said, not silent
+    assert "the recording ended at the switch" in w.statusBar().currentMessage()
+    assert not w.record_button.isChecked() and list(tmp_path.glob("audioseal-live-*.wav"))
     assert w.bypass_button.isChecked() and w.runner.engine._controls.bypass  # type: ignore[union-attr]
     w.toggle_start()  # stop
     assert not w.bypass_button.isChecked() and not w.bypass_button.isEnabled()
