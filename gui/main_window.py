@@ -47,7 +47,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from audioseal_live.engine.audio_io import DeviceInfo, list_devices, rescan_devices
+from audioseal_live.engine.audio_io import (
+    SEE_DEVICES,
+    DeviceInfo,
+    list_devices,
+    rescan_devices,
+)
 from audioseal_live.engine.engine import EngineConfig
 from audioseal_live.engine.metrics import NO_DETECTION, NO_MONITOR, Snapshot
 from audioseal_live.errors import AudioSealLiveError
@@ -399,6 +404,7 @@ class MainWindow(QMainWindow):
     def refresh_devices(self, rescan: bool = True) -> None:
         if self.runner.running or self.runner.starting:
             return  # PortAudio cannot be re-initialised under open streams
+        failed = False
         try:
             if rescan:
                 rescan_devices()
@@ -408,16 +414,15 @@ class MainWindow(QMainWindow):
             if rescan:  # the devices listed so far stay
                 self.show_error(str(exc))
                 return
-            self._devices = []
+            self._devices, failed = [], True
             self.statusBar().showMessage(str(exc))
-            for kind, p in self._pickers():
-                p.set_devices([], keep=self._selected.get(kind))
-            return
         for kind, p in self._pickers():
             p.set_devices(self._devices, keep=self._selected.get(kind))
         n_in = sum(d.max_input_channels > 0 for d in self._devices)
         n_out = sum(d.max_output_channels > 0 for d in self._devices)
         log.info("devices: %d inputs, %d outputs", n_in, n_out)
+        if failed:
+            return
         if not n_in or not n_out:  # said where it is seen, not only at the failed Start
             missing = " and ".join(k for k, n in (("input", n_in), ("output", n_out)) if not n)
             self.statusBar().showMessage(
@@ -733,7 +738,7 @@ class MainWindow(QMainWindow):
         """One line, no traceback, non-blocking; a newer message replaces an open one."""
         line = (message or "unknown error").strip().splitlines()[0]
         # the library's errors point at the command line; in the window, the button is here
-        line = line.replace("(see `audioseal-live devices`)", "(plug it in, then Refresh devices)")
+        line = line.replace(SEE_DEVICES, "(plug it in, then Refresh devices)")
         self.errors.append(line)
         log.warning("shown to user: %s", line)
         self.statusBar().showMessage(line, 10000)

@@ -629,7 +629,7 @@ def test_a_portaudio_call_that_never_returns_is_left_behind(monkeypatch) -> None
     hang = threading.Event()
     t0 = time.monotonic()
     assert audio_io.portaudio_call(hang.wait, "stuck", timeout=0.2) is False
-    assert time.monotonic() - t0 < 2 and audio_io.portaudio_abandoned()
+    assert time.monotonic() - t0 < 2 and audio_io._abandoned
     assert unregistered  # not terminated at exit either (its JACK host would abort)
     assert audio_io.portaudio_call(lambda: None, "after") is False  # left alone from then
     with pytest.raises(DeviceError, match="restart the program"):
@@ -656,7 +656,7 @@ def test_a_jack_server_gone_since_portaudio_started_is_never_terminated(monkeypa
     assert audio_io.jack_server_gone()
     with pytest.raises(DeviceError, match="restart the program"):
         audio_io.rescan_devices()
-    assert unregistered and audio_io.portaudio_abandoned()
+    assert unregistered and audio_io._abandoned
     monkeypatch.setattr(audio_io, "_jack_servers", frozenset())  # no JACK host: no watch
     assert not audio_io.jack_server_gone()
 

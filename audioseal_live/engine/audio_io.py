@@ -204,7 +204,6 @@ def portaudio_call(fn: Callable[[], Any], what: str, timeout: float = STOP_TIMEO
     """Run a PortAudio stop/close on a helper thread for at most ``timeout`` seconds. False
     if it did not return: the audio system is gone, and PortAudio is then abandoned (not
     terminated at exit either, where its JACK host would abort the process)."""
-    global _abandoned
     if _abandoned:
         return False
     errors: list[BaseException] = []
@@ -224,11 +223,6 @@ def portaudio_call(fn: Callable[[], Any], what: str, timeout: float = STOP_TIMEO
         return True
     _abandon(f"{what} did not return")
     return False
-
-
-def portaudio_abandoned() -> bool:
-    """Whether a stream would not stop (the audio server is gone): restart the program."""
-    return _abandoned
 
 
 ABANDONED = (
@@ -276,6 +270,11 @@ def list_devices() -> list[DeviceInfo]:
     return out
 
 
+SEE_DEVICES = (
+    "(see `audioseal-live devices`)"  # the hint device errors end with (an app may swap it)
+)
+
+
 def resolve_device(spec: str | int | None, kind: str) -> int:
     """Device index from an index, a name (exact, then case-insensitive substring) or None
     (the default). Names survive re-plugging; indices do not."""
@@ -287,13 +286,13 @@ def resolve_device(spec: str | int | None, kind: str) -> int:
         if idx is None or idx < 0:
             cands = [d for d in devices if getattr(d, key) > 0]
             if not cands:
-                raise DeviceError(f"no {kind} device found (see `audioseal-live devices`)")
+                raise DeviceError(f"no {kind} device found {SEE_DEVICES}")
             return cands[0].index
         return int(idx)
     if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
         idx = int(spec)
         if not 0 <= idx < len(devices):
-            raise DeviceError(f"no device with index {idx} (see `audioseal-live devices`)")
+            raise DeviceError(f"no device with index {idx} {SEE_DEVICES}")
         if getattr(devices[idx], key) <= 0:
             raise DeviceError(f"device {idx} ({devices[idx].name!r}) has no {kind} channels")
         return idx
@@ -385,8 +384,7 @@ class SoundDeviceBackend:
     def open(self) -> None:
         from audioseal_live.engine.native_io import stream_callback
 
-        check_portaudio_usable()
-        sd = _sd()
+        sd = _sd()  # (usable: checked by _check when this backend was made)
         io = self.io
 
         def cb_in(indata: np.ndarray, frames: int, time: Any, status: Any) -> None:

@@ -111,11 +111,8 @@ class Snapshot:
         if det.bits and det.inverted:  # "inv?": read off the message (see Detection)
             match += " inv?" if det.polarity_from_message else " inv"
         # the detector's part: no "P 0.00", which reads as "not marked", when none listens
-        verdict = (
-            "detector off"
-            if det.source == NO_MONITOR
-            else f"P {det.prob_smoothed:4.2f} {bits} {match:<7}"
-        )
+        off = det.source == NO_MONITOR
+        verdict = "detector off" if off else f"P {det.prob_smoothed:4.2f} {bits} {match:<7}"
         line = (
             f"t={self.time_s:6.1f}s in {db(self.peak_in):6.1f} dB out {db(self.peak_out):6.1f} dB"
             f" | {self.ms_per_chunk_p50:5.1f}/{self.ms_per_chunk_p99:5.1f} ms p50/p99"
@@ -128,7 +125,7 @@ class Snapshot:
         room = max(1, width - 1)  # the last column would wrap on some terminals
         # Fewer figures until it fits: levels and bits go first, then compute.
         glitches = f"xruns {self.xruns} under {self.underruns} unmarked {self.unmarked_spans}"
-        short = "detector off" if det.source == NO_MONITOR else f"P {det.prob_smoothed:.2f} {match}"
+        short = "detector off" if off else f"P {det.prob_smoothed:.2f} {match}"
         tail = f"lat {self.latency_ms:.0f} ms | {glitches} | {short}"
         compute = f"{self.ms_per_chunk_p50:.1f} ms RTF {self.rtf:.2f}"
         for candidate in (

@@ -196,8 +196,7 @@ class AudioSealDetector(CardModel):
         whole input (see ``models.message_code``), not with the bit head."""
         length = x.shape[-1] if isinstance(x, Tensor) else 0
         x = self._pad_last_chunk(x)  # a stream's ragged last chunk (cut back below)
-        # streaming, a code card: the head's two detection rows only (bits: the code)
-        if self.is_streaming and self._fused_detection is not None and self.phases == 1:
+        if self._fused_detection is not None and self.phases == 1:  # streaming, a code card
             self._check_input(x, sample_rate)
             out = self._run_folded(x, self._fused_detection)
             return torch.softmax(out, dim=1)[..., :length], self._stream_message(x)

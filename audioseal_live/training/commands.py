@@ -87,13 +87,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _do_export(checkpoint: Path, out: Path, run_dir: Path | None = None) -> None:
-    from audioseal_live.training.trainer import export, load_checkpoint
+    from audioseal_live.training.trainer import export
 
     if not checkpoint.is_file() and run_dir is not None:
         checkpoint = run_dir / "last.pt"
-    load_checkpoint(checkpoint)  # a missing or bad checkpoint is said before --out is made
-    _check_folder(str(out), "--out")
-    g, d = export(checkpoint, out)
+    # --out is made once the checkpoint is read: a missing or bad one is said first
+    g, d = export(checkpoint, out, ready=lambda: _check_folder(str(out), "--out"))
     print(f"exported {checkpoint} -> {g}, {d}")
 
 

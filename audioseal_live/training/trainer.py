@@ -25,6 +25,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -751,7 +752,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def models_from_checkpoint(path: str | Path) -> tuple[AudioSealWM, AudioSealDetector]:
     """Generator and detector (eval mode, CPU) from a training checkpoint."""
-    state = load_checkpoint(path)
+    return _models_from_state(load_checkpoint(path))
+
+
+def _models_from_state(state: dict[str, Any]) -> tuple[AudioSealWM, AudioSealDetector]:
     gen = AudioSealWM(ModelCard.from_dict(state["generator_card"]))
     det = AudioSealDetector(
         reader_card(ModelCard.from_dict(state["detector_card"]), state["config"])
@@ -761,12 +765,19 @@ def models_from_checkpoint(path: str | Path) -> tuple[AudioSealWM, AudioSealDete
     return gen.eval(), det.eval()
 
 
-def export(checkpoint: str | Path, out_dir: str | Path = "assets/model") -> tuple[Path, Path]:
-    """Write generator/detector safetensors + JSON cards (the shipped format) from a run."""
+def export(
+    checkpoint: str | Path,
+    out_dir: str | Path = "assets/model",
+    ready: Callable[[], None] = lambda: None,
+) -> tuple[Path, Path]:
+    """Write generator/detector safetensors + JSON cards (the shipped format) from a run.
+    ``ready`` runs once the checkpoint is read, before anything is written (a caller's check
+    of ``out_dir``: a bad checkpoint is then said first, and leaves no folder behind)."""
     from audioseal_live.models.checkpoint import fold_weight_norm, save_model
 
-    state = load_checkpoint(checkpoint)
-    gen, det = models_from_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint)  # once: a run's checkpoint holds the optimizer too
+    gen, det = _models_from_state(state)
+    ready()
     out = Path(out_dir)
     step = state["step"]
     hours = state.get("elapsed", 0.0) / 3600
