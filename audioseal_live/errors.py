@@ -25,3 +25,8 @@ class DeviceError(AudioSealLiveError, RuntimeError):
 
 class SettingError(AudioSealLiveError, ValueError):
     """A setting out of its range: chunk length, watermark strength."""
+
+
+class NotStreamableError(AudioSealLiveError, NotImplementedError):
+    """A model that cannot stream exactly (a non-causal card) asked to stream: the live engine
+    and the file commands stream every model."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from unittest import mock
 
@@ -70,7 +71,8 @@ def test_embed_44k_stereo_is_block_size_independent(
     assert info["frames"] == x.shape[0]
     d = a - x
     assert 1e-4 < np.abs(d).max() < 0.5  # a watermark was added ...
-    np.testing.assert_allclose(d[:, 0], d[:, 1], atol=2e-4)  # ... the same on both channels
+    # ... the same mark on both channels, each scaled to stay under its own channel's level
+    assert np.corrcoef(d[:, 0], d[:, 1])[0, 1] > 0.95
     assert np.abs(a).max() <= 1.0
     # Streaming in constant memory: a different block size gives the same file.
     monkeypatch.setattr(files, "BLOCK_S", 0.37)
@@ -248,6 +250,8 @@ def test_cli_run_checks_its_stats_file_before_the_run(
         (["demo", "--record", "{t}/a.wav", "--record-input", "{t}/a.wav"], "the same file"),
         (["demo", "--source", "{t}/src.wav", "--record", "{t}/src.wav"], "the same file"),
         (["embed", "{t}/src.wav", "{t}/o.wav", "--device", "gpu"], "--device 'gpu'"),
+        # a device torch knows but this build lacks (macOS users type mps)
+        (["embed", "{t}/src.wav", "{t}/o.wav", "--device", "xpu"], "cannot be used here"),
         (["embed", "{t}/src.wav", "{t}/o.wav", "--message", "0101"], "looks binary"),
         (["embed", "{t}/src.wav", "{t}/o.wav", "--message", "0000000000000002"], "leading zero"),
         (["embed", "{t}/src.wav", "{t}/o.wav", "--message", "2222222222222222"], "0 or 1"),
@@ -361,3 +365,36 @@ def test_written_files_have_the_usual_mode_and_a_full_disk_is_one_line(tmp_path:
         f.write(np.zeros(100, np.float32))
     f.abort()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
+
+
+def test_cli_runs_under_a_non_utf8_locale(tmp_path: Path) -> None:
+    """An ASCII (or GBK, cp932...) locale: the CLI read its own UTF-8 sources with the locale's
+    codec and crashed before printing anything, --help included."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    env["PYTHONCOERCECLOCALE"] = "0"  # Python would switch C to C.UTF-8 otherwise
+    code = "from audioseal_live.cli import main; main()"
+    for args in (["--help"], ["train", "--help"]):
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args], env=env, capture_output=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr.decode(errors="replace")[-800:]
+        assert b"usage:" in done.stdout
+
+
+def test_cli_refuses_a_non_causal_model_in_one_line(
+    stereo_44k: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The official 16-bit cards are non-causal: the file commands stream every model, so
+    they refuse it as a user error (it was a NotImplementedError traceback, exit 1)."""
+    from audioseal_live.models import AudioSealWM, small_card
+    from audioseal_live.models.checkpoint import save_model
+
+    card = small_card("generator", n_filters=4, dimension=16, causal=False)
+    save_model(AudioSealWM(card), card, tmp_path / "nc" / "generator")
+    out = tmp_path / "o.wav"
+    assert main(["embed", str(stereo_44k), str(out), "--model", str(tmp_path / "nc")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot stream" in err and "Traceback" not in err and not out.exists()

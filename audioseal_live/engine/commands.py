@@ -70,7 +70,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
         print(json.dumps([d.to_dict() for d in devices], indent=2))
         return 0
     if not devices:
-        print("no audio devices found")
+        # PortAudio lists the sound cards and the servers it reaches: none means no card, no
+        # running server, or (in a container) no access to either
+        print(
+            "no audio devices found: no sound card, and no running audio server (PipeWire, "
+            "PulseAudio or JACK) this program can reach; start one, or check that this user "
+            "may use the sound devices ('audio' group)"
+        )
         return 0
     for d in devices:
         mark = ("<" if d.index == default_in else " ") + (">" if d.index == default_out else " ")
@@ -88,11 +94,18 @@ def check_compute_device(device: str) -> None:
     import torch
 
     try:
-        torch.device(device)
+        kind = torch.device(device).type
     except RuntimeError:
-        raise DeviceError(f"--device {device!r}: use cpu or cuda (cuda:N)") from None
+        kind = "meta"  # not a device: said below
+    if kind == "meta":  # shapes only, no data
+        raise DeviceError(f"--device {device!r}: use cpu or cuda (cuda:N)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceError("--device cuda was asked for but torch sees no CUDA GPU")
+    try:  # any other device torch knows but this build lacks (mps, xpu, ...): try it
+        torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        why = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
+        raise DeviceError(f"--device {device!r} cannot be used here: {why}") from None
 
 
 def _distinct_files(**paths: str | None) -> None:

@@ -149,7 +149,7 @@ def jack_dummy_server(
         import jack
     except (ImportError, OSError) as exc:
         raise JackUnavailable(
-            f"JACK-Client/libjack unavailable ({exc}): pip install '.[dev]' and "
+            f"JACK-Client/libjack unavailable ({exc}): pip install 'audioseal-live[dev]' and "
             "apt-get install jackd2"
         ) from None
     name = f"asl{os.getpid()}"
@@ -173,7 +173,9 @@ def jack_dummy_server(
                 realtime = False
                 proc = launch(False)
             elif proc.poll() is not None:
-                raise JackUnavailable(f"jackd exited ({proc.returncode}): {log.read_text()[-500:]}")
+                raise JackUnavailable(
+                    f"jackd exited ({proc.returncode}): {log.read_text(errors='replace')[-500:]}"
+                )
             try:
                 c = jack.Client("asl-probe", no_start_server=True, servername=name)
                 c.close()
@@ -181,7 +183,7 @@ def jack_dummy_server(
             except jack.JackError:
                 if time.monotonic() > deadline:
                     raise JackUnavailable(
-                        f"jackd did not come up: {log.read_text()[-500:]}"
+                        f"jackd did not come up: {log.read_text(errors='replace')[-500:]}"
                     ) from None
                 time.sleep(0.2)
         from audioseal_live.engine.audio_io import rescan_devices

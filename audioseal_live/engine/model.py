@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from audioseal_live.errors import CheckpointError
+
 HOP = 320  # model hop at 16 kHz (20 ms); every chunk is a multiple of it
 MODEL_RATE = 16000
 NBITS = 16
@@ -360,15 +362,24 @@ def load_models(
     det = None
     if need_detector:
         name = detector or _paired_detector(model)
-        det_model = AudioSeal.load_detector(name) if name else AudioSeal.load_detector()
+        try:
+            det_model = AudioSeal.load_detector(name) if name else AudioSeal.load_detector()
+        except CheckpointError as exc:
+            if detector or not name:
+                raise
+            # the detector was guessed from the generator's name: say how to name it
+            raise CheckpointError(f"{exc} (name the detector with --detector)") from None
         det = TorchDetector(det_model, device)
     return marker, det
 
 
 def _paired_detector(model: str | None) -> str | None:
+    """The detector beside a generator: in its last path component only (a folder
+    ``my_generators/v1`` holds both models; renaming it to ``my_detectors`` found nothing)."""
     if not model:
         return None
+    head, sep, name = model.replace("\\", "/").rpartition("/")
     for a, b in (("_wm_", "_detector_"), ("generator", "detector")):
-        if a in model:
-            return model.replace(a, b)
+        if a in name:
+            return model[: len(head) + len(sep)] + name.replace(a, b)
     return model

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from audioseal_live.blocks import StreamingLSTM, StreamingRoot
 from audioseal_live.blocks.lstm import recurrent_terms
+from audioseal_live.errors import NotStreamableError
 from audioseal_live.models.cards import STREAMING_CARD_NAMES, ModelCard
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,8 @@ def check_audio(
         )
 
 
-def streaming_not_supported(card: ModelCard) -> NotImplementedError:
-    return NotImplementedError(
+def streaming_not_supported(card: ModelCard) -> NotStreamableError:
+    return NotStreamableError(
         f"{card.name!r} cannot stream: {card.why_not_streamable()}, so chunk-by-chunk output "
         f"cannot equal the whole-signal output. Use a streaming card "
         f"({', '.join(STREAMING_CARD_NAMES)}) or the embedded default."

@@ -324,7 +324,7 @@ def _train_defaults() -> dict:
     # TrainConfig's defaults, read from its source so `--help` does not import torch
     import ast
 
-    src = (Path(__file__).with_name("trainer.py")).read_text()
+    src = Path(__file__).with_name("trainer.py").read_text(encoding="utf-8")
     tree = ast.parse(src)
     out: dict = {}
     for node in ast.walk(tree):

@@ -397,7 +397,7 @@ def _read_aloud(
     with tempfile.TemporaryDirectory() as tmp:
         txt, wav = Path(tmp) / "in.txt", Path(tmp) / "out.wav"
         while sum(len(c.audio) for c in clips) < seconds * SR:
-            txt.write_text(_paragraph(pool, rng, 250))
+            txt.write_text(_paragraph(pool, rng, 250), encoding="utf-8")
             _run_quiet(synth(txt, wav))
             clips.append(Clip(_read_audio(wav), "tts", source, f"tts:{speaker}", "en"))
     return clips
@@ -990,7 +990,9 @@ def build_corpus(
         )
     out.mkdir(parents=True, exist_ok=True)
     # Ours from here on, even if this build is interrupted (it can then be built again).
-    mark.write_text("audio built by `audioseal-live corpus`; rebuilding replaces it\n")
+    mark.write_text(
+        "audio built by `audioseal-live corpus`; rebuilding replaces it\n", encoding="utf-8"
+    )
     # The manifest goes first: an interrupted rebuild then leaves no manifest that names
     # deleted audio (train would read it); the audio is replaced, never the cache.
     for name in ("manifest.jsonl", "summary.json"):
@@ -1028,9 +1030,9 @@ def build_corpus(
 
     summary = summarize(entries)
     summary.update(scale=scale, seed=seed, build_seconds=round(time.time() - t0, 1))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     part = manifest.with_suffix(".part")
-    with open(part, "w") as fh:
+    with open(part, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
     os.replace(part, manifest)  # last: it says the corpus is complete
     log(

@@ -51,7 +51,7 @@ def read_manifest(
         )
     wanted = set(kinds) if kinds is not None else None
     entries = []
-    for number, line in enumerate(manifest.read_text().splitlines(), 1):
+    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:

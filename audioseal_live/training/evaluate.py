@@ -183,7 +183,7 @@ def quality_figures(
         if st:
             out["stoi"] = float(np.mean(st))
     except ImportError:  # said in the table, so that a missing row is not mistaken for a result
-        out["pesq_stoi"] = "not installed (pip install '.[quality]')"
+        out["pesq_stoi"] = "not installed (pip install 'audioseal-live[quality]')"
     return out
 
 
@@ -420,9 +420,9 @@ def run_eval(args: argparse.Namespace, ready: Callable[[], None] = lambda: None)
     res["model"] = args.model or "shipped default (assets/model)"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "eval.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     md = markdown(res)
-    (out / "eval.md").write_text(md)
+    (out / "eval.md").write_text(md, encoding="utf-8")
     print(md)
     print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
     return res

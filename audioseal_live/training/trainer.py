@@ -292,7 +292,7 @@ class Trainer:
             "kind": kind,
             **fields,
         }
-        with open(self.log_path, "a") as fh:
+        with open(self.log_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec) + "\n")
         if kind != "train":
             log.info("%s %s", kind, json.dumps(fields))
