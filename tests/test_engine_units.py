@@ -6,6 +6,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -315,6 +316,13 @@ class CounterMarker(FakeMarker):
         return (1e-5 * (np.arange(self.pos - n, self.pos) % 10000)).astype(np.float32)
 
 
+class NoCap:
+    """The mark as the model made it, whatever the signal's level."""
+
+    def apply(self, signal: np.ndarray, mark: np.ndarray) -> np.ndarray:
+        return mark
+
+
 def test_drift_edits_leave_the_watermark_unbroken() -> None:
     """Drift edits go in before marking: the mark's frame grid runs on through the output."""
     eng = Engine(
@@ -323,6 +331,7 @@ def test_drift_edits_leave_the_watermark_unbroken() -> None:
         backend_factory=fake_factory(rate=16000),
     )
     eng.start(threads=False)
+    eng.worker.mark_cap = NoCap()  # on silence the cap would remove the mark (tested apart)
     b = eng.backend
     b.source = np.zeros(16000 * 40, dtype=np.float32)  # silence: the output is the mark alone
     for i in range(int(30 * 16000 / 256)):
@@ -905,3 +914,62 @@ def test_input_stream_is_closed_when_the_output_stream_fails(monkeypatch) -> Non
     with pytest.raises(DeviceError, match="cannot open audio streams"):
         backend.open()
     assert len(opened) == 1 and opened[0].closed  # type: ignore[attr-defined]
+
+
+def test_detector_pairing_renames_the_file_not_its_folders() -> None:
+    from audioseal_live.engine.model import _paired_detector
+
+    assert _paired_detector("audioseal_wm_streaming") == "audioseal_detector_streaming"
+    assert _paired_detector("my_generators/v1") == "my_generators/v1"  # a model folder
+    assert _paired_detector("my_generators/generator.json") == "my_generators/detector.json"
+    assert _paired_detector(None) is None
+
+
+def test_mark_cap_keeps_the_mark_under_the_signal_and_is_chunking_independent() -> None:
+    from audioseal_live.engine.mark_level import MarkLevelCap
+
+    rng = np.random.default_rng(1)
+    rate, n = 48000, 48000
+    sig = np.zeros((n, 2), dtype=np.float32)
+    sig[:, 0] = 0.1 * rng.standard_normal(n)  # left: a signal; right: digital silence
+    sig[: n // 2, 0] += 0.3  # a DC offset masks nothing: the level ignores it
+    mark = (0.003 * rng.standard_normal(n)).astype(np.float32)  # -30 dB under the left
+    whole = MarkLevelCap(rate, 2).apply(sig, mark)
+    assert np.all(whole[:, 1] == 0)  # a silent channel gets no mark
+    steady = slice(rate // 10, n)
+    np.testing.assert_allclose(whole[steady, 0], mark[steady], rtol=1e-6)  # under: untouched
+    assert abs(whole[0, 0]) < 0.01 * abs(mark[0])  # a stream fades its mark in
+    assert np.all(np.abs(whole[:100, 0]) <= np.abs(mark[:100]) + 1e-9)
+    loud = MarkLevelCap(rate, 2).apply(sig, 30 * mark)  # +0 dB: capped to -20 dB
+    ratio = np.sqrt(
+        np.mean(loud[steady, 0] ** 2) / np.mean((sig[steady, 0] - sig[steady, 0].mean()) ** 2)
+    )
+    assert 0.05 < ratio < 0.11
+    cap, parts, i = MarkLevelCap(rate, 2), [], 0
+    while i < n:  # any chunking gives the same gains
+        k = int(rng.integers(1, 2000))
+        parts.append(cap.apply(sig[i : i + k], mark[i : i + k]))
+        i += k
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-7)
+    mono = MarkLevelCap(rate).apply(np.zeros(480, dtype=np.float32), mark[:480])
+    assert mono.shape == (480,) and not mono.any()  # silence in, no mark out
+
+
+def test_pcm_files_are_rounded_and_long_wavs_are_rf64(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from audioseal_live.engine.recorder import AtomicSoundFile
+
+    lsb = 1 / 32768
+    x = np.array([[0.7 * lsb], [-0.3 * lsb], [1.6 * lsb], [-1.6 * lsb], [2.0]], np.float32)
+    for name in ("r.wav", "r.flac"):  # libsndfile's WAV writer truncated: 0.7 -> 0, -0.3 -> -1
+        with AtomicSoundFile(tmp_path / name, 48000, 1, like="PCM_16", frames=5) as f:
+            f.write(x)
+        y, _ = sf.read(tmp_path / name, dtype="int16")
+        assert y.tolist() == [1, 0, 2, -2, 32767], name
+    with AtomicSoundFile(tmp_path / "big.wav", 48000, 2, frames=1 << 30) as f:  # > 4 GiB
+        f.write(np.zeros((10, 2), np.float32))
+    assert sf.info(tmp_path / "big.wav").format == "RF64"
+    with AtomicSoundFile(tmp_path / "rec.wav", 48000, 1) as f:  # a recording: length unknown
+        f.write(np.zeros((10, 1), np.float32))
+    assert (tmp_path / "rec.wav").read_bytes()[:4] == b"RIFF"  # stayed small: a plain header

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from audioseal_live.engine.limiter import SoftLimiter
+from audioseal_live.engine.mark_level import MarkLevelCap
 from audioseal_live.engine.model import (
     HOP,
     MODEL_RATE,
@@ -57,7 +58,7 @@ def report_path(path: str | None) -> Path | None:
 
 def write_report(path: Path, data: Any) -> None:
     try:
-        path.write_text(json.dumps(data, indent=2))
+        path.write_text(json.dumps(data, indent=2), encoding="utf-8")
     except OSError as exc:
         raise AudioFileError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -130,6 +131,7 @@ def embed_file(
         down = SoxrResampler(rate, MODEL_RATE)
         up = SoxrResampler(MODEL_RATE, rate)
         limiter = SoftLimiter(rate)
+        cap = MarkLevelCap(rate, ch)  # per channel: a silent channel gets no mark
         fifo16, wm_fifo = Fifo(), Fifo()
         pending: list[np.ndarray] = []  # original blocks (device rate) awaiting their mark
         pending_n = 0
@@ -149,7 +151,7 @@ def embed_file(
             wm = wm_fifo.pop(n)
             if wm.shape[0] < n:  # soxr's flush can end a sample short
                 wm = np.concatenate([wm, np.zeros(n - wm.shape[0], dtype=np.float32)])
-            y = orig[:n] + wm[:, None]
+            y = orig[:n] + cap.apply(orig[:n], wm)
             if out.subtype not in FLOAT_SUBTYPES:  # PCM clips at full scale: limit first
                 peak = np.max(np.abs(y), axis=1)
                 limited = limiter.process(peak)  # one gain for all channels keeps the balance
@@ -161,7 +163,7 @@ def embed_file(
             written += n
 
         with (
-            AtomicSoundFile(dst, rate, ch, like=f.subtype) as out,
+            AtomicSoundFile(dst, rate, ch, like=f.subtype, frames=f.frames) as out,
             _progress(f.frames / rate, src.name, progress) as bar,
         ):
             for x in read_blocks(f, src):

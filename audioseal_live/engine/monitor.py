@@ -38,6 +38,12 @@ from audioseal_live.engine.ring import Fifo, RingBuffer
 
 log = logging.getLogger(__name__)
 
+# A chunk of the monitored signal quieter than this (RMS at 16 kHz) tells nothing about the
+# mark: the engine keeps the mark 20 dB under the signal (engine.mark_level), so a pause
+# carries none. Such chunks are left out of the smoothed probability, which holds its value
+# through a pause instead of reporting the voice unmarked each time it stops.
+QUIET_RMS = 10 ** (-55 / 20)
+
 
 class DetectorMonitor:
     def __init__(
@@ -70,6 +76,8 @@ class DetectorMonitor:
         self._n_smooth = max(1, round(smooth_s / chunk_s))
         self._n_vote = max(1, round(vote_s / chunk_s))
         self._probs = np.zeros((2, self._n_smooth))
+        self._heard = np.zeros(self._n_smooth, dtype=bool)  # a chunk above QUIET_RMS
+        self._held = np.zeros(2)  # the smoothed probabilities before the last quiet spell
         self._vote_sum = np.zeros((2, self._n_vote, self.phases, self.nbits))
         self._vote_cnt = np.zeros((2, self._n_vote))
         self._hist: deque[float] = deque(maxlen=max(1, round(history_s / chunk_s)))
@@ -96,6 +104,8 @@ class DetectorMonitor:
     def reset(self) -> None:
         """Start afresh: probabilities cleared, then a search."""
         self._probs[:] = 0
+        self._heard[:] = False
+        self._held[:] = 0
         self._filled = 0
         self._vote_sum[:] = 0
         self._vote_cnt[:] = 0
@@ -146,8 +156,14 @@ class DetectorMonitor:
         self._vote_sum[:, v] = 0
         sums = np.einsum("bpkt,bt->bpk", logits, detected.astype(logits.dtype))
         self._vote_sum[np.ix_(rows, [v], phases)] = sums[:, None]
+        self._heard[i] = float(np.sqrt(np.mean(block * block))) >= QUIET_RMS
         n = min(self._filled, self._n_smooth)  # entries so far
-        smoothed = self._probs[:, [(i - j) % self._n_smooth for j in range(n)]].mean(axis=1)
+        last = [(i - j) % self._n_smooth for j in range(n) if self._heard[(i - j) % self._n_smooth]]
+        if last:  # over the chunks that had something to say
+            smoothed = self._held = self._probs[:, last].mean(axis=1)
+        else:  # a pause: hold what was seen before it
+            smoothed = self._held
+        quiet = not self._heard[i]
         read = None
         if self.code is not None:
             self.code.push(block)
@@ -199,6 +215,7 @@ class DetectorMonitor:
             history=tuple(self._hist),
             dropped_samples=self.ring.overflow_samples,
             code_sync=None if read is None else read.sync,
+            quiet=quiet,
         )
 
     def _update_lock(self, polarity: int, smoothed: float) -> None:

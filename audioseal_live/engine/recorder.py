@@ -29,6 +29,12 @@ FORMATS = {".wav": ("WAV", "PCM_24"), ".flac": ("FLAC", "PCM_24")}
 
 
 FLAC_MAX_CHANNELS, FLAC_MAX_RATE = 8, 655350  # the format's own limits
+WAV_MAX_BYTES = (1 << 32) - (1 << 20)  # a RIFF size field is 32 bits (less room for headers)
+SFC_RF64_AUTO_DOWNGRADE = 0x1210  # sndfile.h: write RF64, fall back to WAV if it stays small
+# float -> integer PCM, rounded here: libsndfile's WAV writer truncates (a -0.5 LSB bias;
+# its FLAC writer rounds), which made the same audio differ between the two formats
+PCM_SCALE = {"PCM_16": (1 << 15, np.int16, 0), "PCM_24": (1 << 23, np.int32, 8)}
+PCM_SCALE["PCM_32"] = (1 << 31, np.int32, 0)
 
 
 def format_for(path: Path, like: str | None = None) -> tuple[str, str]:
@@ -73,6 +79,10 @@ def _umask() -> int:
     return mask
 
 
+def _sample_bytes(subtype: str) -> int:
+    return {"PCM_16": 2, "PCM_24": 3, "DOUBLE": 8}.get(subtype, 4)
+
+
 class AtomicSoundFile:
     """``soundfile.SoundFile`` writing to a temp file, renamed onto ``path`` by ``commit()``."""
 
@@ -82,11 +92,19 @@ class AtomicSoundFile:
         sample_rate: int,
         channels: int,
         like: str | None = None,
+        frames: int | None = None,
     ) -> None:
+        """``frames``: how long the file will be, if known; None for a recording, which may
+        run for hours. A WAV that may outgrow the 4 GiB a RIFF header can count is written
+        as RF64 (a recording falls back to a plain WAV header when it stays under 4 GiB;
+        libsndfile's WAV writer silently clamped the header: a 9 h recording read as 8.3 h)."""
         import soundfile as sf
 
         self.path = Path(path)
         fmt, subtype = format_for(self.path, like)
+        big = fmt == "WAV" and (
+            frames is None or frames * channels * _sample_bytes(subtype) > WAV_MAX_BYTES
+        )
         self.subtype = subtype
         check_writable_format(self.path, fmt, int(sample_rate), channels)
         if not self.path.parent.is_dir():
@@ -110,9 +128,11 @@ class AtomicSoundFile:
                 "w",
                 samplerate=int(sample_rate),
                 channels=channels,
-                format=fmt,
+                format="RF64" if big else fmt,
                 subtype=subtype,
             )
+            if big and frames is None:
+                sf._snd.sf_command(self._f._file, SFC_RF64_AUTO_DOWNGRADE, sf._ffi.NULL, 1)
         except Exception as exc:
             self.tmp.unlink(missing_ok=True)
             raise self._error(exc) from None
@@ -126,6 +146,11 @@ class AtomicSoundFile:
         return AudioFileError(f"cannot write {self.path}: {why}")
 
     def write(self, x: np.ndarray) -> None:
+        pcm = PCM_SCALE.get(self.subtype)
+        if pcm is not None:
+            scale, dtype, shift = pcm
+            q = np.clip(np.rint(np.asarray(x, dtype=np.float64) * scale), -scale, scale - 1)
+            x = q.astype(dtype) << shift if shift else q.astype(dtype)
         try:
             self._f.write(x)
         except Exception as exc:  # disk full, device gone: one line for the user

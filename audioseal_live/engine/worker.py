@@ -22,6 +22,7 @@ import numpy as np
 from audioseal_live.engine.delay import DelayLine
 from audioseal_live.engine.drift import DriftCorrector
 from audioseal_live.engine.limiter import SoftLimiter
+from audioseal_live.engine.mark_level import MarkLevelCap
 from audioseal_live.engine.metrics import NO_DETECTION, Detection, Snapshot, TimingWindow
 from audioseal_live.engine.model import HOP, MODEL_RATE, Marker
 from audioseal_live.engine.resample import live_resampler
@@ -134,6 +135,7 @@ class Worker:
         self.wm = Fifo(4 * self.chunk_dev)
         self.gain = Fifo(4 * self.chunk_dev)  # 1 = original, 0 = muted (overload policy)
         self.limiter = SoftLimiter(self.rate)
+        self.mark_cap = MarkLevelCap(self.rate)  # the mark stays under the voice it joins
         # Dead band: half a callback block (phase of separate streams) plus 1 ms.
         self.drift = DriftCorrector(
             0,
@@ -329,7 +331,7 @@ class Worker:
         self.chunks += 1
 
     def _emit(self, orig: np.ndarray, wm: np.ndarray, gain: np.ndarray) -> None:
-        out = orig * gain + wm
+        out = orig * gain + self.mark_cap.apply(orig, wm)
         out = self.limiter.process(out)
         self.out_ring.write(out)
         self.samples_out += out.shape[0]
