@@ -6,8 +6,11 @@ in every key layout and weight-norm spelling and compare outputs with the refere
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,12 @@ from audioseal_live import AudioSeal
 from audioseal_live.errors import CheckpointError
 from audioseal_live.models import loader
 from audioseal_live.models.cards import small_card
-from audioseal_live.models.checkpoint import cache_dir, save_model
+from audioseal_live.models.checkpoint import (
+    cache_dir,
+    hub_url,
+    reference_cache_name,
+    save_model,
+)
 from audioseal_live.models.generator import AudioSealWM
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
@@ -138,6 +146,50 @@ def test_official_card_name_uses_the_reference_cache(tmp_path: Path, monkeypatch
     torch.testing.assert_close(outputs(gen, x, msg), outputs(ref, x, msg), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("where", ["in seanet", "top level"])
+def test_an_official_card_name_uses_the_cards_sections_as_the_reference_does(
+    tmp_path: Path, monkeypatch, where: str
+) -> None:
+    """The reference builds from {**xp.cfg, **card}: a cached file whose config has another
+    decoder loads with the card's decoder (its nbits and seanet too) by card name."""
+    monkeypatch.setenv("AUDIOSEAL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ref, cfg = reference_model("audioseal_wm_streaming")
+    decoder = {"final_activation": "Tanh", "final_activation_params": None, "trim_right_ratio": 0.5}
+    file_cfg = copy.deepcopy(cfg)
+    if where == "in seanet":  # the reference moves seanet.decoder out, as we do
+        file_cfg.pop("decoder")
+        file_cfg["seanet"]["decoder"] = decoder
+    else:
+        file_cfg["decoder"] = decoder
+    cache = tmp_path / "audioseal"
+    cache.mkdir()
+    path = cache / "generator_streaming.pth"
+    torch.save(
+        {"xp.cfg": OmegaConf.create(file_cfg), "model": audiocraft_layout(ref.state_dict())}, path
+    )
+    # the reference looks for its download under the hash of the card's URL
+    shutil.copy(path, cache / reference_cache_name(hub_url("generator_streaming.pth")))
+
+    ours = AudioSeal.load_generator("audioseal_wm_streaming")
+    theirs = ref_loader.AudioSeal.load_generator("audioseal_wm_streaming").eval()
+    assert ours.card.final_activation is None and ours.card.trim_right_ratio == 1.0
+    assert ours.card.streamable
+    x = 0.1 * torch.randn(2, 1, 8000, generator=torch.Generator().manual_seed(2))
+    msg = torch.randint(0, 2, (2, 16), generator=torch.Generator().manual_seed(3))
+    expected = outputs(theirs, x, msg)
+    torch.testing.assert_close(outputs(ours, x, msg), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(outputs(ref, x, msg), expected, atol=1e-5, rtol=0)
+
+    # Read as a path, the file's own config describes it (the reference's too).
+    by_path = AudioSeal.load_generator(path)
+    assert by_path.card.final_activation == "Tanh" and by_path.card.trim_right_ratio == 0.5
+    theirs_by_path = ref_loader.AudioSeal.load_generator(str(path)).eval()
+    torch.testing.assert_close(
+        outputs(by_path, x, msg), outputs(theirs_by_path, x, msg), atol=1e-5, rtol=0
+    )
+
+
 def test_cache_dir_order(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv("AUDIOSEAL_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -221,11 +273,11 @@ def test_own_format_round_trip_and_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "says"),
     [
-        ("pad_mode", "circular", "pad_mode"),
+        ("pad_mode", "circular", "not a valid model card: seanet.pad_mode: 'circular' is not"),
         ("activation_params", {"beta": 1.0}, "cannot build"),
-        ("n_filters", 8.0, "n_filters must be an integer"),
-        ("lstm", -1, "lstm must be an integer >= 0"),
-        ("causal", "no", "causal and seanet.true_skip must be true or false"),
+        ("n_filters", 8.0, "seanet.n_filters: must be an integer in [1, 512], not 8.0"),
+        ("lstm", -1, "seanet.lstm: must be an integer in [0, 4], not -1"),
+        ("causal", "no", "seanet.causal: must be true or false, not 'no'"),
     ],
 )
 def test_a_card_that_describes_no_model_is_a_clear_error(
@@ -238,7 +290,7 @@ def test_a_card_that_describes_no_model_is_a_clear_error(
     data = json.loads(path.read_text())
     data["seanet"][field] = value
     path.write_text(json.dumps(data))
-    with pytest.raises(CheckpointError, match=f"gen.json.*{says}"):
+    with pytest.raises(CheckpointError, match=f"gen.json: .*{re.escape(says)}"):
         AudioSeal.load_generator(path)
 
 

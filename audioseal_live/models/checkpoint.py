@@ -8,6 +8,7 @@ All are converted to our plain layout with weight norm folded, once, at load tim
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -16,14 +17,16 @@ import socket
 import struct
 import zipfile
 from dataclasses import fields
+from hashlib import sha1
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
 
 from audioseal_live.errors import CheckpointError
-from audioseal_live.models.cards import HUB_REPO, ModelCard, SEANetCard
+from audioseal_live.models.cards import HUB_REPO, CardError, ModelCard, SEANetCard
 from audioseal_live.models.safe_unpickle import SAFE_GLOBALS, resolve_interpolations, to_plain
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,19 @@ def hub_url(filename: str) -> str:
     return f"https://huggingface.co/{HUB_REPO}/resolve/main/{filename}"
 
 
+def reference_cache_name(url: str) -> str:
+    """The name the reference (audioseal 0.2.0) caches a card's URL under (torch.hub)."""
+    return sha1(urlparse(url).path.encode()).hexdigest()[:24]
+
+
+def hub_file_name(text: str) -> str | None:
+    """``facebook/audioseal/FILE`` (the reference's hub-style names) → FILE, else None."""
+    prefix = HUB_REPO + "/"
+    if text.startswith(prefix) and "/" not in text[len(prefix) :] and text[len(prefix) :]:
+        return text[len(prefix) :]
+    return None
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """A quick look before downloading: offline, the hub client retries for ~40 s."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
@@ -59,9 +75,20 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def fetch_official(card: ModelCard) -> Path:
     """The cached file of an official card, downloaded from the hub when possible."""
     assert card.checkpoint is not None
-    target = cache_dir() / card.checkpoint
-    if target.is_file():
-        return target
+    return fetch_hub_file(card.checkpoint, repr(card.name))
+
+
+def fetch_hub_file(filename: str, what: str | None = None) -> Path:
+    """FILE of the official hub repository: from the cache, else downloaded when possible.
+
+    The cache holds it under its own name (hub downloads, ours and the reference's
+    ``facebook/audioseal/FILE``) or under the hash of its URL (the reference's card names).
+    """
+    target = cache_dir() / filename
+    hashed = cache_dir() / reference_cache_name(hub_url(filename))
+    for candidate in (target, hashed):
+        if candidate.is_file():
+            return candidate
     reason = "the optional 'hub' extra (huggingface_hub) is not installed"
     try:
         import huggingface_hub  # noqa: PLC0415 - optional dependency
@@ -71,7 +98,7 @@ def fetch_official(card: ModelCard) -> Path:
 
         target.parent.mkdir(parents=True, exist_ok=True)
         path = huggingface_hub.hf_hub_download(
-            repo_id=HUB_REPO, filename=card.checkpoint, local_dir=target.parent
+            repo_id=HUB_REPO, filename=filename, local_dir=target.parent
         )
         return Path(path)
     except ImportError:
@@ -79,10 +106,24 @@ def fetch_official(card: ModelCard) -> Path:
     except Exception as exc:  # offline, gated repo, HTTP error: explain what to do by hand
         reason = f"the download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
     raise CheckpointError(
-        f"official checkpoint {card.name!r} is not in the cache and {reason}. "
-        f"Download {hub_url(card.checkpoint)} and save it as {target} "
-        f"(or set AUDIOSEAL_CACHE_DIR to the folder holding {card.checkpoint})."
+        f"official checkpoint {what or filename} is not in the cache and {reason}. "
+        f"Download {hub_url(filename)} and save it as {target} "
+        f"(or set AUDIOSEAL_CACHE_DIR to a folder whose audioseal/ subfolder holds {filename})."
     )
+
+
+def _cannot_read(path: Path, exc: OSError) -> CheckpointError:
+    why = "permission denied" if isinstance(exc, PermissionError) else exc.strerror or str(exc)
+    return CheckpointError(f"{path}: cannot read it: {why}")
+
+
+def _check_readable(path: Path) -> None:
+    """A one-line error for a file we may not open (before a library reports it oddly)."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise _cannot_read(path, exc) from None
 
 
 # --- reading official .pth files safely ----------------------------------------------------
@@ -90,8 +131,11 @@ def read_official(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(config dict, state dict) of an official checkpoint, refusing anything but data."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    with path.open("rb") as f:
-        head = f.read(4)
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as exc:  # permission denied, an I/O error on a failing disk
+        raise _cannot_read(path, exc) from None
     # torch.save writes a zip archive (PK..), older torch a pickle (protocol opcode 0x80):
     # anything else is some other file, not a checkpoint to refuse as unsafe.
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
@@ -146,30 +190,53 @@ def card_from_config(cfg: dict[str, Any], kind: Kind, name: str) -> ModelCard:
     if "seanet" not in cfg or not isinstance(cfg["seanet"], dict):
         raise CheckpointError(f"{name}: the checkpoint config has no 'seanet' section")
     seanet = dict(cfg["seanet"])
-    sections = {k: dict(cfg.get(k) or {}) for k in ("encoder", "decoder", "detector")}
+    sections: dict[str, dict[str, Any]] = {}
+    for key in ("encoder", "decoder", "detector"):
+        section = cfg.get(key) or {}
+        if not isinstance(section, dict):
+            raise CheckpointError(
+                f"{name}: the checkpoint config's {key!r} section is a "
+                f"{type(section).__name__}, not a mapping"
+            )
+        sections[key] = dict(section)
     for key in sections:  # the reference moves these out of seanet
         if isinstance(seanet.get(key), dict):
             sections[key].update(seanet.pop(key))
     allowed = {f.name for f in fields(SEANetCard)}
     seanet = {k: v for k, v in seanet.items() if k in allowed}
+    if isinstance(seanet.get("ratios"), (list, tuple)):
+        seanet["ratios"] = [_as_int(r) for r in seanet["ratios"]]
     try:
         card = ModelCard(
             name=name,
             kind=kind,
-            nbits=int(cfg.get("nbits", 16)),
-            sample_rate=int(cfg.get("sample_rate", 16000)),
+            nbits=_as_int(cfg.get("nbits", 16)),
+            sample_rate=_as_int(cfg.get("sample_rate", 16000)),
             seanet=SEANetCard(**seanet),
             final_activation=sections["decoder"].get("final_activation"),
             final_activation_params=sections["decoder"].get("final_activation_params"),
-            trim_right_ratio=float(sections["decoder"].get("trim_right_ratio", 1.0)),
-            output_dim=int(sections["detector"].get("output_dim", 32)),
+            trim_right_ratio=sections["decoder"].get("trim_right_ratio", 1.0),
+            output_dim=_as_int(sections["detector"].get("output_dim", 32)),
         )
-        card.seanet.ratios = [int(r) for r in card.seanet.ratios]
         return card.validate()
+    except CardError as exc:
+        raise CheckpointError(
+            f"{name}: the checkpoint config does not describe a model: {'; '.join(exc.problems)}"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise CheckpointError(
             f"{name}: the checkpoint config does not describe a model: {exc}"
         ) from None
+
+
+def _as_int(value: Any) -> Any:
+    """8.0 or "8" (configs written by hand or by omegaconf) → 8; anything else as it is,
+    for the card's validation to name (8.5 must not become 8)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return value
 
 
 # --- key layouts and weight norm -------------------------------------------------------------
@@ -268,20 +335,22 @@ def save_model(model: nn.Module, card: ModelCard, path: str | Path) -> Path:
 
 
 def read_own(path: Path) -> tuple[ModelCard, dict[str, Tensor]]:
-    """Card and weights from ``NAME.json`` / ``NAME.safetensors`` (either path may be given)."""
+    """Card and weights of our format, from ``NAME.json`` or ``NAME.safetensors``.
+
+    A ``.safetensors`` path is the file that loads (its card is NAME.json beside it). For a
+    ``.json`` path the NAME.safetensors beside it wins, else the file its card's ``checkpoint``
+    names: a card copied with its weights renamed still loads the weights beside it.
+    """
     from safetensors import SafetensorError  # noqa: PLC0415
     from safetensors.torch import load_file  # noqa: PLC0415
 
-    card_path = path.with_suffix(".json")
+    given_weights = path.suffix.lower() == ".safetensors"
+    card_path = path.with_suffix(".json") if given_weights else path
     if not card_path.is_file():
         raise CheckpointError(f"{path}: its model card {card_path.name} is missing beside it")
-    try:
-        card = ModelCard.load(card_path)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{card_path}: not a valid model card: {exc}") from None
-    weights = card_path.parent / (card.checkpoint or path.with_suffix(".safetensors").name)
-    if not weights.is_file():
-        raise CheckpointError(f"{card_path}: its weights file {weights.name} is missing")
+    card = load_card(card_path)
+    weights = path if given_weights else _weights_of(card_path, card)
+    _check_readable(weights)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -289,3 +358,38 @@ def read_own(path: Path) -> tuple[ModelCard, dict[str, Tensor]]:
             f"{weights}: not a readable safetensors file (truncated?): {exc}"
         ) from None
     return card, state
+
+
+def load_card(card_path: Path) -> ModelCard:
+    """A JSON model card, or a one-line CheckpointError naming the file and the problem."""
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise _cannot_read(card_path, exc) from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{card_path}: not a valid model card: not UTF-8 text") from None
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{card_path}: not a valid model card: not JSON: {exc}") from None
+    try:
+        return ModelCard.from_dict(data)
+    except CardError as exc:
+        raise CheckpointError(
+            f"{card_path}: not a valid model card: {'; '.join(exc.problems)}"
+        ) from None
+    except (TypeError, ValueError) as exc:  # a field of the wrong type past the checks
+        raise CheckpointError(f"{card_path}: not a valid model card: {exc}") from None
+
+
+def _weights_of(card_path: Path, card: ModelCard) -> Path:
+    beside = card_path.with_suffix(".safetensors")
+    if beside.is_file():
+        return beside
+    if card.checkpoint and card_path.parent / card.checkpoint != beside:
+        named = card_path.parent / card.checkpoint
+        if named.is_file():
+            return named
+        raise CheckpointError(
+            f"{card_path}: its weights are missing: neither {beside.name} beside it nor "
+            f"{named} (its 'checkpoint' field) is a file"
+        )
+    raise CheckpointError(f"{card_path}: its weights file {beside.name} is missing beside it")

@@ -22,7 +22,9 @@ from audioseal_live.models.checkpoint import (
     Kind,
     card_from_config,
     convert_state_dict,
+    fetch_hub_file,
     fetch_official,
+    hub_file_name,
     kind_of_state,
     load_into,
     read_official,
@@ -50,7 +52,9 @@ def _build(kind: Kind, card: ModelCard, source: str) -> AudioSealWM | AudioSealD
         raise CheckpointError(f"{card.name!r} is a {card.kind} card, but a {kind} was asked for")
     try:
         return AudioSealWM(card) if kind == "generator" else AudioSealDetector(card)
-    except (TypeError, ValueError) as exc:  # e.g. activation parameters the layer does not take
+    # e.g. activation parameters the layer does not take; memory the sizes need (the card's
+    # validation bounds them, but a machine may still have less)
+    except (TypeError, ValueError, RuntimeError, MemoryError) as exc:
         raise CheckpointError(
             f"{source}: cannot build the model its card describes: {exc}"
         ) from None
@@ -77,16 +81,16 @@ def load_model(name_or_path: str | Path | None, kind: Kind, nbits: int | None = 
 
     text = str(name_or_path)
     if text in OFFICIAL_CARDS:
+        # The reference merges {**xp.cfg, **card}: the card's nbits, seanet and
+        # decoder/detector sections replace the file's, which is all a model is built from.
         card = OFFICIAL_CARDS[text]
         path = fetch_official(card)
-        cfg, state = read_official(path)
-        # The official card's own settings win over the file's xp.cfg, as in the reference.
-        if cfg.get("seanet"):
-            file_card = card_from_config(cfg, kind, card.name)
-            card = file_card.replace(
-                seanet=card.seanet, nbits=card.nbits, checkpoint=card.checkpoint
-            )
+        _, state = read_official(path)
         return _finish(_build(kind, card, str(path)), convert_state_dict(state), str(path), kind)
+    hub_file = hub_file_name(text)
+    if hub_file is not None and not Path(text).exists():
+        # The reference's hub-style name: that file of the hub repository, read as a path.
+        name_or_path = fetch_hub_file(hub_file)
 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -96,12 +100,18 @@ def load_model(name_or_path: str | Path | None, kind: Kind, nbits: int | None = 
                 f"generator.json/detector.json with their .safetensors)"
             )
         path = path / f"{kind}.json"
+    if not path.exists() and path.suffix.lower() not in (".json", ".safetensors"):
+        # NAME for NAME.json (or a lone NAME.safetensors, whose missing card is then named)
+        for ext in (".json", ".safetensors"):
+            if path.with_name(path.name + ext).is_file():
+                path = path.with_name(path.name + ext)
+                break
     if not path.exists():
         raise CheckpointError(
             f"{name_or_path}: no such file or folder, and not an official card name "
             f"({', '.join(OFFICIAL_CARDS)})"
         )
-    if path.suffix in (".json", ".safetensors"):
+    if path.suffix.lower() in (".json", ".safetensors"):
         card, state = read_own(path)
         if nbits is not None and nbits != card.nbits:
             raise CheckpointError(f"{path}: the card says nbits={card.nbits}, not {nbits}")
