@@ -3,6 +3,8 @@
 Logs go to a rotating file in the user log folder (platformdirs), so a user can send it and
 the offscreen smoke test can grep it. An uncaught exception is logged with its traceback and
 shown once in a dialog; later ones are only logged, so a failing timer cannot flood dialogs.
+A start-up problem (no display, a missing package or library, see ``startup``) is one line on
+stderr and exit status 2; a log folder that cannot be made falls back to a temporary one.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ import logging.handlers
 import os
 import platform
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from audioseal_live_gui.startup import NO_DISPLAY_HINT, StartupError, check_display, import_modules
+
+PROG = "audioseal-live-gui"
 LOG_NAME = "audioseal-live-gui.log"
 log = logging.getLogger("audioseal_live_gui")
 
@@ -32,30 +38,104 @@ def default_log_dir() -> Path:
     return Path(platformdirs.user_log_dir("audioseal-live", appauthor=False))
 
 
-def setup_logging(log_dir: Path | None = None, verbose: bool = False) -> Path:
-    """Rotating file (1 MB x 3) + stderr. Returns the log file's path."""
-    d = log_dir or default_log_dir()
+def _why(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return str(e) or type(e).__name__
+
+
+def _file_handler(d: Path) -> logging.Handler:
     d.mkdir(parents=True, exist_ok=True)
-    path = d / LOG_NAME
+    return logging.handlers.RotatingFileHandler(
+        d / LOG_NAME, maxBytes=1_000_000, backupCount=3, encoding="utf-8"
+    )
+
+
+def setup_logging(
+    log_dir: Path | None = None, verbose: bool = False, fallback: bool = True
+) -> Path | None:
+    """Rotating file (1 MB x 3) + stderr. Returns the log file's path, None for stderr only.
+
+    A log folder that cannot be made (no home, read-only home) must not keep the window from
+    opening: with ``fallback`` the log goes to a fresh temporary folder (failing that, to stderr
+    only) and one line says so; without it (a folder the user named) that is a StartupError.
+    """
+    handler: logging.Handler | None = None
+    path: Path | None = None
+    where = f"in {log_dir}" if log_dir else "in the user log folder"
+    try:
+        d = log_dir or default_log_dir()
+        where = f"in {d}"
+        handler, path = _file_handler(d), d / LOG_NAME
+    except (OSError, ImportError) as e:  # ImportError: platformdirs
+        if not fallback:
+            raise StartupError(f"cannot write the log {where}: {_why(e)}") from e
+        instead = "the terminal only"
+        try:  # mkdtemp: private to this user, so no one else can plant the file
+            d = Path(tempfile.mkdtemp(prefix="audioseal-live-gui-log-"))
+            handler, path = _file_handler(d), d / LOG_NAME
+            instead = str(path)
+        except OSError:
+            pass
+        print(
+            f"{PROG}: cannot write the log {where} ({_why(e)}); logging to {instead}",
+            file=sys.stderr,
+        )
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(threadName)s] %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for h in list(root.handlers):
         if getattr(h, "_audioseal_gui", False):
             root.removeHandler(h)
-    fh = logging.handlers.RotatingFileHandler(
-        path, maxBytes=1_000_000, backupCount=3, encoding="utf-8"
-    )
     sh = logging.StreamHandler(sys.stderr)
-    sh.setLevel(logging.WARNING)
-    for h in (fh, sh):
+    sh.setLevel(logging.WARNING if handler else logging.NOTSET)  # no file: keep it all here
+    for h in (handler, sh):
+        if h is None:
+            continue
         h.setFormatter(fmt)
         h._audioseal_gui = True  # type: ignore[attr-defined]
         root.addHandler(h)
     return path
 
 
-def qt_message_to_log() -> None:
+class _QtStart:
+    """Qt's messages while ``QApplication()`` runs: held back, so a start that Qt gives up on
+    (qFatal, which would ``abort()`` with "reinstalling the application may fix this problem")
+    becomes one line and exit status 2, with the warning that says why."""
+
+    def __init__(self, log_path: Path | None) -> None:
+        self.log_path = log_path
+        self.active = False
+        self.held: list[tuple[int, str]] = []
+
+    def __enter__(self) -> _QtStart:
+        self.active = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.active = False
+        held, self.held = self.held, []
+        for level, message in held:  # started: they are ordinary log lines after all
+            logging.getLogger("qt").log(level, "%s", message)
+
+    def fatal(self, message: str) -> None:
+        qlog = logging.getLogger("qt")
+        for _level, held in self.held:  # into the log file (stderr gets the one line)
+            qlog.info("%s", held)
+        qlog.info("%s", message)
+        # The first warning is the cause ("could not connect to display :5"); Qt 6.5+ names
+        # xcb-cursor whenever xcb fails, even where it is installed: not a cause.
+        why = [m for lvl, m in self.held if lvl >= logging.WARNING and "xcb-cursor" not in m]
+        reason = why[0] if why else message.strip().split(". ")[0]
+        details = f"; details in {self.log_path}" if self.log_path else ""
+        print(f"{PROG}: Qt cannot start ({reason}): {NO_DISPLAY_HINT}{details}", file=sys.stderr)
+        sys.stderr.flush()
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os._exit(2)  # Qt aborts once this handler returns
+
+
+def qt_message_to_log(start: _QtStart | None = None) -> None:
     """Qt's own warnings (fonts, platform plugin) into our log instead of a bare stderr."""
     from PySide6.QtCore import QtMsgType, qInstallMessageHandler
 
@@ -71,6 +151,11 @@ def qt_message_to_log() -> None:
     def handler(mode: Any, _ctx: Any, message: str) -> None:
         if "propagateSizeHints" in message:  # offscreen/xcb plugin chatter, not a problem
             return
+        if start is not None and start.active:
+            if mode == QtMsgType.QtFatalMsg:
+                start.fatal(message)
+            start.held.append((levels.get(mode, logging.INFO), message))
+            return
         qlog.log(levels.get(mode, logging.INFO), "%s", message)
 
     qInstallMessageHandler(handler)
@@ -79,7 +164,7 @@ def qt_message_to_log() -> None:
 class ExceptionReporter:
     """sys.excepthook / threading.excepthook: log every one, show a dialog for the first."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path | None) -> None:
         from PySide6.QtCore import QObject, Signal
 
         class _Bridge(QObject):
@@ -129,7 +214,8 @@ class ExceptionReporter:
             text,
             parent=QApplication.activeWindow(),
         )
-        box.setInformativeText(f"Details are in the log: {self.log_path}")
+        where = f"in the log: {self.log_path}" if self.log_path else "on the terminal (stderr)"
+        box.setInformativeText(f"Details are {where}")
         self.box = box  # keep it alive: without a parent, Python owns the dialog
         box.open()  # non-blocking: the audio views keep updating
 
@@ -206,9 +292,24 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, qt_args = parse_args(sys.argv[1:] if argv is None else argv)
-    log_path = setup_logging(args.log_dir, args.verbose)
+    try:
+        return run(args, qt_args)
+    except StartupError as e:  # the user's to fix: one line, no traceback, no abort
+        log.info("not started: %s", e)  # into the log file, where there is one
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, qt_args: list[str]) -> int:
+    log_path = setup_logging(args.log_dir, args.verbose, fallback=args.log_dir is None)
+    # Qt's modules first (QtGui loads libEGL & co.), then the display, then the rest: each
+    # problem is said before anything that depends on it can fail less clearly.
+    import_modules("PySide6.QtCore", "PySide6.QtGui", "PySide6.QtWidgets")
+    check_display(os.environ, qt_args)
+    import_modules("pyqtgraph", "audioseal_live_gui.main_window")
     from audioseal_live_gui import APP_NAME, ORG_NAME
     from audioseal_live_gui import settings as st
+    from audioseal_live_gui.main_window import MainWindow
     from PySide6 import __version__ as pyside_version
     from PySide6.QtCore import QTimer, qVersion
     from PySide6.QtWidgets import QApplication
@@ -219,10 +320,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         pyside_version,
         qVersion(),
         platform.platform(),
-        log_path,
+        log_path or "on stderr",
     )
-    qt_message_to_log()
-    app = QApplication.instance() or QApplication([sys.argv[0], *qt_args])
+    start = _QtStart(log_path)
+    qt_message_to_log(start)
+    with start:
+        app = QApplication.instance() or QApplication([sys.argv[0], *qt_args])
     app.setOrganizationName(ORG_NAME)
     app.setApplicationName(APP_NAME)
     app.setApplicationDisplayName("audioseal-live")
@@ -231,8 +334,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_theme(app, args.theme)
     reporter = ExceptionReporter(log_path)
     reporter.install()
-
-    from audioseal_live_gui.main_window import MainWindow
 
     qs = st.qsettings(args.settings)
     if args.reset_settings:
