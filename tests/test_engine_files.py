@@ -398,3 +398,43 @@ def test_cli_refuses_a_non_causal_model_in_one_line(
     assert main(["embed", str(stereo_44k), str(out), "--model", str(tmp_path / "nc")]) == 2
     err = capsys.readouterr().err
     assert "cannot stream" in err and "Traceback" not in err and not out.exists()
+
+
+def test_embed_with_a_model_of_other_than_16_bits(
+    stereo_44k: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 32-bit generator: a random message of its own length (it was refused over a 16-bit
+    message nobody gave); a 16-bit --message is refused in words."""
+    from audioseal_live.models import AudioSealWM, small_card
+    from audioseal_live.models.checkpoint import save_model
+
+    card = small_card("generator", n_filters=4, dimension=16).replace(nbits=32)
+    save_model(AudioSealWM(card), card, tmp_path / "m32" / "generator")
+    m = str(tmp_path / "m32")
+    assert main(["embed", str(stereo_44k), str(tmp_path / "a.wav"), "--model", m]) == 0
+    assert "with message 0x" in capsys.readouterr().out
+    argv = ["embed", str(stereo_44k), str(tmp_path / "b.wav"), "--model", m, "--message", "7"]
+    assert main(argv) == 2
+    assert "32-bit messages" in capsys.readouterr().err
+
+
+def test_file_names_that_are_not_utf8(stereo_44k: Path, tmp_path: Path) -> None:
+    """Latin-1 names (legal on Linux): soundfile could not encode them, and the error said
+    the file was not audio."""
+    import subprocess
+    import sys
+
+    src = os.path.join(os.fsencode(tmp_path), b"caf\xe9 in.wav")
+    dst = os.path.join(os.fsencode(tmp_path), b"out\xe9.wav")
+    os.link(stereo_44k, src)
+    code = "from audioseal_live.cli import main; import sys; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "LC_ALL": "C.UTF-8"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, "embed", src, dst, "--alpha", "0.5"],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-800:]
+    assert b"out\xe9.wav" in done.stdout  # printed as the bytes it is
+    assert os.path.isfile(dst)

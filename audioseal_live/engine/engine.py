@@ -143,7 +143,8 @@ class Engine:
             self.worker.controls = self._controls
 
     def set_message(self, bits: Sequence[int]) -> None:
-        self._set(message=check_message(bits))
+        nbits = int(getattr(self._marker, "nbits", NBITS))
+        self._set(message=check_message(bits, nbits))
 
     def set_alpha(self, alpha: float) -> None:
         self._set(alpha=check_alpha(alpha))
@@ -171,6 +172,14 @@ class Engine:
             import torch
 
             torch.set_num_threads(max(1, cfg.threads))
+        nbits = int(getattr(self._marker, "nbits", NBITS))
+        if len(self._controls.message) != nbits:  # a model of other than 16 bits
+            if cfg.message is not None:
+                raise MessageError(
+                    f"the model carries {nbits}-bit messages, and the message given has "
+                    f"{len(self._controls.message)} bits: leave it out for a random one"
+                )
+            self._set(message=random_message(nbits))
 
     def start(self, threads: bool = True) -> None:
         """Load + warm up the model, prefill, open streams, start the worker (and monitor).

@@ -70,7 +70,9 @@ def open_audio(path: str | os.PathLike[str]) -> Any:
     if not p.is_file():
         raise AudioFileError(f"cannot read {p}: " + ("a folder" if p.is_dir() else "no such file"))
     try:
-        f = sf.SoundFile(p)
+        # as bytes: a name that is not UTF-8 (legal on Linux: Latin-1 names from old archives)
+        # is one soundfile cannot encode
+        f = sf.SoundFile(os.fsencode(p))
     except Exception as exc:  # libsndfile's message says what is wrong
         raise AudioFileError(f"cannot read {p}: not a readable audio file ({exc})") from None
     if f.frames == 0:

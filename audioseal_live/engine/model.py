@@ -358,6 +358,11 @@ def load_models(
     from audioseal_live import AudioSeal  # type: ignore[attr-defined]
 
     gen = AudioSeal.load_generator(model) if model else AudioSeal.load_generator()
+    if int(gen.sample_rate) != MODEL_RATE:  # the engine resamples to 16 kHz for every model
+        raise CheckpointError(
+            f"{model}: its card says it runs at {gen.sample_rate} Hz; the live engine and the "
+            f"file commands run models at {MODEL_RATE} Hz"
+        )
     marker = TorchMarker(gen, device)
     det = None
     if need_detector:

@@ -124,7 +124,7 @@ class AtomicSoundFile:
             os.chmod(tmp, 0o666 & ~_umask())
         try:
             self._f: Any = sf.SoundFile(
-                tmp,
+                os.fsencode(tmp),  # a name that is not UTF-8 (see files.open_audio)
                 "w",
                 samplerate=int(sample_rate),
                 channels=channels,
