@@ -343,27 +343,3 @@ def test_a_graph_traced_on_one_thread_stays_on_one_when_threads_change() -> None
         torch.testing.assert_close(torch.cat(parts, dim=-1), whole, atol=TOL, rtol=0)
     finally:
         torch.set_num_threads(threads)
-
-
-def test_a_traced_step_is_freed_with_its_model() -> None:
-    """torch files traced functions in one global compilation unit that is never emptied, and
-    a graph holds the model's weights: every model loaded and traced stayed in memory (an
-    Engine made again and again grew ~19 MB each). Our traces go to units of their own."""
-    import gc
-    import weakref
-
-    shared = torch.jit._state._python_cu
-    before = len(shared.get_functions())
-    torch.manual_seed(0)
-    gen = AudioSealWM(small_card("generator")).eval()
-    marker = TorchMarker(gen)
-    marker.reset()
-    for _ in range(4):
-        marker.process(audio(HOP), [1, 0] * 8)
-    graph = next(g for g in marker._step._graphs.values() if g is not None)
-    assert len(shared.get_functions()) == before  # nothing filed in the global unit
-    alive = weakref.ref(graph)
-    marker.close()
-    del marker, gen, graph
-    gc.collect()
-    assert alive() is None

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import threading
 import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator
@@ -284,7 +283,7 @@ class StreamStep:
             # The tracer warns about every Python-side shape decision: all of them are fixed
             # for a fixed input shape and layout, which is what the graph is keyed by. It also
             # says it is deprecated for torch.export, whose graphs run through Python again.
-            with torch.no_grad(), warnings.catch_warnings(), _own_compilation_unit():
+            with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
                 graph = torch.jit.trace(step, examples, check_trace=False)
@@ -298,32 +297,6 @@ class StreamStep:
         finally:
             self._write(_unflatten(flat, spec))
         return graph
-
-
-_TRACE_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _own_compilation_unit() -> Iterator[None]:
-    """A trace registered in a compilation unit of its own, freed with the graph.
-
-    torch.jit.trace files every traced function in one global unit that is never emptied,
-    and a graph holds the model's weights as constants: each model loaded and traced kept
-    its ~9-19 MB for the life of the process (an Engine made again and again grew without
-    bound). torch looks the unit up at ``torch.jit._state._python_cu``; a private name, so
-    without it the trace goes to the global unit as before.
-    """
-    state = torch.jit._state
-    with _TRACE_LOCK:
-        shared = getattr(state, "_python_cu", None)
-        if shared is None:
-            yield
-            return
-        state._python_cu = torch._C.CompilationUnit()
-        try:
-            yield
-        finally:
-            state._python_cu = shared
 
 
 @contextlib.contextmanager
