@@ -193,23 +193,26 @@ def judge_x_display(display: str | None, platform: str = sys.platform) -> Verdic
     n = int(m.group(2))
     path = X11_SOCKET_DIR / f"X{n}"
     where = f"no X server at DISPLAY={display}"
-    if path.exists():
-        alive = _connect_unix(str(path))
-        if alive is False:
-            return False, f"{where} (nothing answers on {path})"
-        return alive, ""
-    alive = _connect_unix(f"\0{path}") if platform.startswith("linux") else False  # abstract
-    if alive is False and not m.group(1):  # libxcb tries TCP for ":N" when the socket fails
+    # libxcb's order: the abstract socket (Linux), the socket file, then TCP for ":N". Any
+    # that answers will do: a dead file left in /tmp with a live abstract socket works.
+    alive = _connect_unix(f"\0{path}") if platform.startswith("linux") else False
+    if alive is not True and path.exists():
+        alive = _connect_unix(str(path)) or alive
+    if alive is False and not m.group(1):
         alive = _connect_tcp("localhost", 6000 + n)
     if alive is False:
-        return False, f"{where} (no socket {path})"
+        why = "nothing answers on" if path.exists() else "no socket"
+        return False, f"{where} ({why} {path})"
     return alive, ""
 
 
-def judge_wayland_display(env: Mapping[str, str]) -> Verdict:
+def judge_wayland_display(env: Mapping[str, str], asked: bool = False) -> Verdict:
+    """``asked``: the Wayland plugin was named (QT_QPA_PLATFORM, -platform): it then connects
+    to libwayland's default "wayland-0" when WAYLAND_DISPLAY is unset; Qt's own choice of a
+    platform does not pick Wayland without it."""
     if env.get("WAYLAND_SOCKET"):  # an inherited connection: cannot be checked from here
         return None, ""
-    name = env.get("WAYLAND_DISPLAY")
+    name = env.get("WAYLAND_DISPLAY") or ("wayland-0" if asked else "")
     if not name:
         return False, "WAYLAND_DISPLAY is not set"
     runtime = env.get("XDG_RUNTIME_DIR")
@@ -265,7 +268,9 @@ def platform_plugins(dirs: Sequence[Path]) -> dict[str, Path]:
     return found
 
 
-def _judge_plugin(name: str, env: Mapping[str, str], qt_args: Sequence[str]) -> Verdict:
+def _judge_plugin(
+    name: str, env: Mapping[str, str], qt_args: Sequence[str], asked: bool = False
+) -> Verdict:
     if name == "xcb":
         display = env.get("DISPLAY")
         for i, arg in enumerate(qt_args[:-1]):
@@ -273,7 +278,7 @@ def _judge_plugin(name: str, env: Mapping[str, str], qt_args: Sequence[str]) -> 
                 display = qt_args[i + 1]
         return judge_x_display(display)
     if name.startswith("wayland"):
-        return judge_wayland_display(env)
+        return judge_wayland_display(env, asked)
     return None, ""  # offscreen, eglfs, vnc, ...: need no display server
 
 
@@ -311,7 +316,7 @@ def check_display(
         if not candidates:
             have = ", ".join(sorted(plugins))
             raise StartupError(f"no Qt platform plugin {value!r} ({source}); there are: {have}")
-    verdicts = {name: _judge_plugin(name, env, qt_args) for name in candidates}
+    verdicts = {name: _judge_plugin(name, env, qt_args, request is not None) for name in candidates}
     usable = [name for name, (ok, _) in verdicts.items() if ok is not False]
     if not usable:
         reasons = [why for _, why in verdicts.values()]

@@ -438,3 +438,38 @@ def test_file_names_that_are_not_utf8(stereo_44k: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-800:]
     assert b"out\xe9.wav" in done.stdout  # printed as the bytes it is
     assert os.path.isfile(dst)
+
+
+@pytest.mark.skipif(not HAVE_DEFAULT, reason="needs the trained default model")
+def test_detect_counts_only_the_samples_with_sound(tmp_path: Path) -> None:
+    """embed keeps no mark in silence, so silence must not count against it: a file that is
+    half digital silence read as P 0.48 (a detector without the message code then said
+    'not marked')."""
+    from audioseal_live.engine.jackloop import speech
+
+    x = speech(6, 16000)
+    x = np.concatenate([x, np.zeros(6 * 16000, np.float32)])
+    src, out = tmp_path / "half.wav", tmp_path / "marked.wav"
+    sf.write(src, x, 16000, subtype="FLOAT")
+    assert main(["embed", str(src), str(out)]) == 0
+    from audioseal_live import AudioSeal
+
+    res = detect_file(out, TorchDetector(AudioSeal.load_detector()))
+    assert res.marked and res.probability > 0.9, res
+
+
+@pytest.mark.skipif(not HAVE_DEFAULT, reason="needs the trained default model")
+def test_a_card_at_another_rate_is_refused(
+    tmp_path: Path, stereo_44k: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The engine and the file commands resample every signal to 16 kHz: a detector card at
+    24 kHz ran there quietly at the wrong rate."""
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(default_model_dir(), folder)
+    card = json.loads((folder / "detector.json").read_text(encoding="utf-8"))
+    card["sample_rate"] = 24000
+    (folder / "detector.json").write_text(json.dumps(card), encoding="utf-8")
+    rc = main(["detect", str(stereo_44k), "--detector", str(folder / "detector.json")])
+    assert rc == 2 and "24000 Hz" in capsys.readouterr().err

@@ -532,7 +532,8 @@ def test_monitor_locks_onto_the_marked_phase_then_searches_again_when_lost(sign:
     mon = eng.monitor
     assert mon is not None
     marked = np.full(48000 * 5, 0.2 * sign, dtype=np.float32)
-    eng.backend.source = np.concatenate([marked, np.zeros(48000 * 4, np.float32), marked])
+    # silence: held as a pause for QUIET_HOLD_S (5 s), then unmarked for unlock_s (2 s)
+    eng.backend.source = np.concatenate([marked, np.zeros(48000 * 9, np.float32), marked])
     run_engine(eng, 2.5)
     assert mon.lock is None and det.calls[-1] == 2 * 4  # searching: x and -x, every phase
     run_engine(eng, 2.0)
@@ -540,7 +541,7 @@ def test_monitor_locks_onto_the_marked_phase_then_searches_again_when_lost(sign:
     assert det.calls[-1] == 1  # an eighth of the work
     d = eng.snapshot().detection
     assert d.bits == MSG and d.match and d.inverted == (sign < 0) and d.prob_smoothed > 0.85
-    run_engine(eng, 4.0)  # the mark is gone (silence) for longer than unlock_s
+    run_engine(eng, 8.0)  # the mark is gone (silence) for longer than the hold + unlock_s
     assert mon.lock is None and det.calls[-1] == 8 and mon.locks == 1
     run_engine(eng, 5.0)  # and back: found and locked again
     assert mon.lock == (int(sign < 0), 2) and mon.locks == 2
@@ -717,6 +718,52 @@ def test_monitor_never_locks_onto_a_polarity_read_off_the_message() -> None:
         mon.step()
         d = mon.detection
         assert d.match and d.inverted and d.polarity_from_message and mon.lock is None, d
+
+
+def test_the_codes_polarity_check_overrules_a_lock_on_the_other_polarity() -> None:
+    """The network scored -x higher for a while (no mark in a pause, a detector trained with
+    flips) and the monitor locked onto it; the code's own check then says 'as recorded': the
+    bits follow the check (they read complemented, MISMATCH, in the window's live test) and
+    the lock is searched again."""
+    from audioseal_live.engine.model import CodeReadout
+    from audioseal_live.engine.monitor import DetectorMonitor
+
+    class Checked:
+        sync_min = 1.0
+        inverted: bool | None = None  # undecided at first
+
+        def reset(self) -> None: ...
+
+        def push(self, x: np.ndarray) -> None: ...
+
+        def read(self) -> CodeReadout:
+            z = 3.0 * (2 * np.array(MSG, float) - 1)  # the message, as recorded
+            return CodeReadout(z, sync=8.0, p_marked=0.99, inverted=self.inverted)
+
+    code = Checked()
+
+    class FavoursInverted(FakeDetector):
+        def process(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            p, logits = super().process(x)
+            p = np.full_like(p, 0.3)
+            p[-1] = 0.95  # the last row of the batch (-x while searching) scores higher
+            return p, logits
+
+        def code_stream(self, seconds: float | None) -> Checked:
+            return code
+
+    mon = DetectorMonitor(FavoursInverted(MSG), 48000, message=lambda: MSG)
+    mon.reset()
+    for _ in range(8):
+        mon.ring.write(np.full(48000, 0.2, np.float32))
+        mon.step()
+    assert mon.lock is not None and mon.lock[0] == 1  # locked onto -x by the network
+    code.inverted = False  # the code's check: as recorded
+    mon.ring.write(np.full(4800, 0.2, np.float32))
+    mon.step()
+    d = mon.detection
+    assert d.match and not d.inverted and d.bits == MSG, d
+    assert mon.lock is None or mon.lock[0] == 0
 
 
 def test_polarity_from_the_message_only_for_its_exact_complement() -> None:
@@ -973,3 +1020,27 @@ def test_pcm_files_are_rounded_and_long_wavs_are_rf64(tmp_path: Path) -> None:
     with AtomicSoundFile(tmp_path / "rec.wav", 48000, 1) as f:  # a recording: length unknown
         f.write(np.zeros((10, 1), np.float32))
     assert (tmp_path / "rec.wav").read_bytes()[:4] == b"RIFF"  # stayed small: a plain header
+
+
+def test_monitor_holds_through_a_pause_but_not_a_silence() -> None:
+    """The engine keeps no mark in pauses: a pause must not read as 'unmarked', but a chain
+    gone mute for longer than QUIET_HOLD_S must not read as marked forever either."""
+    from audioseal_live.engine.monitor import QUIET_HOLD_S, DetectorMonitor
+
+    mon = DetectorMonitor(FakeDetector(MSG), 48000, message=lambda: MSG)
+    mon.reset()
+
+    def feed(value: float, seconds: float) -> None:
+        for _ in range(int(seconds * 10)):
+            mon.ring.write(np.full(4800, value, np.float32))
+            mon.step()
+
+    feed(0.2, 3)  # marked speech (the fake detects samples above its level)
+    assert mon.detection.prob_smoothed > 0.8
+    feed(0.0, 2)  # a pause
+    d = mon.detection
+    assert d.quiet and d.prob_smoothed > 0.7, d
+    feed(0.0, QUIET_HOLD_S + 1.5)  # silence: the chain may be gone
+    assert mon.detection.prob_smoothed < 0.5
+    feed(0.2, 1.5)
+    assert not mon.detection.quiet and mon.detection.prob_smoothed > 0.8

@@ -153,10 +153,28 @@ def test_judge_x_display(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         assert judge_x_display(f"unix:{n}")[0] is True
     finally:
         server.close()
+    if sys.platform.startswith("linux"):  # a dead file left in /tmp, the server on its
+        abstract = socket.socket(socket.AF_UNIX)  # abstract socket: libxcb connects there
+        abstract.bind(f"\0{tmp_path / f'X{n}'}")
+        abstract.listen(1)
+        try:
+            assert judge_x_display(f":{n}")[0] is True
+        finally:
+            abstract.close()
 
 
 def test_judge_wayland_display(tmp_path: Path) -> None:
-    assert judge_wayland_display({})[0] is False
+    assert judge_wayland_display({})[0] is False  # Qt's own choice: no Wayland without it
+    assert judge_wayland_display({}, asked=True)[0] is None  # "wayland-0", no runtime dir
+    ok, why = judge_wayland_display({"XDG_RUNTIME_DIR": str(tmp_path)}, asked=True)
+    assert ok is False and "wayland-0" in why  # named, unset: libwayland's default, not there
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "wayland-0"))
+    server.listen(1)
+    try:
+        assert judge_wayland_display({"XDG_RUNTIME_DIR": str(tmp_path)}, asked=True)[0] is True
+    finally:
+        server.close()
     assert judge_wayland_display({"WAYLAND_SOCKET": "3"})[0] is None
     assert judge_wayland_display({"WAYLAND_DISPLAY": "wayland-0"})[0] is None  # no runtime dir
     env = {"WAYLAND_DISPLAY": "wayland-9", "XDG_RUNTIME_DIR": str(tmp_path)}

@@ -288,14 +288,13 @@ def _load_detector(args: argparse.Namespace) -> Any:
     import torch
 
     from audioseal_live import AudioSeal
-    from audioseal_live.engine.model import TorchDetector, _paired_detector
+    from audioseal_live.engine.model import TorchDetector, _paired_detector, check_model_rate
 
     check_compute_device(args.device)
     torch.set_num_threads(max(1, args.threads))
     name = args.detector or _paired_detector(args.model)
-    return TorchDetector(
-        AudioSeal.load_detector(name) if name else AudioSeal.load_detector(), args.device
-    )
+    det = AudioSeal.load_detector(name) if name else AudioSeal.load_detector()
+    return TorchDetector(check_model_rate(det, name), args.device)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -337,9 +336,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     from audioseal_live.engine.files import detect_file
 
-    res = detect_file(
-        args.input, _load_detector(args), parse_message(args.message), progress=sys.stderr.isatty()
-    )
+    det = _load_detector(args)
+    msg = parse_message(args.message)
+    if msg is not None and len(msg) != int(det.nbits):
+        raise MessageError(
+            f"the detector reads {det.nbits}-bit messages and --message takes 16 bits: leave "
+            "it out and compare the message it prints"
+        )
+    res = detect_file(args.input, det, msg, progress=sys.stderr.isatty())
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
     else:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from audioseal_live.engine.limiter import SoftLimiter
-from audioseal_live.engine.mark_level import MarkLevelCap
+from audioseal_live.engine.mark_level import QUIET_RMS, MarkLevelCap
 from audioseal_live.engine.model import (
     HOP,
     MODEL_RATE,
@@ -236,6 +236,7 @@ def detect_file(
         p_sum = np.zeros(2)
         logit_sum = np.zeros((2, detector.phases, nb))
         total = 0
+        heard = 0  # samples of 20 ms frames above QUIET_RMS: where a mark can be
         windows: list[float] = []
         win_acc, win_n = 0.0, 0
         locked: tuple[int, int] | None = None  # (signal, phase) once settled
@@ -243,28 +244,34 @@ def detect_file(
 
         def settle() -> tuple[int, int]:
             """The signal (x or -x) that carries the mark so far, and its surest phase."""
-            b = int(inverted_wins(n_det[0] / total, n_det[1] / total))
+            n = max(heard, 1)
+            b = int(inverted_wins(n_det[0] / n, n_det[1] / n))
             return b, best_phase(logit_sum[b])
 
         def run(x16: np.ndarray) -> None:
-            nonlocal total, win_acc, win_n, locked
+            nonlocal total, heard, win_acc, win_n, locked
+            # Pauses carry no mark (the engine and embed keep it 20 dB under the signal):
+            # only frames with sound count for or against it.
+            loud = np.sqrt(np.mean(x16.reshape(-1, HOP) ** 2, axis=1)) >= QUIET_RMS
+            sound = np.repeat(loud, HOP)
+            heard += int(sound.sum())
             if locked is None:  # search: x and -x at every grid phase
                 p, logits = detector.process(np.stack([x16, -x16]))
-                det = p > threshold
+                det = (p > threshold) & sound
                 n_det[:] += det.sum(axis=1)
                 p_sum[:] += p.sum(axis=1)
                 logit_sum[:] += np.einsum("bpkt,bt->bpk", logits, det.astype(logits.dtype))
             else:  # locked: the one pair that carries the mark
                 b, k = locked
                 p, logits = detector.process((-x16 if b else x16)[None])
-                det = p[0] > threshold
+                det = (p[0] > threshold) & sound
                 n_det[b] += det.sum()
                 p_sum[b] += p[0].sum()
                 logit_sum[b, k] += logits[0, 0] @ det.astype(logits.dtype)
             if code is not None:
                 code.push(x16)
             total += x16.shape[0]
-            if locked is None and total >= LOCK_SEARCH_S * MODEL_RATE:
+            if locked is None and heard >= LOCK_SEARCH_S * MODEL_RATE:
                 b, k = settle()
                 if n_det[b] >= LOCK_MARKED_S * MODEL_RATE:
                     locked = (b, k)
@@ -295,7 +302,7 @@ def detect_file(
     b, k = locked or settle()
     cnt = n_det[b]
     mean_logit = logit_sum[b, k] / cnt if cnt else np.zeros(nb)
-    frac = float(cnt / total)
+    frac = float(cnt / heard) if heard else 0.0  # of the samples with sound
     marked = frac > 0.5
     read = code.read() if code is not None else None
     guessed = False
@@ -303,7 +310,7 @@ def detect_file(
         b = int(read.inverted) if read.inverted is not None else b
         mean_logit = -read.z if b else read.z
         marked = marked or read.p_marked >= 0.5
-        told = polarity_told(n_det[0] / total, n_det[1] / total)
+        told = polarity_told(n_det[0] / max(heard, 1), n_det[1] / max(heard, 1))
         there = read.sync >= code.sync_min  # the code is there at all (as the monitor asks)
         if read.inverted is None and not told and there and expected is not None:
             b, mean_logit, guessed = guess_polarity(b, mean_logit, tuple(int(v) for v in expected))

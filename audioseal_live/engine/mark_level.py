@@ -25,6 +25,9 @@ MARGIN_DB = 20.0  # the mark stays at least this far under the signal's short-te
 # detector's P on 100 ms chunks of plain speech fell to 0.50 (0.97 uncapped; 100 ms: 0.96).
 WINDOW_S = 0.100
 SMOOTH_S = 0.005  # the gain is averaged over 5 ms: no zipper noise on the mark
+# A 20 ms frame or 100 ms chunk quieter than this (RMS, at 16 kHz) carries no mark worth
+# reading once capped: the detectors (live monitor, `detect`) leave such stretches out.
+QUIET_RMS = 10 ** (-55 / 20)
 _TINY = 1e-20  # a mark's energy under this (over the window) is no mark: gain 1
 
 
@@ -85,6 +88,8 @@ class MarkLevelCap:
     def apply(self, signal: np.ndarray, mark: np.ndarray) -> np.ndarray:
         """``mark`` scaled for each channel of ``signal``: (n, channels), or (n,) for a mono
         ``signal`` given as (n,)."""
+        if mark.shape[0] == 0:  # nothing to scale (and nothing to carry)
+            return np.zeros(np.shape(signal), dtype=np.float32)
         g = self.gains(signal, mark)
         out = mark.reshape(-1, 1).astype(np.float32) * g
         return out[:, 0] if np.ndim(signal) == 1 else out

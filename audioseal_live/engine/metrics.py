@@ -35,7 +35,7 @@ class Detection:
     history: tuple[float, ...] = ()  # smoothed probability, one value per chunk (last ~10 s)
     dropped_samples: int = 0  # monitor fell behind and skipped audio (never affects output)
     code_sync: float | None = None  # the message code's sync score (None: no code)
-    # the last chunk was too quiet to tell (a pause): prob_smoothed holds its value from before
+    # the last chunk was too quiet to tell (a pause): prob_smoothed holds its value (up to 5 s)
     quiet: bool = False
 
 

@@ -339,10 +339,16 @@ class TorchCodeStream:
             if sync >= self.sync_min and self._fill == MODEL_RATE and due:
                 x = torch.from_numpy(self._buf)[None, None]
                 last = self.det.code.read_offline(x)
-                sign = float(self.det.code_polarity(x, last, undecided=0.0)[0])
-                # 0: the head reads nothing here: undecided, not "as recorded"
-                self.inverted = None if sign == 0 else sign < 0
-                self._since = 0
+                if float(last.sync[0]) >= self.sync_min:
+                    sign = float(self.det.code_polarity(x, last, undecided=0.0)[0])
+                    # 0: the head reads nothing here: undecided, not "as recorded"
+                    self.inverted = None if sign == 0 else sign < 0
+                    self._since = 0
+                else:
+                    # The last second holds too little of the code to check against (a pause:
+                    # the engine keeps no mark there; the head's idle output then "agreed"
+                    # with a noise read, flipping every bit): keep the verdict, retry soon.
+                    self._since = self._recheck - MODEL_RATE // 2
             p_marked = float(sync_probability(r.sync[0]))
         return CodeReadout(r.z[0].numpy(), sync, p_marked, self.inverted)
 
@@ -357,18 +363,16 @@ def load_models(
     """
     from audioseal_live import AudioSeal  # type: ignore[attr-defined]
 
-    gen = AudioSeal.load_generator(model) if model else AudioSeal.load_generator()
-    if int(gen.sample_rate) != MODEL_RATE:  # the engine resamples to 16 kHz for every model
-        raise CheckpointError(
-            f"{model}: its card says it runs at {gen.sample_rate} Hz; the live engine and the "
-            f"file commands run models at {MODEL_RATE} Hz"
-        )
+    gen = check_model_rate(
+        AudioSeal.load_generator(model) if model else AudioSeal.load_generator(), model
+    )
     marker = TorchMarker(gen, device)
     det = None
     if need_detector:
         name = detector or _paired_detector(model)
         try:
             det_model = AudioSeal.load_detector(name) if name else AudioSeal.load_detector()
+            check_model_rate(det_model, name)
         except CheckpointError as exc:
             if detector or not name:
                 raise
@@ -376,6 +380,18 @@ def load_models(
             raise CheckpointError(f"{exc} (name the detector with --detector)") from None
         det = TorchDetector(det_model, device)
     return marker, det
+
+
+def check_model_rate(model: Any, name: str | None) -> Any:
+    """``model`` if its card runs at 16 kHz, the rate the engine and the file commands
+    resample every signal to; a clear error otherwise (it ran quietly at the wrong rate)."""
+    rate = int(getattr(model, "sample_rate", MODEL_RATE))
+    if rate != MODEL_RATE:
+        raise CheckpointError(
+            f"{name or 'the model'}: its card says it runs at {rate} Hz; the live engine and "
+            f"the file commands run models at {MODEL_RATE} Hz"
+        )
+    return model
 
 
 def _paired_detector(model: str | None) -> str | None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from audioseal_live.engine.mark_level import QUIET_RMS
 from audioseal_live.engine.metrics import Detection
 from audioseal_live.engine.model import (
     MODEL_RATE,
@@ -38,11 +39,11 @@ from audioseal_live.engine.ring import Fifo, RingBuffer
 
 log = logging.getLogger(__name__)
 
-# A chunk of the monitored signal quieter than this (RMS at 16 kHz) tells nothing about the
-# mark: the engine keeps the mark 20 dB under the signal (engine.mark_level), so a pause
-# carries none. Such chunks are left out of the smoothed probability, which holds its value
-# through a pause instead of reporting the voice unmarked each time it stops.
-QUIET_RMS = 10 ** (-55 / 20)
+# A chunk of the monitored signal under QUIET_RMS tells nothing about the mark: the engine
+# keeps the mark 20 dB under the signal (engine.mark_level), so a pause carries none. Such
+# chunks are left out of the smoothed probability, which holds its value through a pause
+# instead of reporting the voice unmarked each time it stops...
+QUIET_HOLD_S = 5.0  # ... for so long: a longer silence counts as unmarked (a chain gone mute)
 
 
 class DetectorMonitor:
@@ -78,6 +79,8 @@ class DetectorMonitor:
         self._probs = np.zeros((2, self._n_smooth))
         self._heard = np.zeros(self._n_smooth, dtype=bool)  # a chunk above QUIET_RMS
         self._held = np.zeros(2)  # the smoothed probabilities before the last quiet spell
+        self._n_hold = max(1, round(QUIET_HOLD_S / chunk_s))
+        self._quiet_run = 0  # quiet chunks in a row
         self._vote_sum = np.zeros((2, self._n_vote, self.phases, self.nbits))
         self._vote_cnt = np.zeros((2, self._n_vote))
         self._hist: deque[float] = deque(maxlen=max(1, round(history_s / chunk_s)))
@@ -106,6 +109,7 @@ class DetectorMonitor:
         self._probs[:] = 0
         self._heard[:] = False
         self._held[:] = 0
+        self._quiet_run = 0
         self._filled = 0
         self._vote_sum[:] = 0
         self._vote_cnt[:] = 0
@@ -156,24 +160,30 @@ class DetectorMonitor:
         self._vote_sum[:, v] = 0
         sums = np.einsum("bpkt,bt->bpk", logits, detected.astype(logits.dtype))
         self._vote_sum[np.ix_(rows, [v], phases)] = sums[:, None]
-        self._heard[i] = float(np.sqrt(np.mean(block * block))) >= QUIET_RMS
-        n = min(self._filled, self._n_smooth)  # entries so far
-        last = [(i - j) % self._n_smooth for j in range(n) if self._heard[(i - j) % self._n_smooth]]
-        if last:  # over the chunks that had something to say
-            smoothed = self._held = self._probs[:, last].mean(axis=1)
-        else:  # a pause: hold what was seen before it
-            smoothed = self._held
-        quiet = not self._heard[i]
+        quiet = float(np.sqrt(np.mean(block * block))) < QUIET_RMS
+        self._quiet_run = self._quiet_run + 1 if quiet else 0
+        self._heard[i] = not quiet or self._quiet_run > self._n_hold
+        if self._heard[i]:  # over the chunks of the window that had something to say
+            n = min(self._filled, self._n_smooth)  # entries so far
+            last = [k for k in ((i - j) % self._n_smooth for j in range(n)) if self._heard[k]]
+            self._held = self._probs[:, last].mean(axis=1)
+        smoothed = self._held  # in a pause: frozen at its start
         read = None
         if self.code is not None:
             self.code.push(block)
             read = self.code.read()
         settled = True  # whether anything but the message tells the polarity
         guessed = False
-        if self.lock is not None:
+        if read is not None and read.inverted is not None:
+            # The code's polarity check, surer than comparing P(marked) of x and -x (which a
+            # detector trained with polarity flips finds in both): it overrules a lock taken
+            # on the other polarity, which is searched again (the bits read complemented).
+            b = int(read.inverted)
+            if self.lock is not None and self.lock[0] != b:
+                log.info("the message code reads the other polarity: searching again")
+                self._search()
+        elif self.lock is not None:
             b = self.lock[0]
-        elif read is not None and read.inverted is not None:
-            b = int(read.inverted)  # the code's polarity check, surer than comparing P(marked)
         else:
             b = int(inverted_wins(smoothed[0], smoothed[1]))
             settled = polarity_told(smoothed[0], smoothed[1])
