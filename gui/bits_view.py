@@ -277,6 +277,9 @@ class BitsView(QWidget):
                 detail.append("polarity inverted (inferred from the message)")
             elif det.inverted:
                 detail.append("polarity inverted")
+        if running and listening and det.quiet and det.chunks:
+            # the engine keeps no mark in pauses: the reading is the one from before
+            detail.append("pause: last reading held")
         if running and det.source and det.source not in ("output", NO_MONITOR):
             detail.append(f"monitor: {det.source}")
         self.detail_label.setText(" · ".join(detail))

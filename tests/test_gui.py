@@ -159,6 +159,20 @@ def test_bits_view_says_where_the_polarity_came_from(qtbot: Any) -> None:
         assert ("complement message" in view.detail_label.toolTip()) == guessed
 
 
+def test_bits_view_says_a_pause_holds_the_reading(qtbot: Any) -> None:
+    from audioseal_live_gui.bits_view import BitsView
+
+    from audioseal_live.engine.metrics import Detection, Snapshot
+
+    view = BitsView()
+    qtbot.addWidget(view)
+    bits = (1, 0) * 8
+    for quiet in (False, True):
+        det = Detection(0.95, 0.95, bits, (1.0,) * 16, True, chunks=5, quiet=quiet)
+        view.handle_new_data(Snapshot(running=True, message=bits, detection=det), now=1.0)
+        assert ("pause" in view.detail_label.text()) == quiet
+
+
 def test_views_draw_snapshots(qtbot: Any) -> None:
     """Widgets take engine snapshots (Friture's handle_new_data) and show what they hold."""
     from audioseal_live_gui.health_strip import HealthStrip
