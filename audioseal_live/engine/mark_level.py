@@ -4,12 +4,13 @@ The generator shapes its mark to the audio, but only down to a floor: on digital
 speech pauses and under a quiet voice it still adds about -67 dBFS RMS, a 50 Hz comb (its frame
 code repeats every 20 ms) that sounds like faint buzz exactly where nothing masks it (a voice
 peaking at -56 dBFS had the mark 2.5 dB *above* it). The cap scales the mark so that over the
-last few milliseconds it stays at least ``margin_db`` under the signal it joins, per output
-channel (a silent channel of a stereo file gets no mark). At speaking levels the mark sits
-26-31 dB under the voice and the cap seldom acts; on silence it removes the mark altogether
-(within ~0.1 s of a pause), and at the start of a stream it fades the mark in (the first
-sample was a -46 dBFS step). Speech 35 dB under its normal level: the mark 6.7 -> 20 dB under
-it, still detected with its message (test speech and music, 3 s each).
+last 100 ms it stays at least ``margin_db`` under the signal it joins, per output channel (a
+silent channel of a stereo file gets no mark). At speaking levels the mark sits 26-31 dB under
+the voice and the cap seldom acts; on silence it removes the mark altogether (within ~0.1 s of
+a pause), and at the start of a stream it fades the mark in (the first sample was a -46 dBFS
+step). Speech 35 dB under its normal level: the mark 6.7 -> 20 dB under it, still detected with
+its message (test speech and music, 3 s each). Not covered: a signal whose energy lies outside
+the mark's band (hum, bass or hiss alone) lets the model's floor through, unmasked.
 
 Streaming and exact across chunk boundaries: the levels are moving sums over a window whose
 tail is carried from call to call, so the gains do not depend on how the audio was chunked.
