@@ -339,3 +339,14 @@ def test_a_model_too_big_for_the_machine_is_a_checkpoint_error(pair, monkeypatch
         match="mine.json: cannot build the model its card describes: .*not enough memory",
     ):
         AudioSeal.load_generator(pair[0] / "mine.json")
+
+
+def test_a_path_given_as_bytes_loads() -> None:
+    """os-level paths (os.fsencode, a name that is not UTF-8) raised TypeError."""
+    import os
+
+    from audioseal_live import AudioSeal
+    from audioseal_live.models.loader import default_model_dir
+
+    gen = AudioSeal.load_generator(os.fsencode(default_model_dir() / "generator.json"))
+    assert gen.nbits == 16

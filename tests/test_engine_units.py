@@ -1044,3 +1044,14 @@ def test_monitor_holds_through_a_pause_but_not_a_silence() -> None:
     assert mon.detection.prob_smoothed < 0.5
     feed(0.2, 1.5)
     assert not mon.detection.quiet and mon.detection.prob_smoothed > 0.8
+
+
+def test_a_detector_without_a_message_reads_no_phase_warning() -> None:
+    import warnings
+
+    from audioseal_live.engine.model import best_phase, decode_bits
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" for 0 bits
+        assert best_phase(np.zeros((2, 0))) == 0
+        assert decode_bits(np.zeros(0)) == ((), ())

@@ -357,7 +357,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         )
         if res.marked:
             line += f", message {bits_hex(res.bits)} ({''.join(map(str, res.bits))})"
-            line += f", min bit confidence {min(res.bit_confidence):.2f}"
+            if res.bit_confidence:  # a detector without a message has none
+                line += f", min bit confidence {min(res.bit_confidence):.2f}"
             if res.seconds < 1.0:  # the code is read over ~1 s and more
                 line += " (under 1 s: too short to read the bits reliably)"
             if res.match is not None:

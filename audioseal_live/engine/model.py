@@ -140,6 +140,8 @@ def decode_bits(mean_logit: np.ndarray) -> tuple[tuple[int, ...], tuple[float, .
 
 def best_phase(mean_logits: np.ndarray) -> int:
     """(phases, nbits) averaged bit logits -> the phase whose bits are most confident."""
+    if mean_logits.shape[-1] == 0:  # a detector without a message: any phase
+        return 0
     return int(np.abs(mean_logits).mean(axis=-1).argmax())
 
 

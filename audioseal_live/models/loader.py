@@ -10,6 +10,7 @@ What a name or path may be, in the order tried:
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import TypeVar
@@ -66,8 +67,10 @@ def _check_kind(state: dict[str, torch.Tensor], kind: Kind, source: str) -> None
         raise CheckpointError(f"{source} holds a {found}, but a {kind} was asked for")
 
 
-def load_model(name_or_path: str | Path | None, kind: Kind, nbits: int | None = None):
+def load_model(name_or_path: str | bytes | Path | None, kind: Kind, nbits: int | None = None):
     """Build a model of ``kind`` from a name or path (see the module docstring), in eval mode."""
+    if isinstance(name_or_path, bytes):  # os-level paths (a name that is not UTF-8)
+        name_or_path = os.fsdecode(name_or_path)
     if name_or_path is None:
         folder = default_model_dir()
         path = folder / f"{kind}.json"
