@@ -298,18 +298,11 @@ def _load_detector(args: argparse.Namespace) -> Any:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from audioseal_live.engine.engine import random_message
+    from audioseal_live.engine.engine import message_for
     from audioseal_live.engine.files import embed_file
 
     marker = _load_marker(args)
-    nbits = int(marker.nbits)
-    msg = parse_message(args.message)
-    if msg is not None and len(msg) != nbits:
-        raise MessageError(
-            f"the model carries {nbits}-bit messages and --message takes 16 bits: leave it "
-            f"out for a random {nbits}-bit message"
-        )
-    msg = msg or random_message(nbits)
+    msg = message_for(int(marker.nbits), parse_message(args.message))
     info = embed_file(
         args.input, args.output, marker, msg, args.alpha, progress=sys.stderr.isatty()
     )

@@ -83,6 +83,19 @@ def check_message(bits: Sequence[int], nbits: int = NBITS) -> tuple[int, ...]:
     return out
 
 
+def message_for(nbits: int, given: Sequence[int] | None) -> tuple[int, ...]:
+    """The message a model of ``nbits`` carries: ``given`` (checked), or a random one. A
+    message of another length says so (the window and ``--message`` take 16 bits)."""
+    if given is None:
+        return random_message(nbits)
+    if len(given) != nbits:
+        raise MessageError(
+            f"the model carries {nbits}-bit messages, and the message given has "
+            f"{len(given)} bits: leave it out for a random one"
+        )
+    return check_message(given, nbits)
+
+
 class Backend:
     """What the engine needs from an audio backend (SoundDeviceBackend or a test fake)."""
 
@@ -174,12 +187,8 @@ class Engine:
             torch.set_num_threads(max(1, cfg.threads))
         nbits = int(getattr(self._marker, "nbits", NBITS))
         if len(self._controls.message) != nbits:  # a model of other than 16 bits
-            if cfg.message is not None:
-                raise MessageError(
-                    f"the model carries {nbits}-bit messages, and the message given has "
-                    f"{len(self._controls.message)} bits: leave it out for a random one"
-                )
-            self._set(message=random_message(nbits))
+            given = self._controls.message if cfg.message is not None else None
+            self._set(message=message_for(nbits, given))
 
     def start(self, threads: bool = True) -> None:
         """Load + warm up the model, prefill, open streams, start the worker (and monitor).

@@ -363,15 +363,13 @@ def read_own(path: Path) -> tuple[ModelCard, dict[str, Tensor]]:
 def load_card(card_path: Path) -> ModelCard:
     """A JSON model card, or a one-line CheckpointError naming the file and the problem."""
     try:
-        data = json.loads(card_path.read_text(encoding="utf-8"))
+        return ModelCard.load(card_path)
     except OSError as exc:
         raise _cannot_read(card_path, exc) from None
     except UnicodeDecodeError:
         raise CheckpointError(f"{card_path}: not a valid model card: not UTF-8 text") from None
-    except (ValueError, RecursionError) as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{card_path}: not a valid model card: not JSON: {exc}") from None
-    try:
-        return ModelCard.from_dict(data)
     except CardError as exc:
         raise CheckpointError(
             f"{card_path}: not a valid model card: {'; '.join(exc.problems)}"
