@@ -52,12 +52,14 @@ class ChunkedStream:
         self._ctx: Any = None
         self._pending: Tensor | None = None  # input not yet a whole hop
         self._ready: Tensor | None = None  # output not yet returned
+        self._flushed = False
 
     def __enter__(self) -> ChunkedStream:
         self._ctx = self.model.streaming(self.batch_size)
         self._ctx.__enter__()
         self._pending = None
         self._ready = None
+        self._flushed = False
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -65,35 +67,62 @@ class ChunkedStream:
         if ctx is not None:
             ctx.__exit__(*exc)
 
-    def _push(self, x: Tensor) -> None:
+    def __call__(self, x: Tensor) -> Tensor:
+        """Output of the same length as x, ``delay`` samples behind.
+
+        A chunk the model refuses (NaN, a wrong shape or message...) raises and changes
+        nothing: the stream goes on as if it had not been sent."""
         if self._ctx is None:
             raise RuntimeError("use ChunkedStream inside a 'with' block")
-        buf = x if self._pending is None else torch.cat([self._pending, x], dim=-1)
-        n = buf.shape[-1] - buf.shape[-1] % self.hop
-        self._pending = buf[..., n:]
-        if n:
-            self._ready = torch.cat([self._ready, self.fn(buf[..., :n])], dim=-1)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        """Output of the same length as x, ``delay`` samples behind."""
-        if self._ready is None:  # the fixed delay: zeros ahead of the first output
-            self._ready = x.new_zeros(*self._shape_out(x), self.delay)
-        self._push(x)
+        if self._flushed:
+            raise RuntimeError(
+                "this ChunkedStream was flushed (its last hop padded with zeros): "
+                "a new 'with' block starts another stream"
+            )
+        if not isinstance(x, Tensor) or x.ndim != 3:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"expected audio shaped (batch, 1, samples), got {got}")
+        if self._pending is not None and x.shape[:-1] != self._pending.shape[:-1]:
+            raise ValueError(
+                f"chunk shaped {tuple(x.shape)} after chunks of "
+                f"{tuple(self._pending.shape[:-1])} (batch, channels)"
+            )
+        ready = self._ready
+        if ready is None:  # the fixed delay: zeros ahead of the first output
+            ready = x.new_zeros(*self._shape_out(x), self.delay)
+        ready, pending = self._run(x, ready)
         length = x.shape[-1]
-        out, self._ready = self._ready[..., :length], self._ready[..., length:]
+        self._pending = pending
+        out, self._ready = ready[..., :length], ready[..., length:]
         return out
 
-    def _shape_out(self, x: Tensor) -> tuple[int, ...]:
+    def _run(self, x: Tensor, ready: Tensor) -> tuple[Tensor, Tensor]:
+        """(the output held, with that of x's whole hops added; the input left over): the
+        model runs before anything here changes."""
+        buf = x if self._pending is None else torch.cat([self._pending, x], dim=-1)
+        n = buf.shape[-1] - buf.shape[-1] % self.hop
+        if n:
+            ready = torch.cat([ready, self.fn(buf[..., :n])], dim=-1)
+        return ready, buf[..., n:]
+
+    def _shape_out(self, x: Tensor | None = None) -> tuple[int, ...]:
         if isinstance(self.model, AudioSealDetector):
-            return (x.shape[0], 2 + self.model.nbits)
+            return (self.batch_size if x is None else x.shape[0], 2 + self.model.nbits)
+        if x is None:
+            return (self.batch_size, self.model.card.seanet.channels)
         return tuple(x.shape[:-1])
 
     def flush(self) -> Tensor:
-        """Pad the last partial hop with zeros; return every output sample still held."""
-        pending = self._pending
+        """Pad the last partial hop with zeros; return every output sample still held. The
+        stream ends here (another call raises; a new 'with' block starts a new one)."""
+        if self._flushed:
+            return torch.zeros(*self._shape_out(), 0)
+        self._flushed = True
+        pending, ready = self._pending, self._ready
+        if ready is None:  # nothing was streamed
+            return torch.zeros(*self._shape_out(), 0)
         if pending is not None and pending.shape[-1]:
-            self._push(pending.new_zeros(*pending.shape[:-1], self.hop - pending.shape[-1]))
-        if self._ready is None:
-            return torch.zeros(self.batch_size, 1, 0)
-        out, self._ready = self._ready, None
-        return out
+            pad = pending.new_zeros(*pending.shape[:-1], self.hop - pending.shape[-1])
+            ready, _ = self._run(pad, ready)
+        self._pending, self._ready = None, None
+        return ready

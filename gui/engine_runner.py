@@ -3,10 +3,10 @@ watches for a lost device. The GUI thread only ever reads ``engine.snapshot()`` 
 read, never blocks) and flips live controls (message, alpha, bypass: swapped atomically).
 
 Model loading and warm-up take seconds, so ``start()`` runs them on a plain Python thread and
-reports back through a queued Qt signal. Loaded models are cached per (model, device): a
-restart after a device switch or a lost device is then quick. ``stop()`` runs on the GUI
-thread: it waits for the worker to finish its chunk (at most one chunk, <= 200 ms, measured
-0.1 s at 200 ms chunks) and for a recording to flush.
+reports back through a queued Qt signal. Loaded models are cached per (model, detector,
+device): a restart after a device switch or a lost device is then quick. ``stop()`` runs on
+the GUI thread: it waits for the worker to finish its chunk (at most one chunk, <= 200 ms,
+measured 0.1 s at 200 ms chunks) and for a recording to flush.
 """
 
 from __future__ import annotations

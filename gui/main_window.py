@@ -22,7 +22,7 @@ from audioseal_live_gui.device_picker import DevicePicker
 from audioseal_live_gui.engine_runner import EngineRunner
 from audioseal_live_gui.health_strip import HealthStrip
 from audioseal_live_gui.level_meter import LevelMeter
-from audioseal_live_gui.message_editor import MessageEditor, value_to_bits
+from audioseal_live_gui.message_editor import MessageEditor
 from audioseal_live_gui.probability_plot import ProbabilityPlot
 from audioseal_live_gui.settings import DeviceRef, GuiSettings
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
@@ -56,6 +56,7 @@ from audioseal_live.engine.audio_io import (
 from audioseal_live.engine.engine import EngineConfig
 from audioseal_live.engine.metrics import NO_DETECTION, NO_MONITOR, Snapshot
 from audioseal_live.errors import AudioSealLiveError
+from audioseal_live.message_bits import bits_of
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +353,7 @@ class MainWindow(QMainWindow):
         self.rate_combo.setCurrentIndex(max(0, self.rate_combo.findData(g.sample_rate)))
         self.chunk_combo.setCurrentIndex(max(0, self.chunk_combo.findData(g.chunk_ms)))
         self.message_editor.set_value(g.message)
-        self.bits_view.set_embedded(value_to_bits(g.message))
+        self.bits_view.set_embedded(bits_of(g.message))
         self.alpha_slider.setValue(round(g.alpha * 100))
         self._on_alpha(self.alpha_slider.value())  # setValue emits nothing if it was there
         self._model_file = g.model_file
@@ -603,7 +604,7 @@ class MainWindow(QMainWindow):
 
     # ================================================================= live controls
     def _on_message(self, value: int) -> None:
-        bits = value_to_bits(value)
+        bits = bits_of(value)
         self.runner.set_message(bits)
         self.bits_view.set_embedded(bits)
 

@@ -25,19 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from audioseal_live.errors import MessageError
-
-NBITS = 16
-
-
-def value_to_bits(value: int, nbits: int = NBITS) -> tuple[int, ...]:
-    return tuple((value >> (nbits - 1 - i)) & 1 for i in range(nbits))
-
-
-def bits_to_value(bits: tuple[int, ...] | list[int]) -> int:
-    v = 0
-    for b in bits:
-        v = (v << 1) | int(b)
-    return v
+from audioseal_live.message_bits import NBITS, bits_of, bits_to_int
 
 
 def parse_hex(text: str, nbits: int = NBITS) -> int:
@@ -132,7 +120,7 @@ class MessageEditor(QWidget):
         return self._value
 
     def bits(self) -> tuple[int, ...]:
-        return value_to_bits(self._value)
+        return bits_of(self._value)
 
     def set_value(self, value: int) -> None:
         value = int(value)
@@ -165,7 +153,7 @@ class MessageEditor(QWidget):
         self.dec_spin.blockSignals(False)
 
     def _on_bit(self, _checked: bool) -> None:
-        self.set_value(bits_to_value([int(b.isChecked()) for b in self.bit_buttons]))
+        self.set_value(bits_to_int([int(b.isChecked()) for b in self.bit_buttons]))
 
     def _on_hex_edited(self, text: str, complete: bool = False) -> None:
         """Each keystroke: flag text that cannot become a message; apply it once it holds all

@@ -16,10 +16,10 @@ from model_quality import bits_shortfall
 
 from audioseal_live.cli import main
 from audioseal_live.engine import files
-from audioseal_live.engine.commands import bits_hex
 from audioseal_live.engine.files import detect_file, embed_file
 from audioseal_live.engine.model import TorchDetector, TorchMarker
 from audioseal_live.errors import AudioFileError
+from audioseal_live.message_bits import bits_hex
 from audioseal_live.models.loader import default_model_dir
 
 MSG = (0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0, 1)
@@ -416,6 +416,29 @@ def test_embed_with_a_model_of_other_than_16_bits(
     argv = ["embed", str(stereo_44k), str(tmp_path / "b.wav"), "--model", m, "--message", "7"]
     assert main(argv) == 2
     assert "32-bit messages" in capsys.readouterr().err
+
+
+def test_detect_with_a_detector_without_a_message(
+    stereo_44k: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 0-bit detector: detect --json raised a traceback (hex of no bits), and the text
+    line showed 'message 0x0 ()', a message it does not have."""
+    from audioseal_live.models import AudioSealDetector, small_card
+    from audioseal_live.models.checkpoint import save_model
+
+    card = small_card("detector", n_filters=4, dimension=16).replace(nbits=0)
+    model = AudioSealDetector(card)
+    with torch.no_grad():
+        model.detector[1].bias[1] = 30.0  # says "marked" everywhere: the marked report
+    save_model(model, card, tmp_path / "d0" / "detector")
+    det = str(tmp_path / "d0" / "detector.json")
+    assert main(["detect", str(stereo_44k), "--detector", det, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["marked"] and got["bits"] == []
+    assert got["message"] == "" and got["message_hex"] is None
+    assert main(["detect", str(stereo_44k), "--detector", det]) == 0
+    out = capsys.readouterr().out
+    assert "MARKED" in out and "message" not in out
 
 
 def test_file_names_that_are_not_utf8(stereo_44k: Path, tmp_path: Path) -> None:

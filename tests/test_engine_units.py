@@ -23,7 +23,7 @@ from audioseal_live.engine.recorder import Recorder
 from audioseal_live.engine.resample import PolyphaseResampler
 from audioseal_live.engine.ring import RingBuffer
 from audioseal_live.engine.worker import Controls, Worker, chunk_samples_16k
-from audioseal_live.errors import AudioFileError, MessageError
+from audioseal_live.errors import AudioFileError, DeviceError, MessageError
 
 MSG = (1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0)
 
@@ -170,6 +170,26 @@ def test_output_is_delayed_input_plus_watermark() -> None:
     assert snap.latency_ms <= snap.latency_budget_ms
 
 
+def test_a_stopped_engine_starts_again_as_a_new_session() -> None:
+    eng = make_engine(FakeMarker(scale=0.0))
+    eng.backend.source = noise(1.0)
+    run_engine(eng, 0.5)
+    first = eng.stop()
+    assert first.input_frames > 0 and not eng.backend.started
+    eng.start(threads=False)  # a new backend, worker and counters
+    with pytest.raises(DeviceError, match="already running"):
+        eng.start(threads=False)
+    assert eng.snapshot() is not first and eng.snapshot().input_frames == 0
+    eng.backend.source = x = noise(1.0)
+    run_engine(eng, 1.0)
+    second = eng.stop()
+    assert second is not first and not eng.backend.started
+    assert second.input_frames == 256 * (48000 // 256)
+    y = eng.backend.output()  # the new session passes its own input through
+    lag = eng.worker.out_target + eng.worker.path_delay
+    np.testing.assert_array_equal(y[lag:], x[: y.shape[0] - lag])
+
+
 def test_watermark_is_added_and_aligned() -> None:
     eng = make_engine(FakeMarker(scale=0.01))
     t = np.arange(96000) / 48000
@@ -224,12 +244,14 @@ def test_a_long_stall_drops_its_stale_input_instead_of_playing_it_late() -> None
 def test_slow_model_is_detected_with_fake_clock(policy: str) -> None:
     clock = FakeClock()
     marker = FakeMarker(scale=0.0, clock=clock, cost_s=0.050)  # 50 ms per 20 ms chunk
+    other = "mute" if policy == "pass" else "pass"
     eng = Engine(
-        EngineConfig(message=MSG, monitor=None, overload=policy),  # type: ignore[arg-type]
+        EngineConfig(message=MSG, monitor=None, overload=other),  # type: ignore[arg-type]
         marker=marker,
         backend_factory=fake_factory(),
     )
     eng.start(threads=False)
+    eng.set_overload_policy(policy)  # type: ignore[arg-type]  # a live control: it wins
     eng.worker.clock = clock
     eng.worker._est_compute_s = 0.050  # as measured by the (real-clock) warm-up
     b = eng.backend
@@ -630,7 +652,6 @@ def test_a_portaudio_call_that_never_returns_is_left_behind(monkeypatch) -> None
     import threading
 
     from audioseal_live.engine import audio_io
-    from audioseal_live.errors import DeviceError
 
     unregistered: list[object] = []
     monkeypatch.setattr(audio_io, "_abandoned", False)
@@ -653,7 +674,6 @@ def test_a_jack_server_gone_since_portaudio_started_is_never_terminated(monkeypa
     """A JACK server killed or restarted under an idle window: PortAudio's terminate (a
     rescan, the exit) aborted or crashed the process (review); now it is refused in words."""
     from audioseal_live.engine import audio_io
-    from audioseal_live.errors import DeviceError
 
     unregistered: list[object] = []
     monkeypatch.setattr(audio_io, "_abandoned", False)
@@ -927,7 +947,6 @@ def test_input_stream_is_closed_when_the_output_stream_fails(monkeypatch) -> Non
 
     from audioseal_live.engine import audio_io, native_io
     from audioseal_live.engine.audio_io import SoundDeviceBackend
-    from audioseal_live.errors import DeviceError
 
     opened: list[object] = []
 

@@ -292,6 +292,79 @@ def test_chunked_stream_any_sizes(small, sizes: list[int]) -> None:
     )
 
 
+def test_chunked_stream_refused_chunks_change_nothing(small) -> None:
+    """A chunk the model refuses (NaN, 1-D) raised but had already been buffered: the
+    stream went out of step (blocks of 459, 500, 460 for 500s) and lost audio."""
+    gen, det = small
+    x = audio(2500, seed=21)
+    msg = torch.randint(0, 2, (1, 16), generator=torch.Generator().manual_seed(4))
+    nan = torch.full((1, 1, 500), float("nan"))
+    with torch.inference_mode():
+        with ChunkedStream(gen, message=msg) as clean:
+            want = [clean(c) for c in split(x, [500] * 5)] + [clean.flush()]
+        for model, bad, err in ((gen, nan, "NaN"), (gen, x[0, 0, :500], r"\(batch, 1")):
+            with ChunkedStream(model, message=msg) as stream:
+                got = [stream(x[..., :500])]
+                with pytest.raises(ValueError, match=err):
+                    stream(bad)
+                got += [stream(c) for c in split(x[..., 500:], [500] * 4)] + [stream.flush()]
+                with pytest.raises(RuntimeError, match="flushed"):
+                    stream(x[..., :500])  # the stream ended with the flush's padding
+            assert [g.shape[-1] for g in got[:-1]] == [500] * 5
+            torch.testing.assert_close(torch.cat(got, -1), torch.cat(want, -1), atol=0, rtol=0)
+        with ChunkedStream(det, batch_size=2) as dstream:
+            assert dstream.flush().shape == (2, 2 + det.nbits, 0)  # nothing was streamed
+
+
+def test_a_refused_last_chunk_does_not_end_the_stream(small) -> None:
+    """A ragged chunk ends a stream, but only once it ran: refused (NaN, a bad message),
+    the corrected one was then refused as 'after the stream ended'."""
+    gen, det = small
+    x = audio(HOP + 100, seed=22)
+    with torch.inference_mode():
+        # a ragged last chunk is zero-padded: the offline output of the padded signal
+        whole = gen(torch.nn.functional.pad(x, (0, HOP - 100)), message=0x1A2B)[..., : HOP + 100]
+        with gen.streaming(1):
+            head = gen(x[..., :HOP], message=0x1A2B)
+            with pytest.raises(MessageError):
+                gen(x[..., HOP:], message=[2] * 16)
+            bad = x[..., HOP:].clone()
+            bad[..., 3] = float("nan")
+            with pytest.raises(ValueError, match="NaN"):
+                gen(bad, message=0x1A2B)
+            tail = gen(x[..., HOP:], message=0x1A2B)
+        torch.testing.assert_close(torch.cat([head, tail], -1), whole, atol=TOL, rtol=0)
+        with det.streaming(1):
+            with pytest.raises(ValueError, match="NaN"):
+                det(bad)
+            det(x[..., HOP:])  # accepted: the refused chunk did not end the stream
+
+
+def test_message_attribute_as_the_reference(small) -> None:
+    """The reference's ``model.message``: the message a call without one embeds (a random
+    one drawn at the first such call and kept); numpy and 0-dim integer messages are ints."""
+    import numpy as np
+
+    gen = AudioSealWM(small_card("generator")).eval()
+    x = audio(HOP * 2, batch=2, seed=23)
+    with torch.inference_mode():
+        assert gen.message.numel() == 0
+        first = gen(x)
+        kept = gen.message.clone()
+        assert kept.shape == (2, 16)
+        torch.testing.assert_close(gen(x), first, atol=0, rtol=0)  # the same message again
+        gen.message = 0x1A2B
+        assert gen.message.tolist() == [[0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 1, 0, 1, 0, 1, 1]]
+        mine = gen(x, message=0x1A2B)
+        torch.testing.assert_close(gen(x), mine, atol=0, rtol=0)
+        torch.testing.assert_close(gen(x, message=np.int64(0x1A2B)), mine, atol=0, rtol=0)
+        torch.testing.assert_close(gen(x, message=torch.tensor(0x1A2B)), mine, atol=0, rtol=0)
+        with pytest.raises(MessageError):
+            gen.message = [0, 1]
+        gen.message = None
+        assert gen.message.numel() == 0
+
+
 # --- stream state and messages ---------------------------------------------------------------
 def test_random_message_is_kept_for_the_stream(small) -> None:
     gen, _ = small

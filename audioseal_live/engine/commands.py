@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,31 +26,20 @@ from audioseal_live.errors import (
     MessageError,
     SettingError,
 )
+from audioseal_live.message_bits import NBITS, bits_hex, parse_message_text
 
 log = logging.getLogger(__name__)
-NBITS = 16
 
 
 def parse_message(text: str | None) -> tuple[int, ...] | None:
     """hex (0x1a2b), decimal (6699) or 16 binary digits; None = random."""
-    if text is None:
-        return None
-    from audioseal_live.models.messages import parse_message_text
-
-    return tuple(int(b) for b in parse_message_text(text, NBITS).tolist())
+    return None if text is None else parse_message_text(text, NBITS)
 
 
 MAX_USER_BLOCK = 16384  # PortAudio frames per callback: 341 ms at 48 kHz
 
 # Below this rate a file cannot hold the message code's band (300-3400 Hz), read at 8 kHz.
 LOW_RATE = 8000
-
-
-def bits_hex(bits: Sequence[int]) -> str:
-    v = 0
-    for b in bits:
-        v = (v << 1) | int(b)
-    return f"0x{v:0{(len(bits) + 3) // 4}x}"
 
 
 def _device_arg(text: str | None) -> str | int | None:
@@ -158,10 +147,7 @@ def _engine_config(args: argparse.Namespace, **over: Any) -> Any:
         overload=args.overload,
     )
     cfg.update(over)
-    try:
-        return EngineConfig(**cfg)
-    except ValueError as exc:
-        raise MessageError(str(exc)) from None
+    return EngineConfig(**cfg)  # a plain record: every value was checked above or is later
 
 
 def _live(args: argparse.Namespace, engine: Any) -> int:
@@ -349,8 +335,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
             f"{sync}{', inverted polarity' if res.inverted and res.marked else ''})"
         )
         if res.marked:
-            line += f", message {bits_hex(res.bits)} ({''.join(map(str, res.bits))})"
-            if res.bit_confidence:  # a detector without a message has none
+            if res.bits:  # a detector without a message has none
+                line += f", message {bits_hex(res.bits)} ({''.join(map(str, res.bits))})"
                 line += f", min bit confidence {min(res.bit_confidence):.2f}"
             if res.seconds < 1.0:  # the code is read over ~1 s and more
                 line += " (under 1 s: too short to read the bits reliably)"

@@ -28,7 +28,7 @@ from audioseal_live.engine.audio_io import (
     resolve_device,
 )
 from audioseal_live.engine.metrics import NO_DETECTION, Detection, Snapshot
-from audioseal_live.engine.model import NBITS, FrameDetector, Marker
+from audioseal_live.engine.model import FrameDetector, Marker
 from audioseal_live.engine.monitor import DetectorMonitor
 from audioseal_live.engine.native_io import make_callback_io
 from audioseal_live.engine.recorder import Recorder
@@ -40,6 +40,7 @@ from audioseal_live.engine.worker import (
     chunk_samples_16k,
 )
 from audioseal_live.errors import DeviceError, MessageError
+from audioseal_live.message_bits import NBITS, bits_of
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,7 @@ class EngineConfig:
 
 
 def random_message(nbits: int = NBITS) -> tuple[int, ...]:
-    v = secrets.randbits(nbits)
-    return tuple((v >> (nbits - 1 - i)) & 1 for i in range(nbits))
+    return bits_of(secrets.randbits(nbits), nbits)
 
 
 def check_message(bits: Sequence[int], nbits: int = NBITS) -> tuple[int, ...]:
@@ -194,7 +194,15 @@ class Engine:
         """Load + warm up the model, prefill, open streams, start the worker (and monitor).
 
         ``threads=False`` (tests) skips the worker/monitor threads: call ``pump()`` instead.
+        An engine that was stopped starts again as a new session (new streams, counters and
+        recordings; the loaded models are kept).
         """
+        if self.worker is not None and self._final is None:
+            raise DeviceError("the engine is already running: stop() it before starting again")
+        self._final = None
+        self._record_errors = []
+        self._watch = (-1.0, time.monotonic())
+        self.worker = self.monitor = self._capture = self.backend = None
         cfg = self.config
         # Python callbacks need the GIL within a fraction of a block; the default 5 ms switch
         # interval is a whole JACK period at 256 frames, which showed up as xruns.
@@ -277,6 +285,7 @@ class Engine:
                 self._capture.start()
         except BaseException:
             self._teardown(failed=True)
+            self.worker = self.monitor = self._capture = None  # nothing runs: not started
             raise
         log.info(
             "engine running: %d Hz, chunk %.0f ms, block %d, target %d samples, budget %.1f ms, "

@@ -32,6 +32,7 @@ from audioseal_live.engine.resample import SoxrResampler
 from audioseal_live.engine.ring import Fifo
 from audioseal_live.engine.worker import check_alpha
 from audioseal_live.errors import AudioFileError
+from audioseal_live.message_bits import bits_hex
 
 BLOCK_S = 1.0  # seconds read per step: memory stays O(block), not O(file)
 # Detection locks as the live monitor does: after this much audio with the mark found in
@@ -213,7 +214,7 @@ class DetectResult:
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["message"] = "".join(map(str, self.bits))
-        d["message_hex"] = f"0x{int(d['message'], 2):0{(len(self.bits) + 3) // 4}x}"
+        d["message_hex"] = bits_hex(self.bits) or None  # None: a detector without a message
         return d
 
 
@@ -238,18 +239,22 @@ def detect_file(
         total = 0
         heard = 0  # samples of 20 ms frames above QUIET_RMS: where a mark can be
         windows: list[float] = []
-        win_acc, win_n = 0.0, 0
+        pending = np.zeros(0)  # per-sample P of the second not yet complete
         locked: tuple[int, int] | None = None  # (signal, phase) once settled
         code = detector.code_stream(None)  # a model with a message code: read over the file
 
+        def shares() -> tuple[float, float]:
+            """Of the samples with sound, the share detected in x and in -x."""
+            n = max(heard, 1)
+            return n_det[0] / n, n_det[1] / n
+
         def settle() -> tuple[int, int]:
             """The signal (x or -x) that carries the mark so far, and its surest phase."""
-            n = max(heard, 1)
-            b = int(inverted_wins(n_det[0] / n, n_det[1] / n))
+            b = int(inverted_wins(*shares()))
             return b, best_phase(logit_sum[b])
 
         def run(x16: np.ndarray) -> None:
-            nonlocal total, heard, win_acc, win_n, locked
+            nonlocal total, heard, pending, locked
             # Pauses carry no mark (the engine and embed keep it 20 dB under the signal):
             # only frames with sound count for or against it.
             loud = np.sqrt(np.mean(x16.reshape(-1, HOP) ** 2, axis=1)) >= QUIET_RMS
@@ -276,14 +281,13 @@ def detect_file(
                 if n_det[b] >= LOCK_MARKED_S * MODEL_RATE:
                     locked = (b, k)
                     detector.narrow(b, k)
-            for v in p.max(axis=0).reshape(-1):  # per-second windows for the report
-                win_acc += float(v)
-                win_n += 1
-                if win_n == MODEL_RATE:
-                    windows.append(win_acc / win_n)
-                    if on_window:
-                        on_window(windows[-1])
-                    win_acc, win_n = 0.0, 0
+            pending = np.concatenate([pending, p.max(axis=0).reshape(-1)])
+            whole = pending.shape[0] // MODEL_RATE * MODEL_RATE  # per-second windows
+            for v in pending[:whole].reshape(-1, MODEL_RATE).mean(axis=1, dtype=np.float64):
+                windows.append(float(v))
+                if on_window:
+                    on_window(windows[-1])
+            pending = pending[whole:]
 
         with _progress(f.frames / rate, src.name, progress) as bar:
             for x in read_blocks(f, src):
@@ -310,7 +314,7 @@ def detect_file(
         b = int(read.inverted) if read.inverted is not None else b
         mean_logit = -read.z if b else read.z
         marked = marked or read.p_marked >= 0.5
-        told = polarity_told(n_det[0] / max(heard, 1), n_det[1] / max(heard, 1))
+        told = polarity_told(*shares())
         there = read.sync >= code.sync_min  # the code is there at all (as the monitor asks)
         if read.inverted is None and not told and there and expected is not None:
             b, mean_logit, guessed = guess_polarity(b, mean_logit, tuple(int(v) for v in expected))

@@ -15,10 +15,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from audioseal_live.errors import CheckpointError
+from audioseal_live.message_bits import NBITS
 
 HOP = 320  # model hop at 16 kHz (20 ms); every chunk is a multiple of it
 MODEL_RATE = 16000
-NBITS = 16
 
 
 class Marker(Protocol):

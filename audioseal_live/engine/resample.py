@@ -81,9 +81,6 @@ class PolyphaseResampler:
         """Group delay in output samples (exact)."""
         return self._delay
 
-    def delay_seconds(self) -> float:
-        return self._delay / self.out_rate
-
     def reset(self) -> None:
         k = self.taps_per_phase
         self._hist = np.zeros(k - 1, dtype=np.float32)  # last K-1 inputs

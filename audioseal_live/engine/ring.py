@@ -13,7 +13,8 @@ import numpy as np
 
 
 class RingBuffer:
-    """Mono float32 SPSC ring. Counters: ``overflows`` (samples dropped on write)."""
+    """Mono float32 SPSC ring. Counters: ``overflow_events`` (writes that did not fit) and
+    ``overflow_samples`` (samples they dropped)."""
 
     def __init__(self, capacity: int) -> None:
         if capacity <= 0:
@@ -141,9 +142,6 @@ class Fifo:
         out = self._buf[self._lo : self._lo + n].copy()
         self._lo += n
         return out
-
-    def peek(self) -> np.ndarray:
-        return self._buf[self._lo : self._hi]
 
     def clear(self) -> None:
         self._lo = self._hi = 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -155,6 +157,20 @@ class CardModel(StreamingRoot):
         padded = torch.nn.functional.pad(x, (0, self.hop_length - rest))
         self.__dict__["_ended"] = (self.stream_epoch, padded)  # this call may still run on it
         return padded
+
+    @contextlib.contextmanager
+    def _ragged_end(self, x: Tensor) -> Iterator[Tensor]:
+        """``with self._ragged_end(x) as x:`` around a call: :meth:`_pad_last_chunk`, and a
+        last chunk that is refused (NaN, a bad message...) does not end the stream: it was
+        never processed, so the caller may send it again corrected."""
+        padded = self._pad_last_chunk(x)
+        try:
+            yield padded
+        except BaseException:
+            ended = self.__dict__.get("_ended")
+            if padded is not x and ended is not None and ended[1] is padded:
+                del self.__dict__["_ended"]
+            raise
 
     def _check_not_ended(self, x: Tensor) -> None:
         ended = self.__dict__.get("_ended")

@@ -195,23 +195,23 @@ class AudioSealDetector(CardModel):
         A card with a template code reads the message with the code's reader over the
         whole input (see ``models.message_code``), not with the bit head."""
         length = x.shape[-1] if isinstance(x, Tensor) else 0
-        x = self._pad_last_chunk(x)  # a stream's ragged last chunk (cut back below)
-        if self._fused_detection is not None and self.phases == 1:  # streaming, a code card
-            self._check_input(x, sample_rate)
-            out = self._run_folded(x, self._fused_detection)
-            return torch.softmax(out, dim=1)[..., :length], self._stream_message(x)
-        out = self.phase_logits(x, sample_rate)[..., :length]
-        if self.code is not None:
-            probs = torch.softmax(out[:, 0, :2], dim=1)
-            if self.is_streaming:
-                return probs, self._stream_message(x)
-            read = self.code.read_offline(x)
-            z = read.z * self.code_polarity(x, read)[:, None]
-            return self.with_code_presence(probs, x), torch.sigmoid(z)
-        mean_logits = out[:, :, 2:].mean(dim=-1)  # (B, P, nbits)
-        best = most_confident_phase(mean_logits)
-        message = mean_logits[torch.arange(x.shape[0], device=x.device), best]
-        return torch.softmax(out[:, 0, :2], dim=1), torch.sigmoid(message)
+        with self._ragged_end(x) as x:  # a stream's ragged last chunk (cut back below)
+            if self._fused_detection is not None and self.phases == 1:  # streaming, a code card
+                self._check_input(x, sample_rate)
+                out = self._run_folded(x, self._fused_detection)
+                return torch.softmax(out, dim=1)[..., :length], self._stream_message(x)
+            out = self.phase_logits(x, sample_rate)[..., :length]
+            if self.code is not None:
+                probs = torch.softmax(out[:, 0, :2], dim=1)
+                if self.is_streaming:
+                    return probs, self._stream_message(x)
+                read = self.code.read_offline(x)
+                z = read.z * self.code_polarity(x, read)[:, None]
+                return self.with_code_presence(probs, x), torch.sigmoid(z)
+            mean_logits = out[:, :, 2:].mean(dim=-1)  # (B, P, nbits)
+            best = most_confident_phase(mean_logits)
+            message = mean_logits[torch.arange(x.shape[0], device=x.device), best]
+            return torch.softmax(out[:, 0, :2], dim=1), torch.sigmoid(message)
 
     def _stream_message(self, x: Tensor) -> Tensor:
         """While streaming: the message read over everything streamed so far (the folded

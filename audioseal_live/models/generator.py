@@ -48,8 +48,23 @@ class AudioSealWM(CardModel):
         )
         self.msg_processor = MsgProcessor(card.nbits, card.seanet.dimension) if card.nbits else None
         self._stream_message: Tensor | None = None
-        self.last_message: Tensor | None = None
+        self.last_message: Tensor | None = None  # the message the last call embedded
         self._given_key: object = None
+        self._message = torch.zeros(0, dtype=torch.long)  # see the message property
+
+    @property
+    def message(self) -> Tensor:
+        """The message a call without one embeds, as the reference's ``model.message``: empty
+        until set, or until the first such call draws a random one (kept from then on)."""
+        return self._message
+
+    @message.setter
+    def message(self, value: MessageLike | None) -> None:
+        if value is None or (isinstance(value, Tensor) and value.numel() == 0):
+            self._message = torch.zeros(0, dtype=torch.long)
+            return
+        rows = value.shape[0] if isinstance(value, Tensor) and value.ndim == 2 else 1
+        self._message = to_message_tensor(value, rows, self.nbits)
 
     def _on_stream_start(self) -> None:
         self._stream_message = None
@@ -65,7 +80,7 @@ class AudioSealWM(CardModel):
         return random_message(batch_size, self.nbits)
 
     def _resolve_message(self, message: MessageLike | None, batch_size: int) -> Tensor:
-        """None → a random message, kept for the whole stream while streaming."""
+        """None → :attr:`message` (a random one drawn at the first call, then kept)."""
         key = _message_key(message) if message is not None else None
         if (
             key is not None
@@ -78,8 +93,10 @@ class AudioSealWM(CardModel):
             msg = to_message_tensor(message, batch_size, self.nbits)
         elif self.is_streaming and self._stream_message is not None:
             msg = self._stream_message
-        else:
-            msg = self.random_message(batch_size)
+        elif self._message.numel() and self._message.shape[0] in (1, batch_size):
+            msg = self._message.expand(batch_size, -1)
+        else:  # drawn once and kept, as the reference does
+            msg = self._message = self.random_message(batch_size)
         if self.is_streaming:
             self._stream_message = msg
         self.last_message = msg
@@ -99,12 +116,12 @@ class AudioSealWM(CardModel):
         throughout, use :class:`audioseal_live.ChunkedStream`.
         """
         length = x.shape[-1] if isinstance(x, Tensor) else 0
-        x = self._pad_last_chunk(x)
-        self._check_input(x, sample_rate)
-        msg = None
-        if self.msg_processor is not None:
-            msg = self._resolve_message(message, x.shape[0]).to(x.device)
-        return self.watermark_of(x, msg)[..., :length]
+        with self._ragged_end(x) as x:
+            self._check_input(x, sample_rate)
+            msg = None
+            if self.msg_processor is not None:
+                msg = self._resolve_message(message, x.shape[0]).to(x.device)
+            return self.watermark_of(x, msg)[..., :length]
 
     def watermark_of(self, x: Tensor, message: Tensor | None) -> Tensor:
         """:meth:`get_watermark`'s arithmetic alone: ``x`` already checked, ``message`` a

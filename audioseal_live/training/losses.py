@@ -67,18 +67,6 @@ def _stft_mag(x: Tensor, n_fft: int, hop: int | None = None) -> Tensor:
     return spec.abs().clamp_min(1e-7)
 
 
-def multires_stft_loss(
-    x: Tensor, y: Tensor, fft_sizes: tuple[int, ...] = (256, 512, 1024)
-) -> Tensor:
-    """Spectral convergence + log-magnitude distance, averaged over resolutions."""
-    total = x.new_zeros(())
-    for n_fft in fft_sizes:
-        mx, my = _stft_mag(x, n_fft), _stft_mag(y, n_fft)
-        sc = torch.linalg.norm(my - mx, dim=(-2, -1)) / (torch.linalg.norm(mx, dim=(-2, -1)) + EPS)
-        total = total + sc.mean() + (mx.log() - my.log()).abs().mean()
-    return total / len(fft_sizes)
-
-
 @functools.lru_cache(16)
 def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int = 16000) -> Tensor:
     """Triangular HTK-mel filters (n_mels, n_fft // 2 + 1); no torchaudio needed."""
