@@ -270,3 +270,17 @@ def test_capture_monitor_stream_receives_audio(jack_server: object, callback: st
     assert cap.stats.callbacks_in > 10 and cap.stats.frames_in >= 48000 * 0.3
     assert cap.ring.fill == cap.stats.frames_in  # nothing read yet, nothing dropped
     assert cap.stats.native_callback == (callback == "native")
+
+
+def test_a_rate_the_device_does_not_run_at_is_said_in_words(jack_server: object) -> None:
+    """JACK runs at 48 kHz; 44.1 kHz asked: PortAudio's 'Invalid sample rate
+    [PaErrorCode -9997]' reached the user as it was (review)."""
+    from audioseal_live.engine.audio_io import CallbackIO, SoundDeviceBackend, resolve_device
+    from audioseal_live.engine.ring import RingBuffer
+    from audioseal_live.errors import DeviceError
+
+    io = CallbackIO(RingBuffer(4096), RingBuffer(4096))
+    devices = resolve_device("system", "input"), resolve_device("system", "output")
+    with pytest.raises(DeviceError, match=r"does not run at 44100 Hz \(it runs at 48000 Hz\)"):
+        SoundDeviceBackend(io, *devices, 44100)
+    SoundDeviceBackend(io, *devices, 48000)  # its own rate: accepted

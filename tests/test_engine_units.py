@@ -691,6 +691,54 @@ def test_a_jack_server_gone_since_portaudio_started_is_never_terminated(monkeypa
     assert not audio_io.jack_server_gone()
 
 
+def test_only_the_jack_server_portaudio_uses_is_watched(monkeypatch) -> None:
+    """Another jackd left running kept a dead server 'alive': PortAudio was terminated at
+    exit and aborted the process (pa_jack.c assertion, review)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from audioseal_live.engine import audio_io
+
+    name = audio_io.jack_server_name
+    assert name(["jackd", "-d", "dummy"]) == "default"
+    assert name(["jackd", "--no-realtime", "-n", "a", "-d", "dummy"]) == "a"
+    assert name(["jackd", "-nb", "-d", "dummy"]) == name(["jackd", "--name=b"]) == "b"
+    assert name(["jackd", "-d", "alsa", "-n", "3"]) == "default"  # ALSA's periods
+    if shutil.which("jackd") is None or not sys.platform.startswith("linux"):
+        pytest.skip("needs jackd and /proc")
+    env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"}
+    tag = f"w{os.getpid()}"
+    servers = [
+        subprocess.Popen(
+            ["jackd", "--no-realtime", "-n", f"{tag}{i}", "-d", "dummy"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in (0, 1)
+    ]
+    try:
+        time.sleep(0.5)
+        assert audio_io._server_pids(f"{tag}0") == {servers[0].pid}
+        assert {s.pid for s in servers} <= audio_io._server_pids()
+
+        class JackHost:
+            def query_hostapis(self) -> list[dict[str, str]]:
+                return [{"name": "JACK Audio Connection Kit"}]
+
+        monkeypatch.setenv("JACK_DEFAULT_SERVER", f"{tag}0")
+        monkeypatch.setattr(audio_io, "_jack_servers", audio_io._note_jack_servers(JackHost()))
+        assert audio_io._jack_servers == {servers[0].pid}
+        servers[0].kill()
+        servers[0].wait(10)
+        assert audio_io.jack_server_gone()  # though the other server still runs
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait(10)
+
+
 def test_stop_signals_end_a_live_session_as_ctrl_c_does() -> None:
     import signal
 

@@ -149,18 +149,50 @@ def _sd() -> Any:
 # (pa_jack.c: "Terminate: Assertion `err == 0'") or crashes it -- at exit, and in a device
 # rescan. So the server's processes are noted at initialisation and looked up again before
 # PortAudio is terminated: if none of them is alive, PortAudio is left alone (Linux: /proc).
+# Only the server PortAudio connects to (JACK_DEFAULT_SERVER, else "default") counts: another
+# jackd left running (another user's, a test's) kept a dead one "alive" (review: abort at exit).
 JACK_SERVER_NAMES = ("jackd", "jackdbus", "pipewire")
 _jack_servers: frozenset[int] | None = None  # None: not looked yet; empty: no JACK host
 
 
-def _server_pids() -> set[int]:
+def jack_server_name(args: list[str]) -> str:
+    """The server name a jackd command line serves (-n NAME / --name NAME; "default")."""
+    name = "default"
+    for i, arg in enumerate(args[1:], 1):
+        if arg in ("-d", "--driver") or arg.startswith("-d"):
+            break  # the driver's own options follow (ALSA's -n is its periods)
+        if arg in ("-n", "--name") and i + 1 < len(args):
+            name = args[i + 1]
+        elif arg.startswith("--name="):
+            name = arg[len("--name=") :]
+        elif arg.startswith("-n") and not arg.startswith("--") and len(arg) > 2:
+            name = arg[2:]
+    return name
+
+
+def _server_pids(name: str | None = None) -> set[int]:
+    """Processes of JACK servers: all of them, or those serving ``name`` (a jackdbus or a
+    PipeWire serves "default")."""
     pids = set()
     with contextlib.suppress(OSError):
         for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError), open(f"/proc/{entry.name}/comm") as fh:
-                    if fh.read().strip() in JACK_SERVER_NAMES:
-                        pids.add(int(entry.name))
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry.name}/comm") as fh:
+                    comm = fh.read().strip()
+                if comm not in JACK_SERVER_NAMES:
+                    continue
+                if name is not None:
+                    if comm == "jackd":
+                        with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                            args = fh.read().decode(errors="replace").split("\0")
+                        served = jack_server_name([a for a in args if a])
+                    else:
+                        served = "default"
+                    if served != name:
+                        continue
+                pids.add(int(entry.name))
     return pids
 
 
@@ -169,7 +201,11 @@ def _note_jack_servers(sd: Any) -> frozenset[int]:
         apis = [str(api["name"]) for api in sd.query_hostapis()]
     except Exception:  # noqa: BLE001 - no host APIs: nothing to watch
         return frozenset()
-    return frozenset(_server_pids()) if any("JACK" in name for name in apis) else frozenset()
+    if not any("JACK" in name for name in apis):
+        return frozenset()
+    # the server PortAudio connected to; if none answers to that name, every server (safe)
+    mine = _server_pids(os.environ.get("JACK_DEFAULT_SERVER") or "default")
+    return frozenset(mine or _server_pids())
 
 
 def jack_server_gone() -> bool:
@@ -360,22 +396,28 @@ class SoundDeviceBackend:
     def _check(self, sd: Any, with_input: bool = True) -> None:
         """PortAudio's own check of rate and channels, as one clear error."""
         check_portaudio_usable()  # (a gone JACK server answers "Invalid sample rate")
-        try:
-            if with_input:
-                sd.check_input_settings(
-                    device=self.input_device,
-                    channels=self.in_channels,
-                    dtype="float32",
-                    samplerate=self.sample_rate,
-                )
-            sd.check_output_settings(
-                device=self.output_device,
-                channels=self.out_channels,
-                dtype="float32",
-                samplerate=self.sample_rate,
+        checks = [("output", self.output_device, self.out_channels, sd.check_output_settings)]
+        if with_input:
+            checks.insert(
+                0, ("input", self.input_device, self.in_channels, sd.check_input_settings)
             )
-        except Exception as exc:
-            raise DeviceError(f"device settings not supported: {exc}") from None
+        for kind, device, channels, check in checks:
+            try:
+                check(
+                    device=device, channels=channels, dtype="float32", samplerate=self.sample_rate
+                )
+            except Exception as exc:
+                info = sd.query_devices(device)
+                name, default = info["name"], float(info["default_samplerate"])
+                if "sample rate" in str(exc).lower() and default != self.sample_rate:
+                    raise DeviceError(
+                        f"the {kind} device {name!r} does not run at {self.sample_rate:g} Hz "
+                        f"(it runs at {default:g} Hz): choose {default:g} Hz or the device's "
+                        "default rate"
+                    ) from None
+                raise DeviceError(
+                    f"{kind} device {name!r}: settings not supported: {exc}"
+                ) from None
 
     @property
     def duplex(self) -> bool:
