@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from audioseal_live.blocks.conv import PAD_MODES
+from audioseal_live.errors import AudioSealLiveError
 from audioseal_live.models.message_code import TemplateCode
 
 # Activations a card may name. A closed list, so that a checkpoint's config cannot make us
@@ -55,8 +56,9 @@ MAX_OUTPUT_DIM = 1024  # official: 32
 MAX_PARAMETERS = 200_000_000
 
 
-class CardError(ValueError):
-    """A card that describes no model; ``problems`` are "field: what is wrong" lines."""
+class CardError(AudioSealLiveError, ValueError):
+    """A card that describes no model; ``problems`` are "field: what is wrong" lines. The user's
+    to fix (a hand-edited card, a training option that makes none): one line in the CLI."""
 
     def __init__(self, name: object, problems: list[str]) -> None:
         self.problems = problems
