@@ -37,6 +37,7 @@ STOPPED, NOT_DETECTED, DETECTING, MATCH, MISMATCH, OFF, UPDATING = (
 # show the new message (or this long), the state says so instead of MATCH / MISMATCH, which
 # contradicted the rows beside it for ~2.7 s (review).
 UPDATE_S = 4.0
+MARKED = 0.5  # the detector's threshold: a chunk at or above it read as marked
 STATE_TEXT = {
     UPDATING: "UPDATING…",
     STOPPED: "STOPPED",
@@ -184,6 +185,10 @@ class BitsView(QWidget):
         self._previous: tuple[int, ...] = ()  # the message before the last change
         self._change_seen: float | None = None  # when a snapshot first came after it
         self.shown_state = STOPPED  # what the big label says (UPDATING over the match state)
+        # the capture device the detector listens to, as its picker names it (the engine's
+        # source is the PortAudio index: "monitor: 1", review); '' = the engine's source
+        self.monitor_name = ""
+        self._marked_seen = False  # a chunk read as marked this session: a reading to hold
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(8)
@@ -207,6 +212,10 @@ class BitsView(QWidget):
         self.state_label.setObjectName("bigState")
         self.detail_label = QLabel("")
         self.detail_label.setObjectName("caption")
+        # Wrapping, and not asking for its text's width: as notes came and went the window
+        # widened itself mid-session (905 px -> up to 1571 px, review; as health_strip.py).
+        self.detail_label.setWordWrap(True)
+        self.detail_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         state_box.addWidget(cap2)
         state_box.addWidget(self.state_label)
         state_box.addWidget(self.detail_label)
@@ -252,6 +261,10 @@ class BitsView(QWidget):
         running = snap.running
         listening = det.source != NO_MONITOR
         state = self.match_state.update(det.prob_smoothed, det.match, running, now, listening)
+        if not (running and listening):
+            self._marked_seen = False  # a new session starts with no reading
+        elif det.chunks and max(det.prob_chunk, det.prob_smoothed) >= MARKED:
+            self._marked_seen = True
         message = tuple(snap.message) if snap.message else ()
         if message and message not in (self.embedded, self._previous):
             self.set_embedded(message)  # the engine's own (e.g. a random one at start)
@@ -277,11 +290,12 @@ class BitsView(QWidget):
                 detail.append("polarity inverted (inferred from the message)")
             elif det.inverted:
                 detail.append("polarity inverted")
-        if running and listening and det.quiet and det.chunks:
-            # the engine keeps no mark in pauses: the reading is the one from before
+        if running and listening and det.quiet and det.chunks and self._marked_seen:
+            # the engine keeps no mark in pauses: the reading is the one from before (none
+            # before the first marked chunk: "held" beside 0.00 said otherwise, review)
             detail.append("pause: last reading held")
         if running and det.source and det.source not in ("output", NO_MONITOR):
-            detail.append(f"monitor: {det.source}")
+            detail.append(f"monitor: {self.monitor_name or det.source}")
         self.detail_label.setText(" · ".join(detail))
         guessed = running and det.polarity_from_message and self.match_state.detected
         tip = POLARITY_GUESS_TIP if guessed else ""

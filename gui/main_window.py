@@ -47,6 +47,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from audioseal_live.engine import audio_io
 from audioseal_live.engine.audio_io import (
     SEE_DEVICES,
     DeviceInfo,
@@ -366,9 +367,7 @@ class MainWindow(QMainWindow):
         self._want_device = g.device
         self._record_dir = g.record_dir
         self.record_label.setText(f"records to {g.record_dir}")
-        if g.geometry:
-            self.restoreGeometry(g.geometry)
-        else:
+        if not (g.geometry and self.restoreGeometry(g.geometry)):  # none, or not a geometry
             self.resize(1360, 860)
         self._update_latency_hint()
 
@@ -542,6 +541,9 @@ class MainWindow(QMainWindow):
         self.runner.set_alpha(live["alpha"])
         self.runner.set_bypass(self.bypass_button.isChecked())
         cfg = self.runner.config
+        # the detail line names a capture monitor as its picker does, not by its index
+        capture = cfg is not None and cfg.monitor not in (None, "output")
+        self.bits_view.monitor_name = self.monitor_picker.shown_name() if capture else ""
         ended, self._recording_ended_by_switch = self._recording_ended_by_switch, False
         self.statusBar().showMessage(
             f"Running: {self.input_picker.shown_name()} → {self.output_picker.shown_name()}"
@@ -722,7 +724,15 @@ class MainWindow(QMainWindow):
         if lost:
             log.warning("device lost: %s", lost)
             self.stop()
-            self.show_error(f"Audio stopped: {lost}. Check the device, then press Start.")
+            if _audio_system_gone():
+                # PortAudio is left alone from now on: every Start would fail ("restart the
+                # program"), so none is suggested (review)
+                self.show_error(
+                    "Audio stopped: the audio server went away. "
+                    "Close this program and open it again to use audio."
+                )
+            else:
+                self.show_error(f"Audio stopped: {lost}. Check the device, then press Start.")
             return
         self._show_snapshot(self._live_snapshot())
 
@@ -763,6 +773,16 @@ class MainWindow(QMainWindow):
         self.runner.shutdown()
         self._end_busy()
         super().closeEvent(e)
+
+
+def _audio_system_gone() -> bool:
+    """PortAudio was abandoned (a stream would not stop) or its JACK server is gone: no
+    device opens again in this process."""
+    try:
+        audio_io.check_portaudio_usable()
+    except AudioSealLiveError:
+        return True
+    return False
 
 
 def _ref(x: object) -> DeviceRef:

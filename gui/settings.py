@@ -4,6 +4,7 @@ index: indices change whenever a device is plugged in or PortAudio rescans."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,12 @@ def _get(s: QSettings, key: str, default: Any) -> Any:
         if isinstance(default, int):
             return int(v)
         if isinstance(default, float):
-            return float(v)
+            x = float(v)
+            return x if math.isfinite(x) else default  # nan, inf, 1e999
         if isinstance(default, bytes):
             return bytes(v.data()) if isinstance(v, QByteArray) else default
         return str(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         return default
 
 
@@ -95,15 +97,23 @@ def load(s: QSettings) -> GuiSettings:
 
 
 def sanitize(g: GuiSettings) -> GuiSettings:
-    """Clamp values a hand-edited or stale settings file may hold."""
+    """Clamp values a hand-edited or stale settings file may hold; a value that is not a
+    usable number (NaN, inf, out of range, another type) falls back to the default."""
+    d = GuiSettings()
+
+    def number(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
     return dataclasses.replace(
         g,
-        sample_rate=g.sample_rate if g.sample_rate in RATE_CHOICES else 0,
-        chunk_ms=g.chunk_ms if g.chunk_ms in CHUNK_CHOICES_MS else 20,
-        message=g.message if 0 <= g.message < 1 << 16 else 0,
-        alpha=min(max(g.alpha, 0.0), 2.0),
-        device=g.device if g.device in ("cpu", "cuda") else "cpu",
-        model_kind=g.model_kind if g.model_kind in ("default", "card", "file") else "default",
+        sample_rate=g.sample_rate if g.sample_rate in RATE_CHOICES else d.sample_rate,
+        chunk_ms=g.chunk_ms if g.chunk_ms in CHUNK_CHOICES_MS else d.chunk_ms,
+        message=g.message if isinstance(g.message, int) and 0 <= g.message < 1 << 16 else d.message,
+        # NaN got through min/max (the window did not open); inf is not 200 %
+        alpha=min(max(g.alpha, 0.0), 2.0) if number(g.alpha) else d.alpha,
+        device=g.device if g.device in ("cpu", "cuda") else d.device,
+        model_kind=g.model_kind if g.model_kind in ("default", "card", "file") else d.model_kind,
+        geometry=g.geometry if isinstance(g.geometry, bytes) else d.geometry,
     )
 
 

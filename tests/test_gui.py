@@ -173,6 +173,68 @@ def test_bits_view_says_a_pause_holds_the_reading(qtbot: Any) -> None:
         assert ("pause" in view.detail_label.text()) == quiet
 
 
+def test_bits_view_holds_no_reading_it_never_had(qtbot: Any) -> None:
+    """Right after a (re)start, a pause said "last reading held" beside 0.00 / NOT DETECTED
+    though nothing had been read yet (review)."""
+    from audioseal_live_gui.bits_view import BitsView
+
+    from audioseal_live.engine.metrics import Detection, Snapshot
+
+    view = BitsView()
+    qtbot.addWidget(view)
+    bits = (1, 0) * 8
+
+    def show(prob: float, quiet: bool, running: bool = True) -> str:
+        det = Detection(prob, prob, bits, (1.0,) * 16, True, chunks=5, quiet=quiet)
+        view.handle_new_data(Snapshot(running=running, message=bits, detection=det), now=1.0)
+        return view.detail_label.text()
+
+    assert "pause" not in show(0.02, quiet=False)
+    assert "pause" not in show(0.0, quiet=True)  # no marked chunk yet: nothing to hold
+    assert "pause" not in show(0.95, quiet=False)
+    assert "pause" in show(0.95, quiet=True)  # a reading, held
+    show(0.0, quiet=False, running=False)  # stopped: the next session starts afresh
+    assert "pause" not in show(0.0, quiet=True)
+
+
+def test_a_long_detail_line_does_not_widen_the_window(qtbot: Any, tmp_path: Path) -> None:
+    """The notes under the state (bypass, polarity, pause, monitor) came and went and the
+    window widened itself mid-session: 905 px asked, 1198-1571 px got (review)."""
+    from audioseal_live.engine.metrics import Detection, Snapshot
+
+    w = MainWindow(st.qsettings(str(tmp_path / "settings.ini")))
+    qtbot.addWidget(w)
+    w.show()
+    w.resize(905, 700)
+    qtbot.waitExposed(w)
+    QApplication.processEvents()
+    width = w.width()
+    assert width == 905
+    bits = (1, 0) * 8
+    det = Detection(
+        0.93,
+        0.93,
+        bits,
+        (0.9,) * 16,
+        True,
+        inverted=True,
+        polarity_from_message=True,
+        source="CABLE Output (VB-Audio Virtual Cable) with a long device name",
+        chunks=500,
+        quiet=True,
+    )
+    snap = Snapshot(running=True, chunk_ms=20, message=bits, bypass=True, detection=det)
+    for t in range(4):
+        w.bits_view.handle_new_data(snap, now=100.0 + t)
+    for _ in range(5):
+        QApplication.processEvents()
+    text = w.bits_view.detail_label.text()
+    assert "BYPASS" in text and "polarity" in text and "pause" in text and "monitor" in text
+    assert w.width() == width and w.minimumSizeHint().width() <= width
+    assert w.bits_view.detail_label.wordWrap()
+    w.close()
+
+
 def test_views_draw_snapshots(qtbot: Any) -> None:
     """Widgets take engine snapshots (Friture's handle_new_data) and show what they hold."""
     from audioseal_live_gui.health_strip import HealthStrip
@@ -482,6 +544,106 @@ def test_a_saved_strength_of_zero_shows_zero(qtbot: Any, tmp_path: Path) -> None
     w = _fake_window(qtbot, tmp_path, **{"watermark/alpha": 0.0})
     assert w.alpha_slider.value() == 0 and w.alpha_label.text() == "0%"
     assert w.engine_config().alpha == 0.0
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1e999", "NaN", "abc", "1, 2"])
+def test_a_settings_file_with_numbers_that_are_not_opens_on_defaults(
+    qtbot: Any, tmp_path: Path, bad: str
+) -> None:
+    """`alpha=nan` in the settings file stopped the window from opening ("cannot convert
+    float NaN to integer"); `alpha=inf` opened at 200 %. Each numeric setting that is no
+    usable number falls back to its default (review)."""
+    ini = tmp_path / "settings.ini"
+    ini.write_text(
+        f"[audio]\nchunk_ms={bad}\nsample_rate={bad}\n"
+        f"[watermark]\nalpha={bad}\nmessage={bad}\n"
+        f"[window]\ngeometry=@ByteArray({bad})\n"  # bytes, but no geometry
+    )
+    w = MainWindow(st.qsettings(str(ini)))
+    qtbot.addWidget(w)
+    d = st.GuiSettings()
+    assert w.alpha_slider.value() == 100 and w.alpha_label.text() == "100%"
+    got = w.current_settings()
+    assert (got.alpha, got.chunk_ms, got.sample_rate, got.message) == (
+        d.alpha,
+        d.chunk_ms,
+        d.sample_rate,
+        d.message,
+    )
+    assert w.width() == 1360  # no geometry to restore: the default size
+    w.close()
+    # a native store hands back numbers, not strings: the same holds for them
+    for alpha in (float("nan"), float("inf"), float("-inf")):
+        assert st.sanitize(dataclasses.replace(d, alpha=alpha)).alpha == d.alpha
+    assert st.sanitize(dataclasses.replace(d, alpha=7.0)).alpha == 2.0  # a number: clamped
+    assert st.sanitize(dataclasses.replace(d, message=1 << 40)).message == d.message
+
+
+LOST = "the audio device stopped (unplugged, or taken by another program)"
+
+
+@pytest.mark.parametrize("audio", ["alive", "server gone", "abandoned"])
+def test_a_lost_audio_server_says_to_reopen_the_program(
+    fake_audio: Any, qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, audio: str
+) -> None:
+    """After the JACK server died mid-run (or a stream would not stop: PortAudio abandoned)
+    the window said "Check the device, then press Start", and every Start then failed with
+    "restart the program" (review)."""
+    from audioseal_live.engine import audio_io
+
+    w = _fake_window(qtbot, tmp_path)
+    w.start()
+    qtbot.waitUntil(lambda: w.runner.running, timeout=10000)
+    monkeypatch.setattr(w.runner, "check_device", lambda now=None: LOST)
+    monkeypatch.setattr(audio_io, "jack_server_gone", lambda: audio == "server gone")
+    monkeypatch.setattr(audio_io, "_abandoned", audio == "abandoned")
+    monkeypatch.setattr(audio_io.atexit, "unregister", lambda fn: None)  # this process's exit
+    w._on_numbers_tick()
+    assert not w.runner.running and w.start_button.text() == "Start"
+    msg = w.errors[-1]
+    assert msg.startswith("Audio stopped:")
+    if audio == "alive":
+        assert LOST in msg and msg.endswith("then press Start.")
+    else:
+        assert "audio server went away" in msg and "open it again" in msg
+        assert "Start" not in msg
+
+
+def test_a_capture_monitor_is_named_not_numbered(
+    fake_audio: Any, qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a capture device as the Detector source the line under the state said
+    "monitor: 1" (the PortAudio index the engine gets) instead of the device's name."""
+    import audioseal_live.engine.engine as engine_mod
+    from audioseal_live.engine.audio_io import DeviceInfo
+    from audioseal_live.engine.metrics import Detection, Snapshot
+    from audioseal_live.engine.native_io import make_callback_io
+
+    class FakeCapture:  # the second input stream, without a device
+        def __init__(self, device: int, rate: int, capacity: int) -> None:
+            _io, self.ring, _ = make_callback_io(capacity)
+
+        def start(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    name = "Monitor of Built-in Audio Analog Stereo"
+    loop = DeviceInfo(1, name, "JACK Audio Connection Kit", 2, 0, 48000.0, 0.01, 0.01)
+    monkeypatch.setattr(engine_mod, "resolve_device", lambda spec, kind: int(spec))
+    monkeypatch.setattr(engine_mod, "CaptureStream", FakeCapture)
+    w = _fake_window(qtbot, tmp_path)
+    w._devices = [loop]
+    w.monitor_picker.set_devices(w._devices)
+    w.pick_device("monitor", name)
+    assert w.engine_config().monitor == 1  # the engine gets the index...
+    w.start()
+    qtbot.waitUntil(lambda: w.runner.running, timeout=10000)
+    det = Detection(0.1, 0.1, source="1", chunks=3)  # ...and its source says so
+    w._show_snapshot(Snapshot(running=True, detection=det))
+    assert w.bits_view.detail_label.text() == f"monitor: {name}"  # the picker's name
+    w.stop()
 
 
 def test_a_late_cuda_check_does_not_change_a_start_in_flight(
