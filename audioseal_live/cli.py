@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import sys
 
 from audioseal_live.errors import AudioSealLiveError
@@ -56,6 +57,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): as Unix tools, no traceback
+        _stdout_to_devnull()
+        return 2
+    except OSError as exc:  # e.g. stdout unwritable (a full disk): one line, details with -v
+        if args.verbose:
+            logging.exception("failed")
+        _stdout_to_devnull()
+        with contextlib.suppress(OSError):
+            print(f"audioseal-live: error: {exc} (-v says where)", file=sys.stderr)
+        return 2
+
+
+def _stdout_to_devnull() -> None:
+    """What is still buffered for stdout would fail again at exit ('Exception ignored')."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

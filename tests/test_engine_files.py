@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -132,8 +135,9 @@ def test_corrupt_input_gives_clear_error_and_no_output(
     out = tmp_path / "out.wav"
     with pytest.raises(AudioFileError, match="cannot read"):
         embed_file(bad, out, load(random_models)[0], MSG)
-    with pytest.raises(AudioFileError, match="cannot read"):
+    with pytest.raises(AudioFileError, match="cannot read") as err:
         detect_file(bad, load(random_models)[1])
+    assert "b'" not in str(err.value)  # libsndfile's "Error opening b'...'" is not repeated
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.wav"]
 
 
@@ -249,6 +253,10 @@ def test_cli_run_checks_its_stats_file_before_the_run(
         (["demo", "--duration", "-1"], "--duration: a positive number"),
         (["demo", "--record", "{t}/a.wav", "--record-input", "{t}/a.wav"], "the same file"),
         (["demo", "--source", "{t}/src.wav", "--record", "{t}/src.wav"], "the same file"),
+        # the statistics over the source or a recording (both were replaced by JSON)
+        (["demo", "--source", "{t}/src.wav", "--stats-json", "{t}/src.wav"], "the same file"),
+        (["demo", "--record", "{t}/r.wav", "--stats-json", "{t}/r.wav"], "the same file"),
+        (["detect", "/dev/null"], "not a regular file"),
         (["embed", "{t}/src.wav", "{t}/o.wav", "--device", "gpu"], "--device 'gpu'"),
         # a device torch knows but this build lacks (macOS users type mps)
         (["embed", "{t}/src.wav", "{t}/o.wav", "--device", "xpu"], "cannot be used here"),
@@ -439,6 +447,48 @@ def test_detect_with_a_detector_without_a_message(
     assert main(["detect", str(stereo_44k), "--detector", det]) == 0
     out = capsys.readouterr().out
     assert "MARKED" in out and "message" not in out
+
+
+def _cli(*argv: str, **kw: Any) -> subprocess.Popen[bytes]:
+    code = "from audioseal_live.cli import main; import sys; sys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, *argv], **kw)
+
+
+def test_a_stop_signal_during_embed_leaves_no_partial_file(tmp_path: Path) -> None:
+    """SIGTERM/SIGHUP killed embed before its temp file was removed: a hidden .part file of
+    megabytes was left beside the output (SIGINT was handled)."""
+    import signal
+    import time
+
+    import soundfile as sf
+
+    src = tmp_path / "long.wav"
+    sf.write(src, 0.1 * np.random.default_rng(0).standard_normal(300 * 16000), 16000)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        out = tmp_path / "out.wav"
+        proc = _cli("embed", str(src), str(out), stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not any(p.name.endswith(".part") for p in tmp_path.iterdir()):
+            assert proc.poll() is None and time.monotonic() < deadline, "no temp file seen"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err.decode()[-500:]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav"]  # nothing left
+
+
+def test_an_unwritable_stdout_is_one_line_and_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """`detect x --json | head` and a full disk under stdout gave tracebacks, and detect's
+    exit status 1 then said 'not marked'."""
+    with open("/dev/full", "wb") as full:
+        proc = _cli("devices", "--json", stdout=full, stderr=subprocess.PIPE)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.decode().strip().startswith("audioseal-live: error:") and b"Traceback" not in err
+    proc = _cli("devices", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 2 and err == b""
 
 
 def test_file_names_that_are_not_utf8(stereo_44k: Path, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ a JACK client feeding real speech into the engine's input port and recording its
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -284,3 +286,26 @@ def test_a_rate_the_device_does_not_run_at_is_said_in_words(jack_server: object)
     with pytest.raises(DeviceError, match=r"does not run at 44100 Hz \(it runs at 48000 Hz\)"):
         SoundDeviceBackend(io, *devices, 44100)
     SoundDeviceBackend(io, *devices, 48000)  # its own rate: accepted
+
+
+def test_demo_stats_json_says_how_the_session_went(jack_server: object, tmp_path: Path) -> None:
+    """--stats-json held the figures only: not whether the recording was saved, why the
+    session ended, or on which devices (review)."""
+    import json
+
+    import soundfile as sf
+
+    from audioseal_live.cli import main
+
+    rec, stats = tmp_path / "r.wav", tmp_path / "s.json"
+    argv = ["demo", "--duration", "2", "--record", str(rec), "--stats-json", str(stats)]
+    assert main(argv) == 0
+    report = json.loads(stats.read_text())
+    session = report["session"]
+    assert session["stopped_by"] == "--duration" and session["input"] == "built-in speech"
+    assert session["output"] and session["sample_rate"] == 48000
+    [recording] = session["recordings"]
+    assert recording["path"] == str(rec) and recording["what"] == "output"
+    assert recording["saved"] and recording["error"] == "" and recording["silence_s"] == 0
+    assert abs(recording["seconds"] - sf.info(rec).duration) < 1e-6 and recording["seconds"] > 1
+    assert report["time_s"] > 1  # the figures are still there

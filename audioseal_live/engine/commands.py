@@ -128,6 +128,7 @@ def _engine_config(args: argparse.Namespace, **over: Any) -> Any:
         record=args.record,
         record_input=args.record_input,
         source=getattr(args, "source", None),
+        stats_json=args.stats_json,
     )
     cfg = dict(
         input=_device_arg(getattr(args, "input", None)),
@@ -156,7 +157,9 @@ def _live(args: argparse.Namespace, engine: Any) -> int:
 
     stats = report_path(args.stats_json)  # before the run, not after it
     try:
-        engine.start()
+        # a stop signal while it starts (~2-3 s) tears the start down (no partial recording)
+        with _stop_signals_interrupt():
+            engine.start()
     except ValueError as exc:  # bad chunk size and similar settings
         raise DeviceError(str(exc)) from None
     msg = engine.message
@@ -169,6 +172,7 @@ def _live(args: argparse.Namespace, engine: Any) -> int:
     t0 = time.monotonic()
     last_log = t0
     lost = ""
+    stopped_by = "error"  # unless the loop ends as it should
     try:
         with _stop_signals_interrupt():
             while args.duration is None or time.monotonic() - t0 < args.duration:
@@ -182,16 +186,21 @@ def _live(args: argparse.Namespace, engine: Any) -> int:
                     print(snap.status_line(), file=sys.stderr, flush=True)
                 lost = engine.device_problem()
                 if lost:
+                    stopped_by = f"audio lost: {lost}"
                     break
+            else:
+                stopped_by = "--duration"
     except KeyboardInterrupt:
-        pass
+        stopped_by = "signal"
     finally:
         # Ctrl-C, kill or a closed terminal while the session is saved would lose it: the
         # recording and the statistics come first (a stop takes well under a second).
         with _stop_signals_ignored():
             snap = engine.stop()
             if stats is not None:  # before any print: a closed terminal fails those
-                write_report(stats, snap.to_dict())
+                write_report(
+                    stats, {**snap.to_dict(), "session": _session(args, engine, stopped_by)}
+                )
             with contextlib.suppress(OSError):  # stderr gone (terminal closed, pipe reader)
                 if tty:
                     print(file=sys.stderr)
@@ -202,6 +211,20 @@ def _live(args: argparse.Namespace, engine: Any) -> int:
         saved = " (what was recorded is saved)" if args.record or args.record_input else ""
         raise DeviceError(f"audio stopped after {snap.time_s:.1f} s: {lost}{saved}")
     return 0
+
+
+def _session(args: argparse.Namespace, engine: Any, stopped_by: str) -> dict[str, Any]:
+    """What --stats-json says beside the figures: how the session ended, on which devices,
+    and each recording (saved or not, and why)."""
+    backend = engine.backend
+    demo = getattr(args, "source", False)
+    return {
+        "stopped_by": stopped_by,  # "--duration", "signal" or "audio lost: <why>"
+        "input": (demo or "built-in speech") if demo is not False else backend.input_name,
+        "output": backend.output_name,
+        "sample_rate": backend.sample_rate,
+        "recordings": engine.recordings,
+    }
 
 
 # SIGTERM (kill, systemctl stop, docker stop) and SIGHUP (the terminal closed) end a session
@@ -289,9 +312,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     marker = _load_marker(args)
     msg = message_for(int(marker.nbits), parse_message(args.message))
-    info = embed_file(
-        args.input, args.output, marker, msg, args.alpha, progress=sys.stderr.isatty()
-    )
+    with _stop_signals_interrupt():  # kill or a closed terminal: no partial file left
+        info = embed_file(
+            args.input, args.output, marker, msg, args.alpha, progress=sys.stderr.isatty()
+        )
     what = (
         "with nothing embedded (--alpha 0)"
         if args.alpha == 0

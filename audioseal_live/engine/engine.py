@@ -140,6 +140,7 @@ class Engine:
         self._capture: CaptureStream | None = None
         self._recorders: list[Recorder] = []
         self._record_errors: list[str] = []  # recordings that could not be saved, at stop
+        self.recordings: list[dict[str, object]] = []  # the last session's, once stopped
         self._final: Snapshot | None = None
         self._gc_frozen = False
         self._watch = (-1.0, time.monotonic())  # (stream time, when it last moved)
@@ -201,6 +202,7 @@ class Engine:
             raise DeviceError("the engine is already running: stop() it before starting again")
         self._final = None
         self._record_errors = []
+        self.recordings = []
         self._watch = (-1.0, time.monotonic())
         self.worker = self.monitor = self._capture = self.backend = None
         cfg = self.config
@@ -259,10 +261,10 @@ class Engine:
                 self.monitor = mon
                 w.detection_source = lambda: mon.detection
             if cfg.record:
-                self._recorders.append(Recorder(cfg.record, rate))
+                self._recorders.append(Recorder(cfg.record, rate, what="output"))
                 w.sinks.append(self._recorders[-1])
             if cfg.record_input:
-                self._recorders.append(Recorder(cfg.record_input, rate))
+                self._recorders.append(Recorder(cfg.record_input, rate, what="input"))
                 w.input_sinks.append(self._recorders[-1])
             w.prefill()
             if threads:
@@ -355,6 +357,7 @@ class Engine:
                 r.close()  # never raises: a failure is in r.error and the log
                 if r.error:
                     self._record_errors.append(r.error)
+            self.recordings.append(r.summary(saved=not failed and not r.error))
         self._recorders = []
         if self._marker is not None:
             self._marker.close()

@@ -69,13 +69,23 @@ def open_audio(path: str | os.PathLike[str]) -> Any:
 
     p = Path(path)
     if not p.is_file():
-        raise AudioFileError(f"cannot read {p}: " + ("a folder" if p.is_dir() else "no such file"))
+        why = (
+            "a folder"
+            if p.is_dir()
+            else "not a regular file (pipes and devices cannot be read: save it to a file)"
+            if p.exists()
+            else "no such file"
+        )
+        raise AudioFileError(f"cannot read {p}: {why}")
     try:
         # as bytes: a name that is not UTF-8 (legal on Linux: Latin-1 names from old archives)
         # is one soundfile cannot encode
         f = sf.SoundFile(os.fsencode(p))
     except Exception as exc:  # libsndfile's message says what is wrong
-        raise AudioFileError(f"cannot read {p}: not a readable audio file ({exc})") from None
+        why = str(exc)
+        if why.startswith("Error opening "):  # "Error opening b'name': Format not recognised."
+            why = why.split(": ", 1)[-1]
+        raise AudioFileError(f"cannot read {p}: not a readable audio file ({why})") from None
     if f.frames == 0:
         f.close()
         raise AudioFileError(f"cannot read {p}: the file holds no audio")
@@ -213,8 +223,10 @@ class DetectResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
-        d["message"] = "".join(map(str, self.bits))
-        d["message_hex"] = bits_hex(self.bits) or None  # None: a detector without a message
+        # no message where none was found: an unmarked file's bits are noise (the text
+        # report hides them too), and a detector without a message has none
+        d["message"] = "".join(map(str, self.bits)) if self.marked else None
+        d["message_hex"] = (bits_hex(self.bits) or None) if self.marked else None
         return d
 
 

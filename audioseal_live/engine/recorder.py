@@ -182,9 +182,14 @@ class Recorder:
     """A worker sink (``push``) that records to ``path`` on its own thread."""
 
     def __init__(
-        self, path: str | os.PathLike[str], sample_rate: int, max_queue_s: float = 10
+        self,
+        path: str | os.PathLike[str],
+        sample_rate: int,
+        max_queue_s: float = 10,
+        what: str = "output",
     ) -> None:
         self.path = Path(path)
+        self.what = what  # what it records: "output" (marked) or "input"
         self.sample_rate = int(sample_rate)
         self._file = AtomicSoundFile(self.path, sample_rate, 1)
         # (silence to write first, audio): unbounded as a queue, bounded in samples by push()
@@ -227,6 +232,17 @@ class Recorder:
             except Exception as exc:  # disk full etc.: keep audio running, report
                 self.error = f"recording {self.path}: {exc}"
                 log.error("%s", self.error)
+
+    def summary(self, saved: bool) -> dict[str, object]:
+        """For a session's report: where, what, whether it was saved, and what went wrong."""
+        return {
+            "path": str(self.path),
+            "what": self.what,
+            "saved": saved,
+            "seconds": self.frames / self.sample_rate,
+            "silence_s": self.dropped / self.sample_rate,  # the disk fell behind
+            "error": self.error,
+        }
 
     def close(self) -> None:
         """Flush, then rename into place (or delete the temp file if writing failed). Never
