@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -714,6 +715,20 @@ def test_resume_keeps_how_the_detector_reads_the_message(corpus: Path, tmp_path:
         (["train", "--device", "foo"], "--device 'foo'"),
         (["train", "--max-shift", "20000"], "--max-shift"),
         (["widen", "--detector-filters", "4", "--out", "x"], "must be more than"),
+        # review: tracebacks (ZeroDivisionError, a non-finite loss) or a collapsing detector
+        (["train", "--log-every", "0"], "--log-every must be >= 1, got 0"),
+        (["train", "--batch-size", "0"], "--batch-size must be >= 2"),
+        (["train", "--batch-size", "1"], "--batch-size must be >= 2"),
+        (["train", "--msg-jitter", "-1"], "--msg-jitter must be >= 0"),
+        (["train", "--n-filters", "0"], "--n-filters must be >= 1"),
+        (["train", "--val-every", "-1"], "--val-every must be >= 0"),
+        (["train", "--max-steps", "-1"], "--max-steps must be >= 0"),
+        (["train", "--mask-prob", "1.5"], "--mask-prob must be a share in [0, 1]"),
+        (["train", "--attack-prob", "nan"], "--attack-prob must be a share in [0, 1]"),
+        (["train", "--w-loud", "-0.1"], "--w-loud must be finite and >= 0"),
+        (["train", "--w-mel", "inf"], "--w-mel must be finite and >= 0"),
+        (["train", "--lr", "0"], "--lr must be finite and > 0"),
+        (["train", "--template-lo", "5000"], "--template-lo 5000.0 and --template-hi"),
     ],
 )
 def test_training_commands_refuse_bad_options_in_one_line(
@@ -747,3 +762,207 @@ def test_commands_that_write_a_folder_refuse_a_file(
     a_file.write_text("")
     assert main([*folder_flag, str(a_file)]) == 2
     assert "is a file" in capsys.readouterr().err and a_file.read_text() == ""
+
+
+# --- review fixes: resume options, Ctrl-C with --export, --fresh, bad corpora and options ---
+
+# a tiny card from the command line (TrainConfig's segment stays 1 s: a few steps only)
+TINY = ["--n-filters", "4", "--dimension", "16", "--batch-size", "4", "--log-every", "1"]
+TINY += ["--threads", "1", "--max-clips", "6"]
+
+
+def test_cli_resume_keeps_the_run_options_and_says_what_changes(
+    corpus: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review: a resume without every flag went back to the argparse defaults (mask_prob,
+    w_loud, noise_negatives, --freeze-generator, ...) without a word."""
+    from audioseal_live.cli import main
+    from audioseal_live.training.trainer import load_checkpoint
+
+    run = tmp_path / "run"
+    first = ["train", "--corpus", str(corpus), "--run-dir", str(run), *TINY, "--val-every", "0"]
+    mix = ["--mask-prob", "0.2", "--w-loud", "0.03", "--noise-negatives", "0.5"]
+    mix += ["--freeze-generator", "--max-shift", "100", "--det-lr-scale", "2"]
+    assert main([*first, "--max-steps", "1", *mix]) == 0
+    again = ["train", "--run-dir", str(run), "--max-steps", "2", "--w-loud", "0.05"]
+    with caplog.at_level("INFO"):
+        assert main([*again, "--no-freeze-generator", "--n-filters", "6"]) == 0
+    cfg = load_checkpoint(run / "last.pt")["config"]
+    assert cfg["corpus"] == str(corpus) and cfg["max_clips"] == 6 and cfg["val_every"] == 0
+    assert (cfg["mask_prob"], cfg["noise_negatives"], cfg["max_shift"]) == (0.2, 0.5, 100)
+    assert cfg["det_lr_scale"] == 2.0 and cfg["batch_size"] == 4 and cfg["n_filters"] == 4
+    assert cfg["w_loud"] == 0.05 and cfg["freeze_generator"] is False  # given: they win
+    assert "resume: --w-loud 0.05 (the run had 0.03)" in caplog.text
+    assert "resume: --freeze-generator False (the run had True)" in caplog.text
+    assert "--n-filters 6 ignored, the run continues with 4" in caplog.text
+    assert "--mask-prob" not in caplog.text and "--max-shift" not in caplog.text
+    events = [json.loads(line) for line in (run / "log.jsonl").open()]
+    resumed = [e for e in events if e["kind"] == "resume"]
+    assert resumed[-1]["changed"] == {"w_loud": [0.03, 0.05], "freeze_generator": [True, False]}
+    # --help still says every default (the new run's)
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert re.search(r"--w-loud W_LOUD\s+TF-loudness loss weight \(default: 0.05\)", text)
+    assert re.search(r"--mask-prob MASK_PROB\s+default: 0.5\n", text)
+    assert re.search(r"--corpus CORPUS\s+corpus folder .* \(default: data/corpus\)", text)
+
+
+def test_ctrl_c_during_train_export_exports_nothing(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: Ctrl-C during `train --export assets/model` still exported (a model of a few
+    steps over the shipped one) and exited 0."""
+    import os
+    import signal
+
+    from audioseal_live.cli import main
+    from audioseal_live.training.trainer import load_checkpoint
+
+    real_step = Trainer.train_step
+
+    def interrupted_step(self: Trainer) -> dict:
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    run, model = tmp_path / "run", tmp_path / "model"
+    try:
+        rc = main(
+            ["train", "--corpus", str(corpus), "--run-dir", str(run), *TINY, "--val-every", "1"]
+            + ["--max-steps", "5", "--export", str(model)]
+        )
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert rc == 130
+    assert not model.exists()  # not exported (and the folder made for it is gone again)
+    err = capsys.readouterr().err
+    assert "stopped by SIGINT at step 2: not exported" in err
+    assert f"audioseal-live export --run-dir {run} --out {model}" in err
+    assert load_checkpoint(run / "last.pt")["step"] == 2 and (run / "best.pt").is_file()
+    events = [json.loads(line) for line in (run / "log.jsonl").open()]
+    assert events[-1]["kind"] == "stop" and events[-1]["stopped_by"] == "SIGINT"
+
+
+def test_a_fresh_run_moves_the_previous_one_aside_and_export_takes_the_new_one(
+    corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review: `train --fresh` left the previous run's best.pt (another architecture), and
+    `export --run-dir` then exported that one."""
+    from audioseal_live import AudioSeal
+    from audioseal_live.cli import main
+    from audioseal_live.training.trainer import run_training
+
+    run = tmp_path / "run"
+    run_training(tiny_config(corpus, run, max_steps=2, val_every=1, snapshot_every=1))
+    before = {p.name for p in run.iterdir()}
+    assert {"best.pt", "last.pt", "step_0000001.pt", "log.jsonl"} <= before
+    with caplog.at_level("WARNING"):
+        run_training(tiny_config(corpus, run, max_steps=1, n_filters=6), resume=False)
+    assert "the previous run's best.pt, last.pt, step_0000001.pt" in caplog.text
+    assert sorted(p.name for p in run.glob("*.pt")) == ["last.pt"]
+    (old,) = run.glob("previous-*")
+    assert {p.name for p in old.iterdir()} == before  # moved, nothing deleted
+    assert main(["export", "--run-dir", str(run), "--out", str(tmp_path / "model")]) == 0
+    det = AudioSeal.load_detector(str(tmp_path / "model" / "detector.json"))
+    assert det.card.seanet.n_filters == 6  # the new run's, not the old best.pt's 4
+    # a new run from the run it replaces (as the resume refusal suggests): read where it went
+    t = run_training(
+        tiny_config(corpus, run, max_steps=1, n_filters=6, init_from=str(run / "last.pt")),
+        resume=False,
+    )
+    assert Path(t.cfg.init_from).parent.name.startswith("previous-")
+    assert len(list(run.glob("previous-*"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("splits", "missing"), [((), "train"), (("test",), "train"), (("train",), "valid")]
+)
+def test_train_names_a_missing_split_and_makes_no_run_folder(
+    corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    splits: tuple[str, ...],
+    missing: str,
+) -> None:
+    """Review: an empty manifest (or only test lines) said "no readable audio in the corpus
+    split of ." (build into the current folder?) and left an empty run folder."""
+    from audioseal_live.cli import main
+    from audioseal_live.training.data import CorpusMissingError, SegmentPool
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    lines = [json.loads(x) for x in (corpus / "manifest.jsonl").read_text().splitlines()]
+    kept = [{**d, "path": str(corpus / d["path"])} for d in lines if d["split"] in splits]
+    (root / "manifest.jsonl").write_text("".join(json.dumps(d) + "\n" for d in kept))
+    run = tmp_path / "runs" / "r"
+    args = ["train", "--corpus", str(root), "--run-dir", str(run), *TINY, "--max-steps", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"the corpus {root} has no {missing} split" in err
+    assert f"audioseal-live corpus --out {root}`" in err
+    assert ("--val-every 0" in err) == (missing == "valid")
+    assert not (tmp_path / "runs").exists()
+    if missing == "train":
+        with pytest.raises(CorpusMissingError, match=f"the corpus {root} has no train split"):
+            SegmentPool.from_corpus(root, "train")
+
+
+def test_eval_makes_no_out_folder_for_a_missing_corpus_or_model(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from audioseal_live.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--corpus", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "manifest" in capsys.readouterr().err and not out.exists()
+    bad_model = ["--model", str(tmp_path / "no_model")]
+    assert main(["eval", "--corpus", str(corpus), *bad_model, "--out", str(out)]) == 2
+    assert "no_model" in capsys.readouterr().err and not out.exists()
+
+
+def test_init_from_says_what_it_takes(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Review: --init-from runA/log.jsonl said "runA/log.jsonl/generator.json: its model card
+    generator.json is missing beside it"."""
+    from audioseal_live.cli import main
+
+    log_file = tmp_path / "runA" / "log.jsonl"
+    log_file.parent.mkdir()
+    log_file.write_text("{}\n")
+    run = tmp_path / "r"
+    for source, why in (
+        (log_file, "a file, not a .pt checkpoint"),
+        (tmp_path / "gone", "no such file or folder"),
+        (log_file.parent, "a folder without generator.json and detector.json"),
+    ):
+        args = ["train", "--corpus", str(corpus), "--run-dir", str(run), *TINY]
+        assert main([*args, "--init-from", str(source)]) == 2
+        err = capsys.readouterr().err
+        assert "--init-from takes a model folder with generator.json and detector.json" in err
+        assert f"got {source}: {why}" in err and "Traceback" not in err
+        assert not run.exists()
+
+
+def test_eval_without_attacks_says_not_measured(corpus: Path, tmp_path: Path) -> None:
+    """Review: `eval --attacks none` printed "mean over attacks nan" and the target "NO"."""
+    from audioseal_live.training.evaluate import evaluate, markdown
+
+    t = Trainer(tiny_config(corpus, tmp_path))
+    res = evaluate(
+        t.gen, t.det, corpus, windows=8, attacks=[], attack_windows=4, localization_examples=0
+    )
+    assert res["attack_mean_acc"] is None
+    assert res["targets"]["attack mean accuracy >= 0.90"] is None
+    md = markdown(res)
+    assert "| **mean over attacks (excl. none)** | not measured |" in md
+    assert "| attack mean accuracy >= 0.90 | not measured |" in md
+    assert json.loads(json.dumps(res))["attack_mean_acc"] is None  # eval.json: null

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import sys
 import tempfile
 from pathlib import Path
 
@@ -55,32 +56,148 @@ def _corpus(args: argparse.Namespace) -> int:
     return int(corpus.run(args) or 0)
 
 
+# Option checks of `train`, each naming its flag (a bad value is one line, not a traceback
+# after the corpus is loaded). Only the values given are checked: the defaults and a resumed
+# run's own values hold.
+_AT_LEAST = {
+    "batch_size": (2, "every batch needs marked and unmarked clips"),
+    "log_every": (1, ""),
+    "val_every": (0, "0: no validation, and no best.pt"),
+    "max_steps": (0, ""),
+    "snr_every": (1, ""),
+    "n_filters": (1, ""),
+    "det_n_filters": (1, ""),
+    "dimension": (1, ""),
+    "lstm": (0, ""),
+    "msg_jitter": (0, ""),
+    "max_shift": (0, ""),
+    "max_clips": (0, "0: every clip"),
+}
+_SHARES = ("mask_prob", "attack_prob", "noise_negatives", "sync_prob", "bit_switch")
+_WEIGHTS = (  # >= 0 and finite
+    "w_msg",
+    "w_msg_mean",
+    "w_visible",
+    "visible_min",
+    "w_spec_code",
+    "spec_margin",
+    "w_template_code",
+    "template_margin",
+    "w_unsync",
+    "w_mel",
+    "w_loud",
+    "det_lr_scale",
+    "spec_lo",
+    "spec_hi",
+    "template_lo",
+    "template_hi",
+)
+_FINITE = ("snr_start", "snr_final", "gen_gain_db")
+_LIMITS = ("max_hours", "ckpt_minutes")  # >= 0, may be inf
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _check_train_options(args: argparse.Namespace) -> None:
+    def bad(key: str, rule: str) -> TrainingSetupError:
+        return TrainingSetupError(f"{_flag(key)} must be {rule}, got {getattr(args, key)}")
+
+    for key, (least, why) in _AT_LEAST.items():
+        value = getattr(args, key, None)
+        if value is not None and value < least:
+            raise bad(key, f">= {least}" + (f" ({why})" if why else ""))
+    for key in _SHARES:
+        value = getattr(args, key, None)
+        if value is not None and not 0 <= value <= 1:  # also refuses NaN
+            raise bad(key, "a share in [0, 1]")
+    for key in _WEIGHTS:
+        value = getattr(args, key, None)
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise bad(key, "finite and >= 0")
+    for key in _FINITE:
+        value = getattr(args, key, None)
+        if value is not None and not math.isfinite(value):
+            raise bad(key, "finite")
+    for key in _LIMITS:
+        value = getattr(args, key, None)
+        if value is not None and not value >= 0:
+            raise bad(key, ">= 0")
+    if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
+        raise bad("lr", "finite and > 0")
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
 def _train(args: argparse.Namespace) -> int:
-    from audioseal_live.training.data import read_manifest
+    from audioseal_live.training.data import require_split
     from audioseal_live.training.trainer import TrainConfig, run_training
 
     _check_device(args.device)
+    _check_train_options(args)
     _not_a_file(args.run_dir, "--run-dir")  # before the corpus check; made after it
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    if not 0 <= cfg.max_shift < cfg.segment:
-        raise TrainingSetupError(
-            f"--max-shift {cfg.max_shift} must lie in [0, --segment {cfg.segment})"
-        )
-    read_manifest(args.corpus)  # no corpus: say so before making a run folder
-    if args.export:  # checked now, not after hours of training
-        _check_folder(args.export, "--export")
+    # Options not on the command line are None here (their defaults are in --help): a resumed
+    # run keeps its own for them, a new run gets TrainConfig's defaults.
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    cfg = TrainConfig(**given)
     run_dir = Path(args.run_dir)
-    existed = run_dir.is_dir()
-    _check_folder(args.run_dir, "--run-dir")
+    # folders this command makes, removed again while empty when no run or export came of it
+    made = [f for f in (run_dir, Path(args.export or run_dir)) if not f.is_dir()]
+
+    def ready(cfg: TrainConfig) -> None:
+        """The whole configuration (a resumed run's included), checked before a run folder
+        is made or anything is written."""
+        if not 0 <= cfg.max_shift < cfg.segment:
+            raise TrainingSetupError(
+                f"--max-shift {cfg.max_shift} must lie in [0, --segment {cfg.segment})"
+            )
+        for band in ("spec", "template"):
+            lo, hi = getattr(cfg, f"{band}_lo"), getattr(cfg, f"{band}_hi")
+            if not lo < hi <= 8000:
+                raise TrainingSetupError(
+                    f"--{band}-lo {lo} and --{band}-hi {hi} must be a band, lo < hi <= 8000 Hz"
+                )
+        # an empty split (no corpus, an empty manifest, only test lines) is said now, with
+        # the folder and the split, not after a run folder is made
+        require_split(cfg.corpus, "train")
+        if cfg.val_every:
+            hint = ", or train without validation (and best.pt): --val-every 0"
+            require_split(cfg.corpus, "valid", hint)
+        if args.export:  # checked now, not after hours of training
+            _check_folder(args.export, "--export")
+        _check_folder(args.run_dir, "--run-dir")
+
     logging.getLogger("audioseal_live").setLevel(logging.INFO)
     try:
-        trainer = run_training(cfg, resume=not args.fresh, keep_lr=args.lr is None)
-    except Exception:
+        trainer = run_training(
+            cfg,
+            resume=not args.fresh,
+            keep_lr="lr" not in given,
+            given=set(given),
+            ready=ready,
+        )
+    except BaseException:  # a second Ctrl-C too
         # a run that never began (bad --init-from, unreadable corpus) leaves no empty folder
-        if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
+        _remove_empty(made)
         raise
+    if trainer.stopped_by:
+        # stopped early (Ctrl-C, SIGTERM): not the model asked for, so it is not exported
+        # (an --export to assets/model would replace the shipped one with it)
+        _remove_empty(made)
+        if args.export:
+            print(
+                f"stopped by {trainer.stopped_by} at step {trainer.step}: not exported; to "
+                f"export it: audioseal-live export --run-dir {run_dir} --out {args.export}",
+                file=sys.stderr,
+            )
+        return 130
     if args.export:
         _do_export(Path(cfg.run_dir) / "best.pt", Path(args.export), trainer.run_dir)
     return 0
@@ -144,7 +261,14 @@ def _eval(args: argparse.Namespace) -> int:
         raise SettingError(f"--alpha must be a finite strength >= 0, got {args.alpha}")
     if args.windows < 1 or args.attack_windows < 1 or args.localization < 0:
         raise SettingError("--windows and --attack-windows must be >= 1, --localization >= 0")
-    run_eval(args, ready=lambda: _check_folder(args.out, "--out"))
+    _not_a_file(args.out, "--out")  # at once; made once the corpus and models are read
+    made = [] if Path(args.out).is_dir() else [Path(args.out)]
+    try:
+        run_eval(args, ready=lambda: _check_folder(args.out, "--out"))
+    except BaseException:
+        # an evaluation that failed before writing (no test audio readable) leaves no folder
+        _remove_empty(made)
+        raise
     return 0
 
 
@@ -159,17 +283,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = _train_defaults()
 
     def opt(field: str, help: str | None = None, kind: type = float) -> None:
-        """--field-name, with TrainConfig's default for that field."""
-        p.add_argument("--" + field.replace("_", "-"), type=kind, default=d[field], help=help)
+        """--field-name; None when not given (a resumed run then keeps its own value), with
+        TrainConfig's default for a new run said in --help."""
+        shown = f"default: {d[field]}"
+        p.add_argument(
+            _flag(field),
+            type=kind,
+            default=None,
+            help=f"{help} ({shown})" if help else shown,
+        )
 
     p = subparsers.add_parser(
         "train",
         help="train a generator + detector (resumes RUN_DIR/last.pt)",
         description="Curriculum: detect -> message -> quality (masks, attacks, SNR towards "
-        "26 dB). Resumes from RUN_DIR/last.pt unless --fresh.",
+        "26 dB). Resumes from RUN_DIR/last.pt unless --fresh: a resumed run keeps the options "
+        "it was started with (the defaults below are a new run's); the options given win, "
+        "each change logged, except the architecture, seed and batch size, which stay the "
+        "run's. The stopping limits, --device and --threads are always this command's.",
     )
-    p.add_argument("--corpus", default=d["corpus"], help="corpus folder with manifest.jsonl")
-    p.add_argument("--run-dir", default=d["run_dir"], help="checkpoints and log.jsonl go here")
+    p.add_argument(
+        "--corpus",
+        default=None,
+        help=f"corpus folder with manifest.jsonl (default: {d['corpus']})",
+    )
+    p.add_argument(
+        "--run-dir",
+        default=d["run_dir"],
+        help=f"checkpoints and log.jsonl go here (default: {d['run_dir']})",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -191,15 +333,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     opt("max_steps", kind=int)
     opt("max_hours", "stop after this many training hours (counted over resumes)")
     opt("ckpt_minutes")
-    opt("val_every", kind=int)
+    opt("val_every", "steps between validations (0: none, and no best.pt)", kind=int)
     opt("log_every", kind=int)
-    p.add_argument("--max-clips", type=int, default=None, help="read at most N clips (smoke)")
+    p.add_argument(
+        "--max-clips", type=int, default=None, help="read at most N clips (smoke; 0: all)"
+    )
     opt("snr_start")
     opt("snr_final")
     opt("snr_every", "steps between SNR target moves in the quality stage", kind=int)
     opt("bit_switch", "running bit accuracy that starts the quality stage")
-    p.add_argument("--start-stage", choices=STAGES, default=d["start_stage"])
-    # quality-stage mix; taken from the command line on every (re)start, like the limits
+    p.add_argument(
+        "--start-stage",
+        choices=STAGES,
+        default=None,
+        help=f"a new run's first stage (default: {d['start_stage']})",
+    )
+    # quality-stage mix: a resumed run keeps its own unless given
     opt("attack_prob")
     opt("mask_prob")
     opt("noise_negatives", "share of unmarked clips replaced by white/pink noise")
@@ -232,9 +381,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--freeze-generator",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="train the detector alone against the generator as it is",
+        help="train the detector alone against the generator as it is (default: off)",
     )
     opt("gen_gain_db", "with --init-from: scale the generator's watermark by this many dB")
     opt(
@@ -247,7 +396,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="bits trained only within N samples of the frame grid (decoders search phases); "
-        "elsewhere towards 'don't know'",
+        "elsewhere towards 'don't know' (default: bits at every shift)",
     )
     opt("w_unsync")
     opt("sync_prob")
@@ -259,7 +408,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="on resume, switch the curriculum to this stage now (logged)",
     )
-    p.add_argument("--fresh", action="store_true", help="ignore RUN_DIR/last.pt")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new run, not resuming RUN_DIR/last.pt: the previous run's checkpoints "
+        "and log.jsonl move to RUN_DIR/previous-<time>/",
+    )
     p.add_argument(
         "--init-from",
         default=None,

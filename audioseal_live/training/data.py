@@ -79,6 +79,24 @@ def read_manifest(
     return entries
 
 
+def empty_split(root: str | Path, split: str, hint: str = "") -> CorpusMissingError:
+    """The error for a split with no lines in the manifest (named, with the folder)."""
+    root = Path(root)
+    return CorpusMissingError(
+        f"the corpus {root} has no {split} split (no {split!r} lines in "
+        f"{root / 'manifest.jsonl'}): rebuild it with `audioseal-live corpus --out {root}`{hint}"
+    )
+
+
+def require_split(root: str | Path, split: str, hint: str = "") -> list[Entry]:
+    """The manifest lines of ``split``; a CorpusMissingError naming the folder and the split
+    when there are none (checked before a run folder is made). ``hint`` ends the message."""
+    entries = read_manifest(root, split)
+    if not entries:
+        raise empty_split(root, split, hint)
+    return entries
+
+
 def read_audio(path: Path) -> np.ndarray:
     """Mono float32 at 16 kHz (the corpus is already 16 kHz mono)."""
     audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
@@ -93,8 +111,14 @@ class SegmentPool:
     """All clips of a split in memory; draws random fixed-length segments."""
 
     def __init__(
-        self, entries: list[Entry], segment: int = SAMPLE_RATE, max_clips: int | None = None
+        self,
+        entries: list[Entry],
+        segment: int = SAMPLE_RATE,
+        max_clips: int | None = None,
+        root: str | Path | None = None,
+        split: str | None = None,
     ) -> None:
+        """``root`` and ``split`` (where the entries come from) name them in errors."""
         self.segment = segment
         self.clips: list[np.ndarray] = []
         self.entries: list[Entry] = []
@@ -112,7 +136,9 @@ class SegmentPool:
             self.clips.append(np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16))
             self.entries.append(e)
         self.unreadable = len(unreadable)
-        where = f"{unreadable[0].split} split" if unreadable else "corpus split"
+        if split is None and entries:
+            split = entries[0].split
+        where = f"{split} split" if split else "corpus split"
         if unreadable:
             log.warning(
                 "%d of %d files of the %s could not be read",
@@ -121,9 +147,15 @@ class SegmentPool:
                 where,
             )
         if not self.clips:
-            # entries lie at ROOT/split/kind/source/file: name ROOT, the folder to rebuild
-            path = entries[0].path if entries else Path("corpus")
-            folder = path.parents[3] if len(path.parents) > 3 else path.parent
+            if root is not None:
+                folder = Path(root)
+            elif entries:  # entries lie at ROOT/split/kind/source/file: ROOT is to rebuild
+                path = entries[0].path
+                folder = path.parents[3] if len(path.parents) > 3 else path.parent
+            else:
+                raise CorpusMissingError(f"the {where} is empty: no clips to read")
+            if not entries:
+                raise empty_split(folder, split or "requested")
             raise CorpusMissingError(
                 f"no readable audio in the {where} of {folder} ({len(unreadable)} files "
                 f"missing or unreadable): rebuild it with `audioseal-live corpus --out {folder}`"
@@ -142,7 +174,7 @@ class SegmentPool:
         kinds: Iterable[str] | None = None,
         max_clips: int | None = None,
     ) -> SegmentPool:
-        return cls(read_manifest(root, split, kinds), segment, max_clips)
+        return cls(read_manifest(root, split, kinds), segment, max_clips, root=root, split=split)
 
     def __len__(self) -> int:
         return len(self.clips)

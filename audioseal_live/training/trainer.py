@@ -25,7 +25,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,6 +282,9 @@ class Trainer:
         self.elapsed = 0.0  # wall seconds trained, over all resumes
         self._acc: dict[str, list[float]] = {}
         self._stop = False
+        # the signal that stopped the run ("SIGINT", "SIGTERM"), None while none has: a run
+        # stopped early is not the one asked for (the CLI then does not export it)
+        self.stopped_by: str | None = None
 
     # --- logging ---------------------------------------------------------------------------
     def event(self, kind: str, **fields: Any) -> None:
@@ -345,6 +348,7 @@ class Trainer:
         from audioseal_live.models.checkpoint import load_into, read_own
 
         source = Path(source)
+        check_init_source(source)
         if source.suffix == ".pt":
             state = load_checkpoint(source)
             parts = [(ModelCard.from_dict(state[f"{k}_card"]), state[k]) for k in KINDS]
@@ -647,12 +651,13 @@ class Trainer:
         return res
 
     # --- loop ------------------------------------------------------------------------------
-    def request_stop(self, *_: Any) -> None:
+    def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
         """Stop after the step in progress (SIGTERM, Ctrl-C): the checkpoint then holds whole
         steps only, so a resume is exact. A second Ctrl-C interrupts at once."""
         if self._stop:
             raise KeyboardInterrupt
         self._stop = True
+        self.stopped_by = signal.Signals(signum).name if signum is not None else "request"
         # said at once: a step (or a validation) can take a while, which invites a second
         # press, and that one gives up this step's checkpoint
         log.warning("stopping after this step and saving; Ctrl-C again aborts at once")
@@ -709,7 +714,8 @@ class Trainer:
                 last_ckpt = time.monotonic()
         self.elapsed = elapsed0 + time.monotonic() - seg_start
         self.save()
-        self.event("stop", elapsed_hours=self.elapsed / 3600)
+        stopped = {"stopped_by": self.stopped_by} if self.stopped_by else {}
+        self.event("stop", elapsed_hours=self.elapsed / 3600, **stopped)
 
 
 def crop(x: Tensor, shifts: Tensor, max_shift: int) -> Tensor:
@@ -793,59 +799,168 @@ def export(
 # Settings that decide how the detector reads the message (its card: the template code, the
 # phases): a resume that changed them would save a different detector under the same run.
 READER_KEYS = ("w_template_code", "template_lo", "template_hi", "msg_jitter")
+# Fixed when a run starts (the architecture, the data stream, what only acts at the start): a
+# resume keeps the run's, and a different value given is said and ignored.
+KEPT_BY_RUN = (
+    "n_filters",
+    "dimension",
+    "lstm",
+    "det_n_filters",
+    "seed",
+    "batch_size",
+    "segment",
+    "start_stage",
+    "snr_start",
+    "init_from",
+    "gen_gain_db",
+)
+# This invocation's, never the checkpoint's: where and with what it runs, when it stops.
+PER_INVOCATION = ("run_dir", "device", "threads", "max_steps", "max_hours", "force_stage")
+# What a new run in a used folder moves aside (with log.jsonl), so that nothing of the
+# previous run (its best.pt above all) passes for the new run's
+RUN_FILES = ("last.pt", "best.pt", "step_*.pt")
 
 
-def _keep_reader(cfg: TrainConfig, saved: dict[str, Any]) -> None:
-    """On resume, READER_KEYS left at their defaults continue as the run had them; set to
-    something else, they are refused (a new run: --fresh with --init-from)."""
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def resume_config(
+    cfg: TrainConfig,
+    saved: dict[str, Any],
+    given: Collection[str] | None = None,
+    keep_lr: bool = True,
+    last: str | Path = "last.pt",
+) -> dict[str, list[Any]]:
+    """Make ``cfg`` the configuration of the run whose checkpoint config is ``saved``, as it
+    continues now. Returns the options changed from the run's: {name: [the run's, now]}.
+
+    ``given``: the options set explicitly (the command line's); None takes those that differ
+    from TrainConfig's defaults (a TrainConfig built in code). Every option not given keeps
+    the run's value, except PER_INVOCATION (from now). Given and different: KEPT_BY_RUN (and
+    lr when ``keep_lr``) are said and ignored, READER_KEYS refused, the others win, each
+    logged on one line.
+    """
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    for key in READER_KEYS:
-        if key not in saved or getattr(cfg, key) == saved[key]:
+    if given is None:
+        given = {k for k, v in defaults.items() if getattr(cfg, k) != v}
+    kept = KEPT_BY_RUN + (("lr",) if keep_lr else ())
+    changed: dict[str, list[Any]] = {}
+    for key in defaults:
+        if key in PER_INVOCATION or key not in saved:  # runs older than a key: cfg's
             continue
-        if getattr(cfg, key) == defaults[key]:
-            setattr(cfg, key, saved[key])
-            continue
-        raise SettingError(
-            f"{key}={getattr(cfg, key)!r} differs from the run's {saved[key]!r}: it changes how "
-            f"the detector reads the message. Start a new run from this one instead "
-            f"(--fresh --init-from {Path(cfg.run_dir) / 'last.pt'})"
-        )
+        mine, theirs = getattr(cfg, key), saved[key]
+        if key not in given or mine == theirs:
+            setattr(cfg, key, theirs)
+        elif key in kept:
+            log.warning(
+                "resuming %s: %s %s ignored, the run continues with %s (a new run: "
+                "--fresh, or another --run-dir)",
+                last,
+                _flag(key),
+                mine,
+                theirs,
+            )
+            setattr(cfg, key, theirs)
+        elif key in READER_KEYS:
+            raise SettingError(
+                f"{key}={mine!r} differs from the run's {theirs!r}: it changes how the "
+                f"detector reads the message. Start a new run from this one instead "
+                f"(--fresh --init-from {Path(cfg.run_dir) / 'last.pt'})"
+            )
+        else:
+            log.warning("resume: %s %s (the run had %s)", _flag(key), mine, theirs)
+            changed[key] = [theirs, mine]
+    return changed
 
 
-def run_training(cfg: TrainConfig, resume: bool = True, keep_lr: bool = True) -> Trainer:
+def check_init_source(source: str | Path) -> None:
+    """``--init-from`` takes an exported model folder or a training .pt: anything else is
+    said as such (not as a missing card beside a file)."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".pt":
+        return
+    if source.is_dir():
+        missing = [f"{k}.json" for k in KINDS if not (source / f"{k}.json").is_file()]
+        if not missing:
+            return
+        what = f"a folder without {' and '.join(missing)}"
+    elif source.exists():
+        what = "a file, not a .pt checkpoint"
+    else:
+        what = "no such file or folder"
+    raise CheckpointError(
+        f"--init-from takes a model folder with generator.json and detector.json (e.g. "
+        f"assets/model) or a run's .pt checkpoint (e.g. runs/x/best.pt); got {source}: {what}"
+    )
+
+
+def set_aside(run_dir: str | Path) -> Path | None:
+    """Move a previous run's checkpoints and log out of ``run_dir`` into a previous-<time>/
+    folder in it, before a new run starts there; None when there were none.
+
+    Chosen over a run id stamped in each checkpoint: `export --run-dir` (and any user's
+    `ls`) then finds only the new run's files, and nothing is deleted (a user's weights)."""
+    run_dir = Path(run_dir)
+    files = sorted({f for pattern in RUN_FILES for f in run_dir.glob(pattern) if f.is_file()})
+    if not files:
+        return None
+    if (run_dir / "log.jsonl").is_file():
+        files.append(run_dir / "log.jsonl")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = run_dir / f"previous-{stamp}"
+    n = 1
+    while dest.exists():
+        dest, n = run_dir / f"previous-{stamp}-{n}", n + 1
+    dest.mkdir()
+    for f in files:
+        os.replace(f, dest / f.name)
+    log.warning(
+        "a new run in %s: the previous run's %s moved to %s",
+        run_dir,
+        ", ".join(f.name for f in files),
+        dest,
+    )
+    return dest
+
+
+def run_training(
+    cfg: TrainConfig,
+    resume: bool = True,
+    keep_lr: bool = True,
+    given: Collection[str] | None = None,
+    ready: Callable[[TrainConfig], None] | None = None,
+) -> Trainer:
     """Start a run, or continue it from RUN_DIR/last.pt when one is there.
 
-    On resume the architecture and seed come from the run; stopping limits and threads from
-    now; the learning rate from the run unless ``keep_lr`` is False (then ``cfg.lr`` applies).
+    On resume the run keeps its options (resume_config): the architecture and seed always;
+    the others unless given (``given``: the options set explicitly; None: those that differ
+    from the defaults); stopping limits and threads come from now; the learning rate from
+    the run unless ``keep_lr`` is False (then ``cfg.lr`` applies). ``ready(cfg)`` runs once
+    the configuration is whole, before anything is written (the CLI's checks). A new run in
+    a folder that holds another run's checkpoints moves them aside first (set_aside).
     """
     last = Path(cfg.run_dir) / "last.pt"
-    if resume and last.is_file():
-        saved = load_checkpoint(last)["config"]
-        keys = ["n_filters", "dimension", "lstm", "det_n_filters", "seed", "batch_size", "segment"]
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-        # what a resume cannot change is said, not dropped in silence (a value that is not
-        # the default was given on the command line); the run keeps its own
-        kept_by_run = keys + ["start_stage", "init_from"] + (["lr"] if keep_lr else [])
-        for key in kept_by_run:
-            mine = getattr(cfg, key)
-            if key in saved and mine != saved[key] and mine != defaults[key]:
-                log.warning(
-                    "resuming %s: --%s %s ignored, the run continues with %s (a new run: "
-                    "--fresh, or another --run-dir)",
-                    last,
-                    key.replace("_", "-"),
-                    mine,
-                    saved[key],
-                )
-            if key in saved:  # runs older than a key keep the default
-                setattr(cfg, key, saved[key])
-        _keep_reader(cfg, saved)
-    trainer = Trainer(cfg)
-    if resume and last.is_file():
-        trainer.load(last)
-        trainer.event("resume", checkpoint=str(last))
+    resuming = resume and last.is_file()
+    changed: dict[str, list[Any]] = {}
+    if resuming:
+        changed = resume_config(cfg, load_checkpoint(last)["config"], given, keep_lr, last)
     elif cfg.init_from:
-        trainer.init_weights(cfg.init_from)
+        check_init_source(cfg.init_from)
+    if ready is not None:
+        ready(cfg)
+    trainer = Trainer(cfg)
+    if resuming:
+        trainer.load(last)
+        trainer.event("resume", checkpoint=str(last), changed=changed)
+    else:
+        moved = set_aside(trainer.run_dir)
+        if moved is not None and cfg.init_from:  # starting from the run just moved aside
+            source = Path(cfg.init_from).resolve()
+            if source.parent == trainer.run_dir.resolve() and (moved / source.name).is_file():
+                cfg.init_from = str(moved / source.name)
+        if cfg.init_from:
+            trainer.init_weights(cfg.init_from)
     if cfg.force_stage and cfg.force_stage != trainer.cur.stage:
         if cfg.force_stage not in STAGES:
             raise ValueError(f"force_stage must be one of {STAGES}, got {cfg.force_stage!r}")
