@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from audioseal_live.models.base import check_audio
 from audioseal_live.models.detector import AudioSealDetector
 from audioseal_live.models.generator import AudioSealWM
 
@@ -79,13 +80,14 @@ class ChunkedStream:
                 "this ChunkedStream was flushed (its last hop padded with zeros): "
                 "a new 'with' block starts another stream"
             )
-        if not isinstance(x, Tensor) or x.ndim != 3:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"expected audio shaped (batch, 1, samples), got {got}")
-        if self._pending is not None and x.shape[:-1] != self._pending.shape[:-1]:
+        # Checked whole here, before any of it is buffered: a chunk shorter than a hop
+        # would otherwise reach the model only with the next one, which it then took down
+        # with it, and every later one after it.
+        check_audio(x, None, self.model.sample_rate, self.model.weights_dtype())
+        if x.shape[0] != self.batch_size:
             raise ValueError(
-                f"chunk shaped {tuple(x.shape)} after chunks of "
-                f"{tuple(self._pending.shape[:-1])} (batch, channels)"
+                f"this stream carries {self.batch_size} signal(s) (ChunkedStream's "
+                f"batch_size), but a chunk with batch size {x.shape[0]} arrived"
             )
         ready = self._ready
         if ready is None:  # the fixed delay: zeros ahead of the first output

@@ -705,14 +705,18 @@ def test_only_the_jack_server_portaudio_uses_is_watched(monkeypatch) -> None:
     assert name(["jackd", "--no-realtime", "-n", "a", "-d", "dummy"]) == "a"
     assert name(["jackd", "-nb", "-d", "dummy"]) == name(["jackd", "--name=b"]) == "b"
     assert name(["jackd", "-d", "alsa", "-n", "3"]) == "default"  # ALSA's periods
+    assert name(["jackd", "--driver=alsa", "-n", "3"]) == "default"
+    assert name(["jackd", "-d", "dummy"], "e") == "e"  # JACK_DEFAULT_SERVER=e jackd ...
+    assert name(["jackd", "-n", "a", "-d", "dummy"], "e") == "a"
     if shutil.which("jackd") is None or not sys.platform.startswith("linux"):
         pytest.skip("needs jackd and /proc")
     env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"}
     tag = f"w{os.getpid()}"
+    # one named on its command line, one by its environment (as JACK's clients are)
     servers = [
         subprocess.Popen(
-            ["jackd", "--no-realtime", "-n", f"{tag}{i}", "-d", "dummy"],
-            env=env,
+            ["jackd", "--no-realtime", *(["-n", f"{tag}{i}"] if i else []), "-d", "dummy"],
+            env={**env, "JACK_DEFAULT_SERVER": f"{tag}{i}"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -302,8 +302,16 @@ def test_chunked_stream_refused_chunks_change_nothing(small) -> None:
     with torch.inference_mode():
         with ChunkedStream(gen, message=msg) as clean:
             want = [clean(c) for c in split(x, [500] * 5)] + [clean.flush()]
-        for model, bad, err in ((gen, nan, "NaN"), (gen, x[0, 0, :500], r"\(batch, 1")):
-            with ChunkedStream(model, message=msg) as stream:
+        short_nan = nan[..., :100]  # shorter than a hop: it used to wait in the buffer
+        cases = [
+            (nan, "NaN"),
+            (short_nan, "NaN"),
+            (x[0, 0, :500], r"\(batch, 1"),
+            (x[..., :100].double(), "float64"),
+            (x[..., :100].expand(2, -1, -1), "batch size 2"),
+        ]
+        for bad, err in cases:
+            with ChunkedStream(gen, message=msg) as stream:
                 got = [stream(x[..., :500])]
                 with pytest.raises(ValueError, match=err):
                     stream(bad)
@@ -361,8 +369,25 @@ def test_message_attribute_as_the_reference(small) -> None:
         torch.testing.assert_close(gen(x, message=torch.tensor(0x1A2B)), mine, atol=0, rtol=0)
         with pytest.raises(MessageError):
             gen.message = [0, 1]
+        # a message set is never replaced behind the user's back (another batch: refused)
+        gen.message = torch.tensor([[1] * 16, [0] * 16])
+        with pytest.raises(MessageError, match="holds 2 messages, but the audio batch is 3"):
+            gen(audio(HOP, batch=3))
+        assert gen.message.tolist() == [[1] * 16, [0] * 16]
+        # read at every call, as the reference: set mid-stream, it is the next chunk's
+        one = audio(HOP, seed=24)
+        gen.message = 0xFFFF
+        with gen.streaming(1):
+            gen(one)
+            gen.message = 0
+            gen(one)
+            assert gen.last_message.tolist() == [[0] * 16]
         gen.message = None
         assert gen.message.numel() == 0
+        gen(x)
+        drawn = gen.message.clone()
+        gen(audio(HOP, batch=3))  # one drawn here follows the batch (the reference fails)
+        assert gen.message.shape == (3, 16) and not torch.equal(gen.message[:2], drawn)
 
 
 # --- stream state and messages ---------------------------------------------------------------

@@ -155,11 +155,12 @@ JACK_SERVER_NAMES = ("jackd", "jackdbus", "pipewire")
 _jack_servers: frozenset[int] | None = None  # None: not looked yet; empty: no JACK host
 
 
-def jack_server_name(args: list[str]) -> str:
-    """The server name a jackd command line serves (-n NAME / --name NAME; "default")."""
-    name = "default"
+def jack_server_name(args: list[str], env_name: str | None = None) -> str:
+    """The server name a jackd serves: -n NAME / --name NAME on its command line, else its
+    environment's JACK_DEFAULT_SERVER (``env_name``), else "default"."""
+    name = env_name or "default"
     for i, arg in enumerate(args[1:], 1):
-        if arg in ("-d", "--driver") or arg.startswith("-d"):
+        if arg in ("-d", "--driver") or arg.startswith(("-d", "--driver=")):
             break  # the driver's own options follow (ALSA's -n is its periods)
         if arg in ("-n", "--name") and i + 1 < len(args):
             name = args[i + 1]
@@ -184,16 +185,24 @@ def _server_pids(name: str | None = None) -> set[int]:
                 if comm not in JACK_SERVER_NAMES:
                     continue
                 if name is not None:
+                    served = "default"
                     if comm == "jackd":
                         with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
                             args = fh.read().decode(errors="replace").split("\0")
-                        served = jack_server_name([a for a in args if a])
-                    else:
-                        served = "default"
+                        served = jack_server_name([a for a in args if a], _env_server(entry.name))
                     if served != name:
                         continue
                 pids.add(int(entry.name))
     return pids
+
+
+def _env_server(pid: str) -> str | None:
+    """JACK_DEFAULT_SERVER in a process's environment (None: unset, or not ours to read)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/environ", "rb") as fh:
+        for item in fh.read().split(b"\0"):
+            if item.startswith(b"JACK_DEFAULT_SERVER="):
+                return item.split(b"=", 1)[1].decode(errors="replace") or None
+    return None
 
 
 def _note_jack_servers(sd: Any) -> frozenset[int]:
@@ -203,7 +212,8 @@ def _note_jack_servers(sd: Any) -> frozenset[int]:
         return frozenset()
     if not any("JACK" in name for name in apis):
         return frozenset()
-    # the server PortAudio connected to; if none answers to that name, every server (safe)
+    # the server PortAudio connected to; if none answers to that name (one whose process we
+    # cannot read), every server: then at worst a dead one is taken for alive, as before
     mine = _server_pids(os.environ.get("JACK_DEFAULT_SERVER") or "default")
     return frozenset(mine or _server_pids())
 

@@ -288,6 +288,7 @@ def fold_weight_norm(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    model.__dict__.pop("_first_param", None)  # CardModel.weights_dtype's: the weights moved
     return model
 
 

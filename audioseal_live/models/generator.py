@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from audioseal_live.errors import MessageError
 from audioseal_live.models.base import CardModel
 from audioseal_live.models.cards import ModelCard
 from audioseal_live.models.messages import MessageLike, random_message, to_message_tensor
@@ -51,6 +52,7 @@ class AudioSealWM(CardModel):
         self.last_message: Tensor | None = None  # the message the last call embedded
         self._given_key: object = None
         self._message = torch.zeros(0, dtype=torch.long)  # see the message property
+        self._message_drawn = False  # _message is a random one drawn here, not the user's
 
     @property
     def message(self) -> Tensor:
@@ -60,6 +62,7 @@ class AudioSealWM(CardModel):
 
     @message.setter
     def message(self, value: MessageLike | None) -> None:
+        self._message_drawn = False
         if value is None or (isinstance(value, Tensor) and value.numel() == 0):
             self._message = torch.zeros(0, dtype=torch.long)
             return
@@ -79,6 +82,23 @@ class AudioSealWM(CardModel):
     def random_message(self, batch_size: int) -> Tensor:
         return random_message(batch_size, self.nbits)
 
+    def _default_message(self, batch_size: int) -> Tensor:
+        """:attr:`message` for a batch: one row serves all; a random one is drawn when none
+        is set (and again for another batch size, while it is one drawn here)."""
+        rows = self._message.shape[0] if self._message.numel() else 0
+        if rows in (1, batch_size):
+            return self._message.expand(batch_size, -1)
+        narrowed = self._stream_message  # its rows, narrowed by select_streams
+        if self.is_streaming and narrowed is not None and narrowed.shape[0] == batch_size:
+            return narrowed
+        if rows and not self._message_drawn:  # the user's: never replaced behind their back
+            raise MessageError(
+                f"gen.message holds {rows} messages, but the audio batch is {batch_size}: "
+                "set one message, or one per signal"
+            )
+        self._message, self._message_drawn = self.random_message(batch_size), True
+        return self._message
+
     def _resolve_message(self, message: MessageLike | None, batch_size: int) -> Tensor:
         """None → :attr:`message` (a random one drawn at the first call, then kept)."""
         key = _message_key(message) if message is not None else None
@@ -91,12 +111,8 @@ class AudioSealWM(CardModel):
             msg = self.last_message  # the same message as last call: already validated
         elif message is not None:
             msg = to_message_tensor(message, batch_size, self.nbits)
-        elif self.is_streaming and self._stream_message is not None:
-            msg = self._stream_message
-        elif self._message.numel() and self._message.shape[0] in (1, batch_size):
-            msg = self._message.expand(batch_size, -1)
-        else:  # drawn once and kept, as the reference does
-            msg = self._message = self.random_message(batch_size)
+        else:  # gen.message, read at every call as the reference does
+            msg = self._default_message(batch_size)
         if self.is_streaming:
             self._stream_message = msg
         self.last_message = msg
