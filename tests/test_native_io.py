@@ -127,3 +127,22 @@ def test_switch_off_gives_the_python_callback(monkeypatch: pytest.MonkeyPatch) -
     assert type(io) is CallbackIO and a is io.in_ring and b is io.out_ring
     assert native_io.stream_callback(io, 2, 2) is None
     assert io.stats.native_callback is False
+
+
+def test_a_callback_that_did_not_build_is_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Installed without a compiler (the Quickstart lacked gcc and python3-dev), the engine
+    ran the Python callback with one INFO line to show for it."""
+    import sys
+
+    monkeypatch.delenv("AUDIOSEAL_LIVE_PY_CALLBACK", raising=False)
+    import audioseal_live.engine as engine_package
+
+    monkeypatch.setitem(sys.modules, "audioseal_live.engine._rtio", None)  # ImportError
+    monkeypatch.delattr(engine_package, "_rtio", raising=False)
+    monkeypatch.setattr(native_io, "_said_missing", False)
+    with caplog.at_level("WARNING", logger="audioseal_live.engine.native_io"):
+        assert native_module() is None and native_module() is None
+    said = [r.getMessage() for r in caplog.records if "not built" in r.getMessage()]
+    assert len(said) == 1 and "gcc python3-dev" in said[0]

@@ -57,6 +57,9 @@ SLOT = {name: i for i, name in enumerate(SLOTS)}
 COUNTERS = SLOTS[SLOTS.index("input_overflows") :]  # IOStats fields kept by the callback
 
 
+_said_missing = False
+
+
 def native_module() -> ModuleType | None:
     """The compiled callback module, or None (not built, stale, or switched off)."""
     if os.environ.get("AUDIOSEAL_LIVE_PY_CALLBACK", "") not in ("", "0"):
@@ -64,6 +67,14 @@ def native_module() -> ModuleType | None:
     try:
         from audioseal_live.engine import _rtio  # type: ignore[attr-defined]
     except ImportError:
+        global _said_missing
+        if not _said_missing:  # said once: the user can fix it, and it costs glitches
+            _said_missing = True
+            log.warning(
+                "the C audio callback was not built at install (it needs a C compiler and "
+                "Python's headers: apt-get install gcc python3-dev, then reinstall); the "
+                "Python callback glitches more on a busy machine"
+            )
         return None
     if getattr(_rtio, "N_SLOTS", None) != len(SLOTS):
         log.warning("audioseal_live.engine._rtio is from another version: Python callback")

@@ -57,7 +57,8 @@ class AudioSealWM(CardModel):
     @property
     def message(self) -> Tensor:
         """The message a call without one embeds, as the reference's ``model.message``: empty
-        until set, or until the first such call draws a random one (kept from then on)."""
+        until set, or until the first such call draws a random one (kept from then on, for
+        that batch size: another draws again; a message you set is never replaced)."""
         return self._message
 
     @message.setter
