@@ -546,3 +546,19 @@ def test_a_card_at_another_rate_is_refused(
     (folder / "detector.json").write_text(json.dumps(card), encoding="utf-8")
     rc = main(["detect", str(stereo_44k), "--detector", str(folder / "detector.json")])
     assert rc == 2 and "24000 Hz" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAVE_DEFAULT, reason="needs the trained default model")
+def test_a_network_only_verdict_reads_no_message(tmp_path: Path) -> None:
+    """An unmarked 1 kHz tone at -6 dBFS: the network calls it marked (a known false alarm,
+    model card), but the message code is not there, and detect printed a message (0x9e24)
+    read from nothing; --message then said DOES NOT match (review)."""
+    import soundfile as sf
+
+    tone = tmp_path / "tone.wav"
+    t = np.arange(10 * 16000) / 16000
+    sf.write(tone, (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), 16000)
+    det = load(default_model_dir())[1]
+    res = detect_file(tone, det, expected=(1, 0) * 8)
+    assert res.code_sync is not None and res.code_sync < 5.0  # no code in a tone
+    assert res.bits == () and res.match is None  # whatever the network says

@@ -723,7 +723,10 @@ def test_only_the_jack_server_portaudio_uses_is_watched(monkeypatch) -> None:
         for i in (0, 1)
     ]
     try:
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10  # up: its name is in its environment from exec on
+        while not audio_io._server_pids(f"{tag}0") and time.monotonic() < deadline:
+            assert servers[0].poll() is None, "jackd did not start"
+            time.sleep(0.05)
         assert audio_io._server_pids(f"{tag}0") == {servers[0].pid}
         assert {s.pid for s in servers} <= audio_io._server_pids()
 
@@ -734,13 +737,20 @@ def test_only_the_jack_server_portaudio_uses_is_watched(monkeypatch) -> None:
         monkeypatch.setenv("JACK_DEFAULT_SERVER", f"{tag}0")
         monkeypatch.setattr(audio_io, "_jack_servers", audio_io._note_jack_servers(JackHost()))
         assert audio_io._jack_servers == {servers[0].pid}
-        servers[0].kill()
+        servers[0].terminate()
         servers[0].wait(10)
         assert audio_io.jack_server_gone()  # though the other server still runs
     finally:
+        # SIGTERM, not SIGKILL: a killed jackd leaves its entry in JACK's shared registry,
+        # and after a few of those no server starts ("Too many servers already active")
         for proc in servers:
-            proc.kill()
-            proc.wait(10)
+            proc.terminate()
+        for proc in servers:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 def test_stop_signals_end_a_live_session_as_ctrl_c_does() -> None:
@@ -836,6 +846,94 @@ def test_the_codes_polarity_check_overrules_a_lock_on_the_other_polarity() -> No
     d = mon.detection
     assert d.match and not d.inverted and d.bits == MSG, d
     assert mon.lock is None or mon.lock[0] == 0
+
+
+def test_a_quiet_chain_is_not_called_inverted_and_weak_codes_show_no_bits() -> None:
+    """A loopback 20 dB down: the network scored x and -x 0.16 and 0.26 (both noise) and the
+    window said 'polarity inverted' with the message's complement; and bits read from a
+    window without the code (sync under its floor) showed as MISMATCH (review)."""
+    from audioseal_live.engine.model import CodeReadout, inverted_wins, polarity_told
+    from audioseal_live.engine.monitor import DetectorMonitor
+
+    assert not inverted_wins(0.16, 0.26) and not polarity_told(0.16, 0.26)
+    assert inverted_wins(0.1, 0.9) and polarity_told(0.9, 0.1)
+
+    class Weak:
+        sync_min = 5.0
+        sync = 8.0
+
+        def reset(self) -> None: ...
+
+        def push(self, x: np.ndarray) -> None: ...
+
+        def read(self) -> CodeReadout:
+            z = 3.0 * (2 * np.array(MSG, float) - 1)  # the message, as recorded
+            p_marked = 0.99 if self.sync >= self.sync_min else 0.1
+            return CodeReadout(z, sync=self.sync, p_marked=p_marked, inverted=None)
+
+    code = Weak()
+
+    class Quiet(FakeDetector):
+        def process(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            p, logits = super().process(x)
+            p = np.full_like(p, 0.16)
+            p[-1] = 0.26  # -x "higher", both far under the threshold
+            return p, logits
+
+        def code_stream(self, seconds: float | None) -> Weak:
+            return code
+
+    mon = DetectorMonitor(Quiet(MSG), 48000, message=lambda: MSG)
+    mon.reset()
+    for _ in range(4):
+        mon.ring.write(np.full(48000, 0.2, np.float32))
+        mon.step()
+        d = mon.detection
+        assert not d.inverted and d.bits == MSG and d.match, d  # the code holds: as recorded
+    code.sync = 3.0  # the code's window no longer holds it
+    mon.ring.write(np.full(4800, 0.2, np.float32))
+    mon.step()
+    d = mon.detection
+    assert d.bits == () and d.match is None and not d.inverted, d
+
+
+def test_an_undecided_polarity_recheck_keeps_the_last_verdict() -> None:
+    """The code stream's polarity check every 3 s: an undecided one (the bit head reads
+    nothing in this second) replaced a decided 'as recorded' with None (review)."""
+    import torch
+
+    from audioseal_live.engine.model import TorchCodeStream
+
+    class Read:
+        sync = torch.tensor([9.0])
+        z = torch.zeros(1, 16)
+
+    class Reader:
+        def reset(self) -> None: ...
+
+        def push(self, x: torch.Tensor) -> None: ...
+
+        def read(self) -> Read:
+            return Read()
+
+    signs = [1.0, 0.0, -1.0]
+
+    class Det:
+        class code:  # noqa: N801 - as the detector's attribute
+            @staticmethod
+            def read_offline(x: torch.Tensor) -> Read:
+                return Read()
+
+        @staticmethod
+        def code_polarity(x: torch.Tensor, read: Read, undecided: float) -> torch.Tensor:
+            return torch.tensor([signs.pop(0)])
+
+    stream = TorchCodeStream(Reader(), Det(), recheck_s=1.0)
+    seen = []
+    for _ in range(3):
+        stream.push(np.zeros(16000, np.float32))
+        seen.append(stream.read().inverted)
+    assert seen == [False, False, True]  # decided, undecided (kept), decided
 
 
 def test_polarity_from_the_message_only_for_its_exact_complement() -> None:

@@ -394,7 +394,8 @@ class SoundDeviceBackend:
         sd = _sd()
         dev_in = sd.query_devices(input_device)
         dev_out = sd.query_devices(output_device)
-        self.input_name, self.output_name = str(dev_in["name"]), str(dev_out["name"])
+        self.input_name = str(dev_in.get("name", input_device))  # for reports
+        self.output_name = str(dev_out.get("name", output_device))
         self.in_channels = int(dev_in["max_input_channels"])
         self.out_channels = int(dev_out["max_output_channels"])
         # Up to 2 channels each way: enough for mono/stereo, cheap for 64-channel interfaces.

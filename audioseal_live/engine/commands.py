@@ -362,6 +362,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
             if res.bits:  # a detector without a message has none
                 line += f", message {bits_hex(res.bits)} ({''.join(map(str, res.bits))})"
                 line += f", min bit confidence {min(res.bit_confidence):.2f}"
+            elif res.code_sync is not None:  # the network alone: the code is not there
+                line += ", no message read (the message code is not there: network only)"
             if res.seconds < 1.0:  # the code is read over ~1 s and more
                 line += " (under 1 s: too short to read the bits reliably)"
             if res.match is not None:

@@ -322,6 +322,7 @@ def detect_file(
     marked = frac > 0.5
     read = code.read() if code is not None else None
     guessed = False
+    unread = read is not None and read.sync < code.sync_min  # type: ignore[union-attr]
     if read is not None:  # the code: bits at any alignment, its own polarity check
         b = int(read.inverted) if read.inverted is not None else b
         mean_logit = -read.z if b else read.z
@@ -331,8 +332,14 @@ def detect_file(
         if read.inverted is None and not told and there and expected is not None:
             b, mean_logit, guessed = guess_polarity(b, mean_logit, tuple(int(v) for v in expected))
     bits, confidence = decode_bits(mean_logit)
+    if unread:  # the code is not there (the network alone called it marked): no message read
+        bits, confidence = (), ()
     # unmarked audio has no message to match (its bits are noise): None, as without one
-    match = None if expected is None or not marked else bits == tuple(int(v) for v in expected)
+    match = (
+        None
+        if expected is None or not marked or unread
+        else bits == tuple(int(v) for v in expected)
+    )
     return DetectResult(
         path=str(src),
         seconds=total / MODEL_RATE,

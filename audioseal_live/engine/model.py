@@ -95,11 +95,15 @@ class FrameDetector(Protocol):
 # 0.99 for -x on test speech), so a bare comparison flipped a coin and the window said
 # "polarity inverted" on a chain that was not.
 POLARITY_MARGIN = 0.1
+# ... and it must itself read as marked: two scores under the detection threshold are both
+# noise (a loopback 20 dB down: P 0.16 vs 0.26, and the window said "polarity inverted" with
+# the message's complement, review).
+POLARITY_FLOOR = 0.5
 
 
 def inverted_wins(plain: float, inverted: float) -> bool:
     """Is the inverted signal clearly the marked one? (scores are detected fractions/P)."""
-    return inverted > plain + POLARITY_MARGIN
+    return inverted > plain + POLARITY_MARGIN and inverted > POLARITY_FLOOR
 
 
 def polarity_told(plain: float, inverted: float) -> bool:
@@ -343,8 +347,11 @@ class TorchCodeStream:
                 last = self.det.code.read_offline(x)
                 if float(last.sync[0]) >= self.sync_min:
                     sign = float(self.det.code_polarity(x, last, undecided=0.0)[0])
-                    # 0: the head reads nothing here: undecided, not "as recorded"
-                    self.inverted = None if sign == 0 else sign < 0
+                    # 0: the head reads nothing here: undecided, not "as recorded", and no
+                    # reason to drop a verdict an earlier check made (it flipped to a guess
+                    # on P 0.16 vs 0.26 of a quiet loopback, review)
+                    if sign != 0:
+                        self.inverted = sign < 0
                     self._since = 0
                 else:
                     # The last second holds too little of the code to check against (a pause:
