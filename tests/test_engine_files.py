@@ -562,3 +562,5 @@ def test_a_network_only_verdict_reads_no_message(tmp_path: Path) -> None:
     res = detect_file(tone, det, expected=(1, 0) * 8)
     assert res.code_sync is not None and res.code_sync < 5.0  # no code in a tone
     assert res.bits == () and res.match is None  # whatever the network says
+    # exit 0 means "marked and carrying that message": a message not read does not count
+    assert main(["detect", str(tone), "--message", "0xaaaa"]) == 1

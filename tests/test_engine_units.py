@@ -777,7 +777,7 @@ def test_monitor_never_locks_onto_a_polarity_read_off_the_message() -> None:
     class Undecided:  # a sign code read as the message's complement, its check undecided
         sync_min = 1.0
 
-        def reset(self) -> None: ...
+        def reset(self, keep_polarity: bool = False) -> None: ...
 
         def push(self, x: np.ndarray) -> None: ...
 
@@ -814,7 +814,7 @@ def test_the_codes_polarity_check_overrules_a_lock_on_the_other_polarity() -> No
         sync_min = 1.0
         inverted: bool | None = None  # undecided at first
 
-        def reset(self) -> None: ...
+        def reset(self, keep_polarity: bool = False) -> None: ...
 
         def push(self, x: np.ndarray) -> None: ...
 
@@ -862,7 +862,7 @@ def test_a_quiet_chain_is_not_called_inverted_and_weak_codes_show_no_bits() -> N
         sync_min = 5.0
         sync = 8.0
 
-        def reset(self) -> None: ...
+        def reset(self, keep_polarity: bool = False) -> None: ...
 
         def push(self, x: np.ndarray) -> None: ...
 
@@ -897,6 +897,61 @@ def test_a_quiet_chain_is_not_called_inverted_and_weak_codes_show_no_bits() -> N
     assert d.bits == () and d.match is None and not d.inverted, d
 
 
+def test_a_noisy_pause_under_the_code_does_not_lose_the_lock_or_its_polarity() -> None:
+    """In a noisy pause the network's P fell to 0.16 while the code still read sync 7.6: the
+    lock counted as lost, the reset forgot the code's polarity verdict and the network then
+    picked -x: 'inverted' and the complement for ~3 s (review)."""
+    from audioseal_live.engine.model import CodeReadout
+    from audioseal_live.engine.monitor import DetectorMonitor
+
+    class Present:
+        sync_min = 5.0
+        inverted: bool | None = False  # decided: as recorded
+        resets: list[bool] = []
+
+        def reset(self, keep_polarity: bool = False) -> None:
+            self.resets.append(keep_polarity)
+            if not keep_polarity:
+                self.inverted = None
+
+        def push(self, x: np.ndarray) -> None: ...
+
+        def read(self) -> CodeReadout:
+            z = 3.0 * (2 * np.array(MSG, float) - 1)
+            return CodeReadout(z, sync=7.6, p_marked=0.99, inverted=self.inverted)
+
+    code = Present()
+    level = {"p": 0.9}
+
+    class Fading(FakeDetector):
+        def process(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            p, logits = super().process(x)
+            return np.full_like(p, level["p"]), logits
+
+        def code_stream(self, seconds: float | None) -> Present:
+            return code
+
+    mon = DetectorMonitor(Fading(MSG), 48000, message=lambda: MSG)
+    mon.reset()
+    code.inverted = False  # the code's check has decided: as recorded
+    for _ in range(6):
+        mon.ring.write(np.full(48000, 0.2, np.float32))
+        mon.step()
+    assert mon.lock == (0, 0)
+    level["p"] = 0.16  # the network loses it; the code does not
+    for _ in range(5):  # 5 s, past the 2 s that unlock
+        mon.ring.write(np.full(48000, 0.2, np.float32))
+        mon.step()
+        d = mon.detection
+        assert not d.inverted and d.bits == MSG and d.match, d
+    assert mon.lock == (0, 0) and code.inverted is False
+    code.inverted = True  # a lock lost for good keeps a decided verdict through its reset
+    mon._update_lock(0, 0.0, code_there=False)
+    mon._lost = mon._n_unlock
+    mon._update_lock(0, 0.0, code_there=False)
+    assert code.resets[-1] is True and code.inverted is True
+
+
 def test_an_undecided_polarity_recheck_keeps_the_last_verdict() -> None:
     """The code stream's polarity check every 3 s: an undecided one (the bit head reads
     nothing in this second) replaced a decided 'as recorded' with None (review)."""
@@ -909,7 +964,7 @@ def test_an_undecided_polarity_recheck_keeps_the_last_verdict() -> None:
         z = torch.zeros(1, 16)
 
     class Reader:
-        def reset(self) -> None: ...
+        def reset(self, keep_polarity: bool = False) -> None: ...
 
         def push(self, x: torch.Tensor) -> None: ...
 

@@ -376,7 +376,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
                     f" {other} as recorded; nothing else here tells the polarity)"
                 )
         print(line)
-    return 0 if res.marked and res.match is not False else 1
+    # 0: marked, and with --message carrying it (a message not read does not count)
+    return 0 if res.marked and (msg is None or res.match is True) else 1
 
 
 # ----- parser ----------------------------------------------------------------------------

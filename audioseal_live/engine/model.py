@@ -53,7 +53,8 @@ class CodeStream(Protocol):
 
     sync_min: float  # sync scores from which the bits are shown
 
-    def reset(self) -> None: ...
+    def reset(self, keep_polarity: bool = False) -> None:
+        """Empty the window; ``keep_polarity``: the last decided polarity stays."""
 
     def push(self, x16k: np.ndarray) -> None:
         """Add a chunk (T,) of the signal."""
@@ -316,11 +317,12 @@ class TorchCodeStream:
         self._recheck = int(recheck_s * MODEL_RATE)
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, keep_polarity: bool = False) -> None:
         self.reader.reset()
         self._fill = 0
         self._since: int | None = None  # samples since the last polarity check
-        self.inverted: bool | None = None
+        if not keep_polarity:
+            self.inverted: bool | None = None
 
     def push(self, x16k: np.ndarray) -> None:
         x = np.asarray(x16k, dtype=np.float32)

@@ -104,8 +104,9 @@ class DetectorMonitor:
     def detection(self) -> Detection:
         return self._detection
 
-    def reset(self) -> None:
-        """Start afresh: probabilities cleared, then a search."""
+    def reset(self, keep_polarity: bool = False) -> None:
+        """Start afresh: probabilities cleared, then a search. ``keep_polarity``: the message
+        code's last decided polarity stays (the mark was lost, the chain is the same one)."""
         self._probs[:] = 0
         self._heard[:] = False
         self._held[:] = 0
@@ -114,7 +115,7 @@ class DetectorMonitor:
         self._vote_sum[:] = 0
         self._vote_cnt[:] = 0
         if self.code is not None:
-            self.code.reset()
+            self.code.reset(keep_polarity)
         self._search()
 
     def warm_up(self) -> None:
@@ -204,7 +205,8 @@ class DetectorMonitor:
             mean_logits = self._vote_sum[b].sum(axis=0) / cnt  # (P, nbits)
             mean_logit = mean_logits[best_phase(mean_logits)]
         if not guessed:  # a polarity read off the message is shown, never locked onto
-            self._update_lock(b, float(smoothed[b]))
+            there = read is not None and read.sync >= self.code.sync_min  # type: ignore[union-attr]
+            self._update_lock(b, float(smoothed[b]), there)
         shown = float(smoothed[b])
         if read is not None:
             # The code's own evidence, as the detector's offline P: it survives the
@@ -233,7 +235,11 @@ class DetectorMonitor:
             quiet=quiet,
         )
 
-    def _update_lock(self, polarity: int, smoothed: float) -> None:
+    def _update_lock(self, polarity: int, smoothed: float, code_there: bool = False) -> None:
+        """Lock once one polarity carried the mark for a vote window; while locked, count the
+        mark lost only when neither the network nor the message code finds it (a noisy
+        pause: the network's P fell to 0.16 while the code still read sync 7.6, the reset
+        forgot the code's polarity verdict, and the network then picked -x, review)."""
         if self.lock is None:
             if self._since_search >= self._n_vote and smoothed >= self.lock_p:
                 cnt = self._vote_cnt[polarity].sum()
@@ -245,10 +251,10 @@ class DetectorMonitor:
                     self._lost = 0
                     log.info("monitor locked on polarity %s, phase %d", "-+"[polarity == 0], phase)
             return
-        self._lost = self._lost + 1 if smoothed < self.threshold else 0
+        self._lost = self._lost + 1 if smoothed < self.threshold and not code_there else 0
         if self._lost >= self._n_unlock:
             log.info("monitor lost the mark for %d chunks: searching again", self._lost)
-            self.reset()
+            self.reset(keep_polarity=True)
         elif self._since_search >= self._n_vote + self._n_relock:
             self._search()  # the grid phase may have slid: look again
 
