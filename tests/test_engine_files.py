@@ -454,6 +454,13 @@ def _cli(*argv: str, **kw: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code, *argv], **kw)
 
 
+def _default_stop_signals() -> None:
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def test_a_stop_signal_during_embed_leaves_no_partial_file(tmp_path: Path) -> None:
     """SIGTERM/SIGHUP killed embed before its temp file was removed: a hidden .part file of
     megabytes was left beside the output (SIGINT was handled)."""
@@ -466,7 +473,15 @@ def test_a_stop_signal_during_embed_leaves_no_partial_file(tmp_path: Path) -> No
     sf.write(src, 0.1 * np.random.default_rng(0).standard_normal(300 * 16000), 16000)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         out = tmp_path / "out.wav"
-        proc = _cli("embed", str(src), str(out), stderr=subprocess.PIPE)
+        proc = _cli(
+            "embed",
+            str(src),
+            str(out),
+            stderr=subprocess.PIPE,
+            # as from a terminal: under nohup (a CI runner's) SIGHUP comes in ignored, and
+            # stays so, as it should
+            preexec_fn=_default_stop_signals,
+        )
         deadline = time.monotonic() + 120
         while not any(p.name.endswith(".part") for p in tmp_path.iterdir()):
             assert proc.poll() is None and time.monotonic() < deadline, "no temp file seen"
