@@ -185,6 +185,11 @@ class DetectorMonitor:
                 self._search()
         elif self.lock is not None:
             b = self.lock[0]
+        elif self.code is not None:
+            # Until the code's own check has decided, nothing tells: a detector trained with
+            # polarity flips finds its mark in x and -x alike, and picking the higher one
+            # showed 'inverted' and the complement for the first second of a stream (review).
+            b, settled = 0, False
         else:
             b = int(inverted_wins(smoothed[0], smoothed[1]))
             settled = polarity_told(smoothed[0], smoothed[1])
