@@ -712,22 +712,27 @@ def test_only_the_jack_server_portaudio_uses_is_watched(monkeypatch) -> None:
         pytest.skip("needs jackd and /proc")
     env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"}
     tag = f"w{os.getpid()}"
-    # one named on its command line, one by its environment (as JACK's clients are)
-    servers = [
-        subprocess.Popen(
-            ["jackd", "--no-realtime", *(["-n", f"{tag}{i}"] if i else []), "-d", "dummy"],
-            env={**env, "JACK_DEFAULT_SERVER": f"{tag}{i}"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for i in (0, 1)
-    ]
+    # one named by its environment (as JACK's clients are), one on its command line; one
+    # after the other (two starting at once race on JACK's registry: one exited)
+    servers: list[subprocess.Popen[bytes]] = []
     try:
-        deadline = time.monotonic() + 10  # up: its name is in its environment from exec on
-        while not audio_io._server_pids(f"{tag}0") and time.monotonic() < deadline:
-            assert servers[0].poll() is None, "jackd did not start"
-            time.sleep(0.05)
+        for i in (0, 1):
+            servers.append(
+                subprocess.Popen(
+                    ["jackd", "--no-realtime", *(["-n", f"{tag}{i}"] if i else []), "-d", "dummy"],
+                    env={**env, "JACK_DEFAULT_SERVER": f"{tag}{i}"},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not os.path.exists(
+                f"/dev/shm/jack_{tag}{i}_{os.getuid()}_0"
+            ):  # up: its server file is there
+                assert servers[i].poll() is None, "jackd did not start"
+                time.sleep(0.05)
         assert audio_io._server_pids(f"{tag}0") == {servers[0].pid}
+        assert audio_io._server_pids(f"{tag}1") == {servers[1].pid}
         assert {s.pid for s in servers} <= audio_io._server_pids()
 
         class JackHost:
