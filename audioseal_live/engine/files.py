@@ -322,13 +322,14 @@ def detect_file(
     marked = frac > 0.5
     read = code.read() if code is not None else None
     guessed = False
-    unread = read is not None and read.sync < code.sync_min  # type: ignore[union-attr]
+    # the code is there at all (as the monitor asks); read and not there: no message read
+    there = read is not None and read.sync >= code.sync_min  # type: ignore[union-attr]
+    unread = read is not None and not there
     if read is not None:  # the code: bits at any alignment, its own polarity check
         b = int(read.inverted) if read.inverted is not None else b
         mean_logit = -read.z if b else read.z
         marked = marked or read.p_marked >= 0.5
         told = polarity_told(*shares())
-        there = read.sync >= code.sync_min  # the code is there at all (as the monitor asks)
         if read.inverted is None and not told and there and expected is not None:
             b, mean_logit, guessed = guess_polarity(b, mean_logit, tuple(int(v) for v in expected))
     bits, confidence = decode_bits(mean_logit)

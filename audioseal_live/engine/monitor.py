@@ -198,11 +198,13 @@ class DetectorMonitor:
         conf: tuple[float, ...] = ()
         match: bool | None = None
         mean_logit: np.ndarray | None = None
+        # the window holds the code (read is only ever there with a code)
+        code_there = read is not None and read.sync >= self.code.sync_min  # type: ignore[union-attr]
         if self.code is not None:
             # Bits only from a window that holds the code: with the network's detection
             # alone (cnt > 0) a weak read showed wrong bits as MISMATCH (1-2 bits off under
             # noise, a tone, speech after a pause: 26 of 74 wrong readings, review).
-            if read is not None and read.sync >= self.code.sync_min:
+            if read is not None and code_there:
                 mean_logit = -read.z if b else read.z  # an inverted chain flips every bit
                 if not settled:
                     b, mean_logit, guessed = guess_polarity(b, mean_logit, tuple(self.message()))
@@ -210,8 +212,7 @@ class DetectorMonitor:
             mean_logits = self._vote_sum[b].sum(axis=0) / cnt  # (P, nbits)
             mean_logit = mean_logits[best_phase(mean_logits)]
         if not guessed:  # a polarity read off the message is shown, never locked onto
-            there = read is not None and read.sync >= self.code.sync_min  # type: ignore[union-attr]
-            self._update_lock(b, float(smoothed[b]), there)
+            self._update_lock(b, float(smoothed[b]), code_there)
         shown = float(smoothed[b])
         if read is not None:
             # The code's own evidence, as the detector's offline P: it survives the

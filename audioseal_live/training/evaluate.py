@@ -25,7 +25,7 @@ from torch import Tensor
 from audioseal_live.errors import SettingError
 from audioseal_live.models.detector import AudioSealDetector
 from audioseal_live.models.generator import AudioSealWM
-from audioseal_live.training.data import SAMPLE_RATE, empty_split, read_audio, read_manifest
+from audioseal_live.training.data import SAMPLE_RATE, read_audio, read_manifest, require_split
 from audioseal_live.training.losses import si_snr_db
 
 log = logging.getLogger(__name__)
@@ -411,8 +411,7 @@ def run_eval(args: argparse.Namespace, ready: Callable[[], None] = lambda: None)
     else:  # checked before the models load
         attacks = known_attacks([a.strip() for a in args.attacks.split(",") if a.strip()])
     # the corpus and the models first: a missing one is said before --out is made
-    if not read_manifest(args.corpus, "test"):
-        raise empty_split(args.corpus, "test")
+    require_split(args.corpus, "test")
     torch.set_num_threads(max(1, args.threads))
     gen, det = load_models(args.model)
     ready()
