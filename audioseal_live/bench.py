@@ -295,6 +295,16 @@ def run(args: argparse.Namespace) -> int:
         f"audioseal-live bench: {args.models} cards, streaming, {threads} CPU threads, "
         f"{args.seconds:.0f} s of audio x {args.rounds} rounds per chunk size"
     )
+    from audioseal_live.blocks import gemv  # noqa: PLC0415
+
+    if gemv.kernel():
+        print(
+            f"products with big weights at 1-16 frames: C ({gemv.kernel()}, blocks.gemv), "
+            f"on 2 cores where a traced step runs its other ops on one"
+        )
+    else:
+        why = "switched off" if os.environ.get(gemv.ENV_SWITCH) == "0" else "no C extension here"
+        print(f"products with big weights: PyTorch's ({why})")
     if args.bf16:
         print("bf16: our streams with bfloat16 weight copies (matmul_dtype='bfloat16'), not exact")
     results = run_bench(

@@ -6,13 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from audioseal_live.blocks import StreamingModule, StreamingRoot, traced
+from audioseal_live.blocks import StreamingModule, StreamingRoot, gemv, traced
 from audioseal_live.blocks.traced import StreamStep
 from audioseal_live.engine.model import TorchDetector, TorchMarker
 from audioseal_live.models import OFFICIAL_CARDS, AudioSealDetector, AudioSealWM, small_card
 
 HOP = 320
 TOL = 1e-5
+
+
+def torch_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every product through PyTorch, as where blocks.gemv's C extension is not built."""
+    monkeypatch.setattr(gemv, "_ext", None)
+    monkeypatch.setattr(gemv, "_ready", False)
 
 
 def audio(n: int, seed: int = 0) -> np.ndarray:
@@ -212,6 +218,7 @@ def test_thread_choice_leaves_the_stream_and_the_threads_as_they_were(
 ) -> None:
     # the choice is timed; force either outcome: one thread never / always counts as faster
     monkeypatch.setattr(traced, "THREADS_MIN_GAIN", float("inf") if one_thread else 0.0)
+    torch_products(monkeypatch)  # (a graph with C products runs on one thread untimed)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -242,12 +249,18 @@ def _forks(step: StreamStep) -> list[int]:
 
 @pytest.mark.parametrize("kind", ["generator", "detector"])
 @pytest.mark.parametrize("one_thread", [True, False])
+@pytest.mark.parametrize("products", ["torch", "c"])
 def test_recurrent_products_run_ahead_only_on_one_thread_and_change_nothing(
-    monkeypatch: pytest.MonkeyPatch, kind: str, one_thread: bool
+    monkeypatch: pytest.MonkeyPatch, kind: str, one_thread: bool, products: str
 ) -> None:
     """At one hop per chunk on one intra-op thread, the LSTMs' h @ W_hh (wide enough to
     stream from memory: 16 x 16 = 256 wide here) is forked ahead of the convolutions; the stream is
-    the same floats as without, and as offline. On 2 threads the graph forks nothing."""
+    the same floats as without, and as offline. On 2 threads the graph forks nothing, nor
+    where blocks.gemv's C products take the second core."""
+    if products == "torch":
+        torch_products(monkeypatch)
+    elif not gemv.kernel():
+        pytest.skip("no C products on this machine")
     monkeypatch.setattr(traced, "THREADS_MIN_GAIN", float("inf") if one_thread else 0.0)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -269,8 +282,9 @@ def test_recurrent_products_run_ahead_only_on_one_thread_and_change_nothing(
                 step = StreamStep(model, lambda c, m=model: (m(c)[0],))
             with torch.inference_mode(), model.streaming(1):
                 outs.append(torch.cat([step(c)[0] for c in x.split(HOP, dim=-1)], dim=-1))
-                assert step.single_threaded == one_thread and step.traced_calls == 8
-            assert _forks(step) == [1 if parallel and one_thread else 0]
+                on_one = one_thread or products == "c"  # C products: on one, untimed
+                assert step.single_threaded == on_one and step.traced_calls == 8
+            assert _forks(step) == [1 if parallel and one_thread and products == "torch" else 0]
             assert torch.get_num_threads() == 2
         with torch.inference_mode():
             whole = model.get_watermark(x, message=msg) if kind == "generator" else model(x)[0]
@@ -341,5 +355,28 @@ def test_a_graph_traced_on_one_thread_stays_on_one_when_threads_change() -> None
         with torch.inference_mode():
             whole = gen.get_watermark(x, message=msg)
         torch.testing.assert_close(torch.cat(parts, dim=-1), whole, atol=TOL, rtol=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_graph_with_c_products_runs_on_one_thread_untimed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its products take the second core; torch's own two threads beside them lost every
+    interleaved round (blocks.traced._prefers_one_thread), so no timing decides it."""
+    if not gemv.kernel():
+        pytest.skip("no C products on this machine")
+    monkeypatch.setattr(traced, "THREADS_MIN_GAIN", 0.0)  # a timing would keep 2 threads
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        gen = AudioSealWM(small_card("generator")).eval().requires_grad_(False)
+        step = StreamStep(gen, lambda x, m: (gen.get_watermark(x, message=m),))
+        msg = torch.tensor([[1, 0] * 8])
+        with torch.inference_mode(), gen.streaming(1):
+            for c in torch.from_numpy(audio(HOP * 4)).view(1, 1, -1).split(HOP, dim=-1):
+                step(c, msg)
+            assert step.single_threaded and step.traced_calls == 2
     finally:
         torch.set_num_threads(threads)

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audioseal_live.blocks import gemv
+from audioseal_live.blocks.gemv import BIG_WEIGHT
+
 # Weight dtypes a stream may use for its matrix products. bfloat16 halves the bytes the
 # one-frame gemvs of a 20 ms chunk read (they are memory-bound); activations, sums and
 # state stay float32.
@@ -34,7 +37,6 @@ def resolve_matmul_dtype(value: str | torch.dtype | None) -> torch.dtype:
 
 
 FEW_ROWS = 16  # rows (frames) up to which linear() multiplies the weight from the left
-BIG_WEIGHT = 1 << 18  # elements (1 MB in float32): smaller weights stay in cache anyway
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -45,7 +47,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if (
+    if gemv.applies(x2, weight, bias):  # big float32 weight, a chunk's few frames: C products
+        y = gemv.few_rows_linear(x2, weight, bias)
+    elif (
         weight.dtype == x.dtype
         and 1 < x2.shape[0] <= FEW_ROWS
         and weight.numel() >= BIG_WEIGHT
@@ -108,13 +112,17 @@ class StreamingModule(nn.Module):
         row-major at every size (5x512 @ 512x2048: 100 us vs 430 us in float32). Weights are
         frozen while streaming (inference), so the copy stays valid until the stream ends.
         """
-        gemv = int(rows) == 1  # a tracer hands sizes over as tensors, which hash by identity
-        w = self._weights.get((key, gemv))
+        one_row = int(rows) == 1  # a tracer hands sizes over as tensors, which hash by identity
+        w = self._weights.get((key, one_row))
         if w is None:
             w = make().detach().to(self._matmul_dtype)
+            # (blocks.gemv's C products, where built, want every big weight row-major)
             tall = w.shape[0] > w.shape[1] and w.dtype == torch.float32
-            w = w.t().contiguous().t() if tall and gemv else w.contiguous()
-            self._weights[(key, gemv)] = w
+            if tall and one_row and not (gemv.kernel() and w.numel() >= BIG_WEIGHT):
+                w = w.t().contiguous().t()
+            else:
+                w = w.contiguous()
+            self._weights[(key, one_row)] = w
         return w
 
     def _reset_state(self) -> None:

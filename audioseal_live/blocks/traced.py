@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from audioseal_live.blocks import gemv
+
 log = logging.getLogger(__name__)
 
 # A traced step runs on one intra-op thread unless torch's threads time clearly faster (by
@@ -246,7 +248,16 @@ class StreamStep:
         """Whether the graph traced on one thread (``single``) should run the stream rather
         than the one on torch's threads (see ``THREADS_MIN_GAIN``): each timed on its
         threads, on copies of the state (the stream does not advance); the first calls of a
-        graph also optimise it, so each keeps its best call."""
+        graph also optimise it, so each keeps its best call.
+
+        A graph with C products (blocks.gemv) runs on one: its products then use the second
+        core, and that beat torch's two threads on every round of an interleaved A/B
+        (official cards, 20 ms chunks, 5 rounds: generator p50 2.7-4.1 vs 4.3-5.7 ms,
+        detector 1.3-1.5 vs 1.7-2.5), where five timed calls each often picked wrong.
+        """
+        if any(node.kind() == gemv.OP for node in single.graph.nodes()):
+            log.info("traced step: its big products in C on 2 cores, other ops on one")
+            return True
         threads = torch.get_num_threads()
         graphs = {threads: self._graphs[key], 1: single}
         best: dict[int, float] = {}
@@ -302,11 +313,15 @@ class StreamStep:
 @contextlib.contextmanager
 def _intra_op_threads(n: int) -> Iterator[None]:
     """Torch's intra-op threads set to ``n`` for this thread meanwhile (OpenMP and MKL keep
-    the setting per thread), restored after."""
+    the setting per thread), restored after. The C products (blocks.gemv) may use the
+    threads the caller had: a step whose small ops run best on one thread still reads its
+    big weights on two (official generator, 20 ms chunks: ~3.2 ms vs ~4 with either on one)."""
     before = torch.get_num_threads()
+    products = before if n == 1 else 1
     torch.set_num_threads(n)
     try:
-        yield
+        with gemv.threads_for_products(products):
+            yield
     finally:
         torch.set_num_threads(before)
 

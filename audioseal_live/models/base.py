@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from audioseal_live.blocks import StreamingLSTM, StreamingRoot
+from audioseal_live.blocks import StreamingLSTM, StreamingRoot, gemv
 from audioseal_live.blocks.lstm import recurrent_terms
 from audioseal_live.errors import NotStreamableError
 from audioseal_live.models.cards import STREAMING_CARD_NAMES, ModelCard
@@ -117,6 +117,8 @@ class CardModel(StreamingRoot):
         if not torch.jit.is_tracing():
             return
         if _FORK is None or torch.get_num_threads() != 1 or torch.get_num_interop_threads() < 2:
+            return
+        if gemv.uses_helper():  # the C products take the second core already
             return
         lstms = self.__dict__.get("_lstms")
         if lstms is None:

@@ -1,0 +1,327 @@
+/*
+ * y = x @ W.T (+ b) for a few rows x (the frames of a streaming chunk) and a big float32
+ * weight W (out, in), row-major: the products of a one-frame chunk, which stream their weight
+ * from memory once per chunk and so run at the speed memory is read.
+ *
+ * Why in C: PyTorch's CPU wheels multiply with MKL, whose gemv reads a weight that does not fit
+ * in cache at 15-16 GB/s on this project's AMD EPYC VMs, one thread or two; this loop reads it
+ * at 25 GB/s on one core and ~40 GB/s when a helper thread takes half of the rows (64 MB of
+ * 2048x1024 weights per pass, interleaved A/B). See blocks/gemv.py for where it is used.
+ *
+ * Rows of W go in blocks that the caller and one helper thread claim from a shared counter:
+ * whichever is late (preempted, still asleep) leaves its blocks to the other, so the caller
+ * never waits for a thread that has not started. The helper spins briefly after each product
+ * (the products of one chunk come microseconds apart), then sleeps on a condition variable.
+ * One caller at a time uses the helper; any other caller meanwhile runs on its own thread.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(_WIN32)
+#define HAVE_KERNELS 1
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+
+/* rows [r0, r1) of W against the n rows of x: y[j*m + r] */
+typedef void (*rows_fn)(const float *w, const float *x, const float *b, float *y, long n,
+                        long m, long k, long r0, long r1);
+
+#define TARGET512 __attribute__((target("avx512f")))
+#define TARGET2 __attribute__((target("avx2,fma")))
+
+/* R rows of W (1 or 4) against J rows of x (1 or 2), all of k: R*J dot products in out. */
+static inline __attribute__((always_inline)) TARGET512 void tile512(
+    const float *w, const float *x, long k, int R, int J, float *out)
+{
+    __m512 acc[4][2];
+    long kv = k & ~15L;
+    __mmask16 tail = (__mmask16)((1u << (k - kv)) - 1u);
+    for (int a = 0; a < R; a++)
+        for (int j = 0; j < J; j++) acc[a][j] = _mm512_setzero_ps();
+    for (long i = 0; i < kv; i += 16) {
+        __m512 xv[2];
+        for (int j = 0; j < J; j++) xv[j] = _mm512_loadu_ps(x + j * k + i);
+        for (int a = 0; a < R; a++) {
+            __m512 wv = _mm512_loadu_ps(w + a * k + i);
+            for (int j = 0; j < J; j++) acc[a][j] = _mm512_fmadd_ps(wv, xv[j], acc[a][j]);
+        }
+    }
+    if (tail) {
+        __m512 xv[2];
+        for (int j = 0; j < J; j++) xv[j] = _mm512_maskz_loadu_ps(tail, x + j * k + kv);
+        for (int a = 0; a < R; a++) {
+            __m512 wv = _mm512_maskz_loadu_ps(tail, w + a * k + kv);
+            for (int j = 0; j < J; j++) acc[a][j] = _mm512_fmadd_ps(wv, xv[j], acc[a][j]);
+        }
+    }
+    for (int a = 0; a < R; a++)
+        for (int j = 0; j < J; j++) out[a * 2 + j] = _mm512_reduce_add_ps(acc[a][j]);
+}
+
+TARGET512 static void rows_avx512(const float *w, const float *x, const float *b, float *y,
+                                  long n, long m, long k, long r0, long r1)
+{
+    float out[8];
+    for (long r = r0; r < r1;) {
+        int R = r + 4 <= r1 ? 4 : 1;
+        for (long j = 0; j < n;) {
+            int J = j + 2 <= n ? 2 : 1;
+            const float *wr = w + r * k, *xj = x + j * k;
+            if (R == 4 && J == 2) tile512(wr, xj, k, 4, 2, out);
+            else if (R == 4) tile512(wr, xj, k, 4, 1, out);
+            else if (J == 2) tile512(wr, xj, k, 1, 2, out);
+            else tile512(wr, xj, k, 1, 1, out);
+            for (int a = 0; a < R; a++)
+                for (int jj = 0; jj < J; jj++)
+                    y[(j + jj) * m + r + a] = out[a * 2 + jj] + (b ? b[r + a] : 0.0f);
+            j += J;
+        }
+        r += R;
+    }
+}
+
+static inline __attribute__((always_inline)) TARGET2 float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __attribute__((always_inline)) TARGET2 void tile256(
+    const float *w, const float *x, long k, int R, int J, float *out)
+{
+    __m256 acc[4][2];
+    long kv = k & ~7L;
+    for (int a = 0; a < R; a++)
+        for (int j = 0; j < J; j++) acc[a][j] = _mm256_setzero_ps();
+    for (long i = 0; i < kv; i += 8) {
+        __m256 xv[2];
+        for (int j = 0; j < J; j++) xv[j] = _mm256_loadu_ps(x + j * k + i);
+        for (int a = 0; a < R; a++) {
+            __m256 wv = _mm256_loadu_ps(w + a * k + i);
+            for (int j = 0; j < J; j++) acc[a][j] = _mm256_fmadd_ps(wv, xv[j], acc[a][j]);
+        }
+    }
+    for (int a = 0; a < R; a++)
+        for (int j = 0; j < J; j++) {
+            float s = hsum256(acc[a][j]);
+            for (long i = kv; i < k; i++) s += w[a * k + i] * x[j * k + i];
+            out[a * 2 + j] = s;
+        }
+}
+
+TARGET2 static void rows_avx2(const float *w, const float *x, const float *b, float *y, long n,
+                              long m, long k, long r0, long r1)
+{
+    float out[8];
+    for (long r = r0; r < r1;) {
+        int R = r + 4 <= r1 ? 4 : 1;
+        for (long j = 0; j < n;) {
+            int J = j + 2 <= n ? 2 : 1;
+            const float *wr = w + r * k, *xj = x + j * k;
+            if (R == 4 && J == 2) tile256(wr, xj, k, 4, 2, out);
+            else if (R == 4) tile256(wr, xj, k, 4, 1, out);
+            else if (J == 2) tile256(wr, xj, k, 1, 2, out);
+            else tile256(wr, xj, k, 1, 1, out);
+            for (int a = 0; a < R; a++)
+                for (int jj = 0; jj < J; jj++)
+                    y[(j + jj) * m + r + a] = out[a * 2 + jj] + (b ? b[r + a] : 0.0f);
+            j += J;
+        }
+        r += R;
+    }
+}
+
+static rows_fn kernel = NULL;
+static const char *kernel_name = "";
+
+/* ---- the helper thread ---- */
+typedef struct {
+    const float *w, *x, *b;
+    float *y;
+    long n, m, k, block, nblocks;
+} job_t;
+
+static job_t job;
+static _Atomic uint64_t claim = 0; /* see GEN_SHIFT */
+static _Atomic long blocks_done = 0;
+static _Atomic int helper_asleep = 0;
+static atomic_flag helper_busy = ATOMIC_FLAG_INIT; /* a caller is using the helper */
+static pthread_mutex_t mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static int helper_started = 0; /* only touched by the caller that holds helper_busy */
+static uint64_t generation = 0;
+#define SPIN_NS 200000L /* after a product: the next one of the same chunk comes within this */
+
+static long now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long)t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+/* The claim word: generation (24 bits), the product's block count and the next block to
+ * claim (20 bits each), so that a thread tells a stale product from the current one without
+ * reading job, which the caller rewrites between products. */
+#define GEN_SHIFT 40
+#define COUNT_SHIFT 20
+#define FIELD 0xfffffULL
+
+/* Run the current product's unclaimed blocks, if it is still generation gen. */
+static void run_blocks(uint64_t gen)
+{
+    for (;;) {
+        uint64_t c = atomic_load(&claim);
+        if ((c >> GEN_SHIFT) != gen || (c & FIELD) >= ((c >> COUNT_SHIFT) & FIELD)) return;
+        if (!atomic_compare_exchange_weak(&claim, &c, c + 1)) continue;
+        /* A claimed block keeps its product from finishing, so job stays as it is. */
+        long r0 = (long)(c & FIELD) * job.block;
+        long r1 = r0 + job.block < job.m ? r0 + job.block : job.m;
+        kernel(job.w, job.x, job.b, job.y, job.n, job.m, job.k, r0, r1);
+        atomic_fetch_add(&blocks_done, 1);
+    }
+}
+
+static void *helper_main(void *arg)
+{
+    uint64_t seen = 0, gen;
+    (void)arg;
+    for (;;) {
+        long t0 = now_ns();
+        while ((gen = atomic_load(&claim) >> GEN_SHIFT) == seen && now_ns() - t0 < SPIN_NS) _mm_pause();
+        if (gen == seen) {
+            pthread_mutex_lock(&mutex);
+            atomic_store(&helper_asleep, 1); /* seq_cst: the caller sees it or we see its claim */
+            while ((gen = atomic_load(&claim) >> GEN_SHIFT) == seen) pthread_cond_wait(&wake, &mutex);
+            atomic_store(&helper_asleep, 0);
+            pthread_mutex_unlock(&mutex);
+        }
+        seen = gen;
+        run_blocks(gen);
+    }
+    return NULL;
+}
+
+static void after_fork_in_child(void)
+{
+    /* fork() copies only the calling thread: the child starts its own helper if it needs one */
+    helper_started = 0;
+    atomic_store(&helper_asleep, 0);
+    atomic_flag_clear(&helper_busy);
+    pthread_mutex_init(&mutex, NULL);
+    pthread_cond_init(&wake, NULL);
+}
+
+static int start_helper(void)
+{
+    pthread_t t;
+    pthread_attr_t attr;
+    int ok;
+    if (helper_started) return 1;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    ok = pthread_create(&t, &attr, helper_main, NULL) == 0;
+    pthread_attr_destroy(&attr);
+    helper_started = ok;
+    return ok;
+}
+
+static void product(const float *w, const float *x, const float *b, float *y, long n, long m,
+                    long k, int threads)
+{
+    long block;
+    if (threads < 2 || m < 64 || atomic_flag_test_and_set(&helper_busy)) {
+        kernel(w, x, b, y, n, m, k, 0, m);
+        return;
+    }
+    if (!start_helper()) {
+        atomic_flag_clear(&helper_busy);
+        kernel(w, x, b, y, n, m, k, 0, m);
+        return;
+    }
+    block = ((m / 16) + 3) & ~3L; /* ~16 blocks, whole 4-row tiles */
+    if (block < 16) block = 16;
+    job.w = w; job.x = x; job.b = b; job.y = y;
+    job.n = n; job.m = m; job.k = k; job.block = block;
+    job.nblocks = (m + block - 1) / block;
+    atomic_store(&blocks_done, 0);
+    generation = (generation + 1) & 0xffffffULL;
+    if (generation == 0) generation = 1; /* the helper starts having seen 0 */
+    atomic_store(&claim, generation << GEN_SHIFT | (uint64_t)job.nblocks << COUNT_SHIFT);
+    if (atomic_load(&helper_asleep)) {
+        pthread_mutex_lock(&mutex);
+        pthread_cond_signal(&wake);
+        pthread_mutex_unlock(&mutex);
+    }
+    run_blocks(generation);
+    while (atomic_load(&blocks_done) < job.nblocks) _mm_pause(); /* blocks the helper took */
+    atomic_flag_clear(&helper_busy);
+}
+#endif
+
+static PyObject *py_linear(PyObject *self, PyObject *args)
+{
+    Py_ssize_t y, w, x, b, n, m, k;
+    int threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "nnnnnnni", &y, &w, &x, &b, &n, &m, &k, &threads)) return NULL;
+    if (n < 1 || m < 1 || k < 1 || !y || !w || !x) {
+        PyErr_SetString(PyExc_ValueError, "empty product or null pointer");
+        return NULL;
+    }
+#ifdef HAVE_KERNELS
+    if (kernel != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        product((const float *)w, (const float *)x, (const float *)b, (float *)y, (long)n,
+                (long)m, (long)k, threads);
+        Py_END_ALLOW_THREADS
+        Py_RETURN_NONE;
+    }
+#endif
+    PyErr_SetString(PyExc_RuntimeError, "no kernel for this CPU");
+    return NULL;
+}
+
+static PyObject *py_kernel(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+#ifdef HAVE_KERNELS
+    return PyUnicode_FromString(kernel_name);
+#else
+    return PyUnicode_FromString("");
+#endif
+}
+
+static PyMethodDef methods[] = {
+    {"linear", py_linear, METH_VARARGS,
+     "linear(y, w, x, b, n, m, k, threads): y (n, m) = x (n, k) @ w (m, k).T + b (m,), "
+     "contiguous float32 at these addresses (b may be 0); threads: 1, or 2 with a helper"},
+    {"kernel", py_kernel, METH_NOARGS, "the instruction set used ('avx512', 'avx2'), '' if none"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_gemv", "Few-row products with a big float32 weight.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__gemv(void)
+{
+#ifdef HAVE_KERNELS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) {
+        kernel = rows_avx512;
+        kernel_name = "avx512";
+    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        kernel = rows_avx2;
+        kernel_name = "avx2";
+    }
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+#endif
+    return PyModule_Create(&module);
+}

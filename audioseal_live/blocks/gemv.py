@@ -1,0 +1,152 @@
+"""The products of a one-frame streaming chunk with a big float32 weight, in C (``_gemv.c``).
+
+At 20 ms chunks the official-size generator multiplies ~50 MB of weights by one frame per
+chunk: a gemv per layer, bound by how fast the weights come from memory. PyTorch's CPU wheels
+do these with MKL, which on this project's AMD EPYC VMs reads them at 15-16 GB/s, on one
+thread or two (MKL does not use its fast code paths on AMD processors); the plain AVX-512/AVX2
+loop in ``_gemv.c`` reads 25 GB/s on one core and ~40 GB/s with a helper thread (2048x1024
+weights, 64 MB per pass). Official generator, 20 ms chunks, 2 threads, interleaved runs:
+traced step ~4.2 -> ~3.2 ms.
+
+The kernel runs as a PyTorch operator (``audioseal_live::few_rows_linear``) so that traced
+steps (blocks.traced) record it like any other op. It is used where it helps and is exact:
+float32 on the CPU, 1-16 rows (frames x batch), weights of at least ``BIG_WEIGHT`` elements
+(smaller ones stay in cache, where MKL is as fast and costs less to call), no autograd.
+Everything else, and every machine without the extension (no C compiler at install, another
+CPU), uses PyTorch's own products. The sums run in another order than MKL's: results differ
+in the last bits of float32 (the streamed == offline tests bound the difference at 1e-5).
+
+``AUDIOSEAL_LIVE_NATIVE_MATMUL=0`` turns it off (A/B timing, or a suspected fault).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+ENV_SWITCH = "AUDIOSEAL_LIVE_NATIVE_MATMUL"
+MAX_ROWS = 16  # frames x batch of a streaming chunk's product (a 20-100 ms chunk: 1-5)
+BIG_WEIGHT = 1 << 18  # elements (1 MB in float32): smaller weights stay in cache anyway
+
+OP = "audioseal_live::few_rows_linear"  # the op's name in a traced graph
+_local = threading.local()  # .threads: the override of threads(), per calling thread
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get(ENV_SWITCH, "1").strip() == "0":
+        return None
+    try:
+        from audioseal_live.blocks import _gemv  # type: ignore[attr-defined]  # noqa: PLC0415
+    except ImportError:
+        return None
+    return _gemv if _gemv.kernel() else None
+
+
+_ext = _load()
+
+
+def kernel() -> str:
+    """The instruction set the C products use ('avx512', 'avx2'), or '' where PyTorch's are
+    used (no extension built, another CPU, or switched off)."""
+    return _ext.kernel() if _ext is not None else ""
+
+
+def threads() -> int:
+    """Threads a product may use: one, unless :func:`threads_for_products` says more.
+
+    Only a step whose other ops run on one thread hands the second core to the products (a
+    helper thread in ``_gemv.c``): beside torch's own threads, which spin between their ops,
+    the helper would put three busy threads on two cores (official generator, 20 ms chunks,
+    2 threads: eager step 5.9 -> 7.2 ms with it, traced 2-thread graph 4.2 -> 5.1 ms).
+    """
+    return getattr(_local, "threads", 1)
+
+
+@contextlib.contextmanager
+def threads_for_products(n: int) -> Iterator[None]:
+    """Let the products this thread calls use ``n`` threads meanwhile (1 or 2 make sense)."""
+    before, _local.threads = threads(), n
+    try:
+        yield
+    finally:
+        _local.threads = before
+
+
+def uses_helper() -> bool:
+    """Whether a product here would take a second core (so nothing else should meanwhile)."""
+    return _ext is not None and threads() > 1
+
+
+def _few_rows_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    # The op's CPU kernel. Checks again what linear() checked: a traced graph may hand it a
+    # tensor with other strides (TorchScript pools equal constants, whatever their layout).
+    ok = (
+        x.dtype == weight.dtype == torch.float32
+        and x.dim() == 2
+        and weight.dim() == 2
+        and x.shape[1] == weight.shape[1]
+        and x.is_contiguous()
+        and weight.is_contiguous()
+        and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
+    )
+    if not ok or _ext is None:
+        return F.linear(x, weight, bias)
+    rows, k = x.shape
+    m = weight.shape[0]
+    y = x.new_empty(rows, m)
+    b = 0 if bias is None else bias.data_ptr()
+    _ext.linear(y.data_ptr(), weight.data_ptr(), x.data_ptr(), b, rows, m, k, threads())
+    return y
+
+
+def _register() -> bool:
+    if _ext is None:
+        return False
+    namespace, name = OP.split("::")
+    if hasattr(getattr(torch.ops, namespace), name):  # this module imported again
+        return True
+    lib = torch.library.Library(namespace, "DEF")
+    lib.define(f"{name}(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+    lib.impl(name, _few_rows_linear, "CPU")
+    _LIBS.append(lib)  # the registration lasts as long as its Library object
+    return True
+
+
+_LIBS: list[torch.library.Library] = []
+_ready = _register()
+
+
+def applies(x2: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether ``x2 @ weight.T + bias`` (x2 2-D) goes to the C products."""
+    return (
+        _ready
+        and 1 <= x2.shape[0] <= MAX_ROWS
+        and weight.dtype == torch.float32
+        and x2.dtype == torch.float32
+        and weight.numel() >= BIG_WEIGHT
+        and weight.is_contiguous()
+        and weight.device.type == "cpu"
+        and x2.device.type == "cpu"
+        and (bias is None or bias.dtype == torch.float32)
+        and not (torch.is_grad_enabled() and _needs_grad(x2, weight, bias))
+    )
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
+def few_rows_linear(x2: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x2, weight, bias)`` through the C products (call where :func:`applies`)."""
+    op = torch.ops.audioseal_live.few_rows_linear
+    return op(x2.contiguous(), weight, None if bias is None else bias.contiguous())

@@ -1,0 +1,129 @@
+"""The C products of blocks.gemv equal PyTorch's, on one thread and with the helper, from
+several threads at once, and inside a traced streaming step."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from audioseal_live.blocks import gemv, traced
+from audioseal_live.blocks.streaming import linear
+from audioseal_live.blocks.traced import StreamStep
+from audioseal_live.models import OFFICIAL_CARDS, AudioSealWM
+
+needs_kernel = pytest.mark.skipif(not gemv.kernel(), reason="no C products on this machine")
+
+
+def test_the_module_is_built_where_ci_requires_it() -> None:
+    """CI sets AUDIOSEAL_LIVE_REQUIRE_NATIVE=1: its x86-64 install must have compiled the
+    products (optional for users: a failed build would pass silently)."""
+    if os.environ.get("AUDIOSEAL_LIVE_REQUIRE_NATIVE") != "1":
+        pytest.skip("only where AUDIOSEAL_LIVE_REQUIRE_NATIVE=1 (CI)")
+    assert gemv.kernel() in ("avx512", "avx2")
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> None:
+    # float32 sums in another order: the last bits differ, relative to the sum's scale
+    scale = float(b.abs().max()) + 1.0
+    assert float((a - b).abs().max()) <= 2e-6 * scale
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("rows", "m", "k"),
+    [(1, 64, 16), (1, 130, 1000), (2, 2048, 512), (3, 517, 33), (5, 128, 3584), (16, 67, 7)],
+)
+def test_products_equal_torch(threads: int, rows: int, m: int, k: int) -> None:
+    """Every tail: rows not a multiple of the 2-row tile, outputs of the 4-row one, inputs of
+    the 16/8-wide vectors; with the helper, blocks of ~m/16 rows."""
+    g = torch.Generator().manual_seed(rows * m + k)
+    x = torch.randn(rows, k, generator=g)
+    w = torch.randn(m, k, generator=g)
+    b = torch.randn(m, generator=g)
+    with gemv.threads_for_products(threads):
+        for bias in (b, None):
+            y = gemv.few_rows_linear(x, w, bias)
+            assert y.shape == (rows, m) and y.is_contiguous()
+            close(y, F.linear(x, w, bias))
+
+
+@needs_kernel
+def test_a_weight_in_another_layout_gives_torch_result() -> None:
+    """A traced graph may hand the op an equal constant of other strides (TorchScript pools
+    them): the op then multiplies through PyTorch instead of misreading the memory."""
+    w = torch.randn(512, 2048).t()  # (2048, 512), column-major
+    x = torch.randn(1, 512)
+    close(torch.ops.audioseal_live.few_rows_linear(x, w, None), F.linear(x, w))
+
+
+def test_linear_takes_the_c_products_only_where_they_apply() -> None:
+    big = torch.randn(2048, 512)
+    x = torch.randn(1, 512)
+    assert gemv.applies(x, big, None) == bool(gemv.kernel())
+    assert not gemv.applies(torch.randn(17, 512), big, None)  # a long chunk: MKL's gemm
+    assert not gemv.applies(x, torch.randn(64, 512), None)  # stays in cache
+    assert not gemv.applies(x.bfloat16(), big.bfloat16(), None)
+    assert not gemv.applies(x, big.t().contiguous().t(), None)
+    with torch.enable_grad():
+        assert not gemv.applies(x.requires_grad_(), big, None)
+    y = torch.randn(1, 1, 512)
+    close(linear(y, big), F.linear(y, big))
+
+
+@needs_kernel
+def test_callers_on_several_threads_get_their_own_results() -> None:
+    """One caller at a time shares the rows with the helper; the others run alone."""
+    w = torch.randn(2048, 1024)
+    xs = [torch.randn(3, 1024) for _ in range(4)]
+    want = [F.linear(x, w) for x in xs]
+    bad: list[int] = []
+
+    def work(i: int) -> None:
+        with gemv.threads_for_products(2):
+            for _ in range(200):
+                if not torch.equal(gemv.few_rows_linear(xs[i], w), first[i]):
+                    bad.append(i)
+
+    first = [gemv.few_rows_linear(x, w) for x in xs]
+    for got, ref in zip(first, want, strict=True):
+        close(got, ref)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads) and not bad
+
+
+@needs_kernel
+def test_a_traced_step_records_the_op_and_equals_torch() -> None:
+    """The official generator's traced 20 ms step runs the op (one-thread graph, products on
+    two) and gives PyTorch's floats within float32 rounding."""
+    torch.manual_seed(0)
+    gen = AudioSealWM(OFFICIAL_CARDS["audioseal_wm_streaming"]).eval().requires_grad_(False)
+    msg = torch.tensor([[1, 0] * 8])
+    x = 0.1 * torch.randn(1, 1, 320 * 6)
+    with torch.inference_mode(), gen.streaming(1):
+        step = StreamStep(gen, lambda c, m: (gen.watermark_of(c, m),))
+        with traced._intra_op_threads(1):
+            ours = torch.cat([step(x[..., i : i + 320], msg)[0] for i in range(0, 1920, 320)], -1)
+    assert step.traced_calls == 4
+    graph = next(g for g in step._graphs.values() if g is not None)
+    assert "audioseal_live::few_rows_linear" in str(graph.graph)
+    with torch.inference_mode():
+        whole = gen.watermark_of(x, msg)
+    assert float((ours - whole).abs().max()) <= 1e-5
+
+
+def test_switched_off_by_environment() -> None:
+    code = "from audioseal_live.blocks import gemv; print(repr(gemv.kernel()))"
+    env = {**os.environ, gemv.ENV_SWITCH: "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "''"
