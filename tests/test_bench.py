@@ -47,3 +47,24 @@ def test_table_gives_the_traced_speed_up_round_by_round() -> None:
     assert "per round" in table.splitlines()[0]
     line = table.splitlines()[2]
     assert line.split()[-1] == "2.00-4.00x" and " 2.86x " in line  # 20/10, 24/6; 20/7
+
+
+def test_bench_live_prints_the_engine_figures_beside_an_idle_server() -> None:
+    """`bench --live` on its own JACK dummy server: the engine's figures, then the same server
+    as long again with no engine (the same-run baseline for xruns on a shared machine)."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("jackd") is None:
+        pytest.skip("jackd is not installed")
+    cmd = [sys.executable, "-m", "audioseal_live.cli", "bench", "--live", "--seconds-live", "3"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+    fig = dict(
+        (k.strip(), v.strip())
+        for k, v in (ln.split(":", 1) for ln in out.splitlines() if ":" in ln)
+    )
+    assert 0 < float(fig["latency_measured_ms"]) <= float(fig["latency_budget_ms"])
+    assert 0 < float(fig["ms_per_chunk_p50"]) <= float(fig["ms_per_chunk_p99"])
+    assert fig["native_callback"] in ("True", "False") and float(fig["rss_end_mb"]) > 0
+    assert re.fullmatch(r"\d+ in 3 s with no engine \(CPU stolen: .+ s\)", fig["idle_server_xruns"])

@@ -519,6 +519,12 @@ def live_benchmark(
             device=device,
             monitor="output" if monitor else None,
         )
+        # The baseline in the same run: the same server as long again with no engine (an
+        # idle client only). On a shared VM the hypervisor's steal alone misses deadlines.
+        steal0 = cpu_steal_s()
+        idle = idle_xruns(server.name, seconds)
+        steal1 = cpu_steal_s()
+    idle_steal = None if steal0 is None or steal1 is None else round(steal1 - steal0, 2)
     s = res.snapshot
     ms = res.compute_ms
     return {
@@ -548,6 +554,7 @@ def live_benchmark(
         "native_callback": s.native_callback,
         "feeder_xruns": res.feeder_xruns,
         "xrun_causes": res.xrun_causes.summary(),
+        "idle_server_xruns": f"{idle} in {seconds:g} s with no engine (CPU stolen: {idle_steal} s)",
         "rss_start_mb": res.rss_start_mb,
         "rss_end_mb": res.rss_end_mb,
         "rss_every_5s_mb": res.rss_trace_mb,
