@@ -9,7 +9,8 @@ At one frame per chunk every product is a gemv that streams its weight from memo
 recurrent half of each layer's gates (``h @ W_hh``) needs only the carried h: in a traced
 step (blocks.traced) a model (``models.base.CardModel._start_recurrent``) has it run on
 torch's inter-op pool (another core) while the convolutions before the LSTM run. The same
-products, added in the same order, so the floats do not change.
+products, added in the same order, so the floats do not change. Not where blocks.gemv's C
+products have the second core already (a one-thread step of a process given two).
 """
 
 from __future__ import annotations
