@@ -1003,6 +1003,21 @@ def test_an_undecided_polarity_recheck_keeps_the_last_verdict() -> None:
     assert seen == [False, False, True]  # decided, undecided (kept), decided
 
 
+def test_the_code_stream_warms_up_before_the_audio_and_stays_empty() -> None:
+    """The monitor's warm-up runs the code stream's polarity check once on silence (cold, it
+    took 128 ms when the code was first found live), and leaves the window as it was."""
+    from audioseal_live import AudioSeal
+    from audioseal_live.engine.model import TorchDetector
+
+    stream = TorchDetector(AudioSeal.load_detector()).code_stream(3.0)
+    assert stream is not None
+    calls: list[int] = []
+    check = stream.det.code_polarity
+    stream.det.code_polarity = lambda *a, **k: calls.append(1) or check(*a, **k)  # type: ignore[method-assign]
+    stream.warm_up()
+    assert calls == [1] and stream.read() is None and stream.inverted is None
+
+
 def test_polarity_from_the_message_only_for_its_exact_complement() -> None:
     expected = (1, 0) * 8
     z = np.where(np.array(expected) > 0, 2.0, -2.0)

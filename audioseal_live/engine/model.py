@@ -63,6 +63,9 @@ class CodeStream(Protocol):
         """The window's readout; None while empty."""
         ...
 
+    def warm_up(self) -> None:
+        """Run what the first reads will run, before the audio starts."""
+
 
 class FrameDetector(Protocol):
     """Streaming detector at 16 kHz on a batch of signals (the engine uses x and -x)."""
@@ -323,6 +326,15 @@ class TorchCodeStream:
         self._since: int | None = None  # samples since the last polarity check
         if not keep_polarity:
             self.inverted: bool | None = None
+
+    def warm_up(self) -> None:
+        """A code read and a polarity check on a second of silence, before the audio starts:
+        the first check ran cold once the code was found live (default detector, 1 thread:
+        128 ms, then 19-21 ms)."""
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.zeros(1, 1, MODEL_RATE)
+            self.det.code_polarity(x, self.det.code.read_offline(x), undecided=0.0)
 
     def push(self, x16k: np.ndarray) -> None:
         x = np.asarray(x16k, dtype=np.float32)

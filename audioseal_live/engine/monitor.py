@@ -122,6 +122,8 @@ class DetectorMonitor:
         """Let the detector prepare before the audio starts (a traced detector traces its
         layouts: ~0.3 s of Python each that would hold the GIL beside the audio callbacks)."""
         self.det.warm_up(self.chunk16)
+        if self.code is not None:
+            self.code.warm_up()
 
     def _search(self) -> None:
         """(Re)start the search: both polarities, every phase. Probabilities and votes carry
