@@ -127,3 +127,43 @@ def test_switched_off_by_environment() -> None:
     env = {**os.environ, gemv.ENV_SWITCH: "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "''"
+
+
+@needs_kernel
+def test_the_eager_stream_runs_its_ops_on_one_thread_and_its_products_on_two(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the engine's traced steps: the API's own streaming call of a model with big weights
+    (official generator, 20 ms chunks, 2 threads) splits only its products; same floats."""
+    seen: list[tuple[int, int]] = []
+    ext = gemv._ext
+
+    class Spy:
+        kernel = staticmethod(ext.kernel)
+
+        @staticmethod
+        def linear(*args: int) -> None:
+            seen.append((args[-1], torch.get_num_threads()))
+            ext.linear(*args)
+
+    torch.manual_seed(0)
+    gen = AudioSealWM(OFFICIAL_CARDS["audioseal_wm_streaming"]).eval()
+    msg = torch.tensor([[1, 0] * 8])
+    x = 0.1 * torch.randn(1, 1, 320 * 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(gemv, "_ext", Spy)
+        with torch.inference_mode(), gen.streaming(1):
+            two = [gen(c, message=msg) for c in x.split(320, dim=-1)]
+        assert torch.get_num_threads() == 2
+        assert seen and set(seen) == {(2, 1)}  # products on 2, torch's ops on 1 meanwhile
+        torch.set_num_threads(1)
+        seen.clear()
+        with torch.inference_mode(), gen.streaming(1):
+            one = [gen(c, message=msg) for c in x.split(320, dim=-1)]
+        assert set(seen) == {(1, 1)}
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(two, one, strict=True):
+        assert torch.equal(a, b)  # each row's sum is the same code whichever thread ran it

@@ -82,6 +82,20 @@ def threads_for_products(n: int) -> Iterator[None]:
         _local.threads = before
 
 
+@contextlib.contextmanager
+def ops_on_one_thread() -> Iterator[None]:
+    """Torch's intra-op threads at one for this thread meanwhile (OpenMP and MKL keep the
+    setting per thread), restored after; the products keep the count it had, so a step whose
+    small ops gain nothing from splitting still reads its big weights on two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threads_for_products(before):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def uses_helper() -> bool:
     """Whether a product here would take a second core (so nothing else should meanwhile)."""
     return _ext is not None and threads() > 1

@@ -312,16 +312,17 @@ class StreamStep:
 
 @contextlib.contextmanager
 def _intra_op_threads(n: int) -> Iterator[None]:
-    """Torch's intra-op threads set to ``n`` for this thread meanwhile (OpenMP and MKL keep
-    the setting per thread), restored after. The C products (blocks.gemv) may use the
-    threads the caller had: a step whose small ops run best on one thread still reads its
-    big weights on two (official generator, 20 ms chunks: ~3.2 ms vs ~4 with either on one)."""
+    """Torch's intra-op threads set to ``n`` for this thread meanwhile, restored after; on
+    one, the C products (blocks.gemv) keep the threads the caller had (official generator,
+    20 ms chunks: ~3.2 ms vs ~4 with either on one)."""
+    if n == 1:
+        with gemv.ops_on_one_thread():
+            yield
+        return
     before = torch.get_num_threads()
-    products = before if n == 1 else 1
     torch.set_num_threads(n)
     try:
-        with gemv.threads_for_products(products):
-            yield
+        yield
     finally:
         torch.set_num_threads(before)
 

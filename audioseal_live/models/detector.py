@@ -162,15 +162,17 @@ class AudioSealDetector(CardModel):
         time per chunk went to the 32-channel per-sample features between them."""
         self._start_recurrent(x)
         if not self.is_streaming or self._fused is None:
-            return self.detector(x)
+            with self._chunk_threads(x):
+                return self.detector(x)
         return self._run_folded(x, self._fused)
 
     def _run_folded(self, x: Tensor, fused: tuple[Tensor, Tensor]) -> Tensor:
         encoder = self.detector[0]
         up = encoder.reverse_convolution
         weight_t, bias = fused
-        frames = encoder.model(x)  # (B, dimension, F)
-        out = conv_transpose_overlap_add(frames, up.convtr.weight, up.stride, weight_t)
+        with self._chunk_threads(x):
+            frames = encoder.model(x)  # (B, dimension, F)
+            out = conv_transpose_overlap_add(frames, up.convtr.weight, up.stride, weight_t)
         return (out + bias[:, None])[..., : x.shape[-1]]
 
     def logits(self, x: Tensor, sample_rate: int | None = None) -> Tensor:

@@ -146,10 +146,11 @@ class AudioSealWM(CardModel):
         traced streaming step (blocks.traced) keeps the message as an input."""
         length = x.shape[-1]
         self._start_recurrent(x)
-        hidden = self.encoder(x)
-        if self.msg_processor is not None and message is not None:
-            hidden = self.msg_processor(hidden, message)
-        return self.decoder(hidden)[..., :length]
+        with self._chunk_threads(x):
+            hidden = self.encoder(x)
+            if self.msg_processor is not None and message is not None:
+                hidden = self.msg_processor(hidden, message)
+            return self.decoder(hidden)[..., :length]
 
     def forward(
         self,
