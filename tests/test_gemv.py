@@ -140,6 +140,7 @@ def test_the_eager_stream_runs_its_ops_on_one_thread_and_its_products_on_two(
 
     class Spy:
         kernel = staticmethod(ext.kernel)
+        wake = staticmethod(ext.wake)
 
         @staticmethod
         def linear(*args: int) -> None:
@@ -167,3 +168,59 @@ def test_the_eager_stream_runs_its_ops_on_one_thread_and_its_products_on_two(
         torch.set_num_threads(threads)
     for a, b in zip(two, one, strict=True):
         assert torch.equal(a, b)  # each row's sum is the same code whichever thread ran it
+
+
+@needs_kernel
+def test_a_woken_helper_goes_back_to_sleep_and_products_still_run() -> None:
+    """wake() only sets the helper spinning for a while: products after it ran, and long
+    after it (the helper asleep again), still give their results."""
+    import time
+
+    w, x = torch.randn(2048, 512), torch.randn(1, 512)
+    with gemv.threads_for_products(2):
+        for pause in (0.0, 0.01, 0.0):
+            gemv._ext.wake(gemv.WAKE_NS)
+            time.sleep(pause)  # 10 ms: past WAKE_NS, asleep again
+            close(gemv.few_rows_linear(x, w), F.linear(x, w))
+
+
+@needs_kernel
+@pytest.mark.parametrize("model", ["default", "official"])
+def test_the_helper_is_woken_only_for_steps_with_c_products(
+    monkeypatch: pytest.MonkeyPatch, model: str
+) -> None:
+    """A woken helper spins ~2 ms: the shipped model, whose weights all stay in cache, must
+    not wake it every chunk; the official generator's traced step does, once per chunk."""
+    from audioseal_live import AudioSeal
+
+    wakes: list[int] = []
+    ext = gemv._ext
+
+    class Spy:
+        kernel = staticmethod(ext.kernel)
+        linear = staticmethod(ext.linear)
+
+        @staticmethod
+        def wake(ns: int) -> None:
+            wakes.append(ns)
+
+    monkeypatch.setattr(gemv, "_ext", Spy)
+    monkeypatch.setattr(traced, "THREADS_MIN_GAIN", float("inf"))  # one-thread graphs
+    torch.manual_seed(0)
+    if model == "default":
+        gen = AudioSeal.load_generator()
+    else:
+        gen = AudioSealWM(OFFICIAL_CARDS["audioseal_wm_streaming"]).eval()
+    gen.requires_grad_(False)
+    msg = torch.tensor([[1, 0] * 8])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        step = StreamStep(gen, lambda c, m: (gen.watermark_of(c, m),))
+        with torch.inference_mode(), gen.streaming(1):
+            for c in (0.1 * torch.randn(1, 1, 320 * 6)).split(320, dim=-1):
+                step(c, msg)
+        assert step.traced_calls == 4 and step.single_threaded
+    finally:
+        torch.set_num_threads(threads)
+    assert len(wakes) == (0 if model == "default" else 4 + 2)  # + the eager calls

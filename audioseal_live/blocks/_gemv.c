@@ -32,17 +32,18 @@ typedef void (*rows_fn)(const float *w, const float *x, const float *b, float *y
 #define TARGET512 __attribute__((target("avx512f")))
 #define TARGET2 __attribute__((target("avx2,fma")))
 
-/* R rows of W (1 or 4) against J rows of x (1 or 2), all of k: R*J dot products in out. */
+/* R rows of W (1 or 4) against J rows of x (1, 2 or 4), all of k: R*J dot products in
+ * out[a * 4 + j]. 4 x 4 accumulators + 4 x vectors + 1 of W: 21 of the 32 registers. */
 static inline __attribute__((always_inline)) TARGET512 void tile512(
     const float *w, const float *x, long k, int R, int J, float *out)
 {
-    __m512 acc[4][2];
+    __m512 acc[4][4];
     long kv = k & ~15L;
     __mmask16 tail = (__mmask16)((1u << (k - kv)) - 1u);
     for (int a = 0; a < R; a++)
         for (int j = 0; j < J; j++) acc[a][j] = _mm512_setzero_ps();
     for (long i = 0; i < kv; i += 16) {
-        __m512 xv[2];
+        __m512 xv[4];
         for (int j = 0; j < J; j++) xv[j] = _mm512_loadu_ps(x + j * k + i);
         for (int a = 0; a < R; a++) {
             __m512 wv = _mm512_loadu_ps(w + a * k + i);
@@ -50,7 +51,7 @@ static inline __attribute__((always_inline)) TARGET512 void tile512(
         }
     }
     if (tail) {
-        __m512 xv[2];
+        __m512 xv[4];
         for (int j = 0; j < J; j++) xv[j] = _mm512_maskz_loadu_ps(tail, x + j * k + kv);
         for (int a = 0; a < R; a++) {
             __m512 wv = _mm512_maskz_loadu_ps(tail, w + a * k + kv);
@@ -58,25 +59,28 @@ static inline __attribute__((always_inline)) TARGET512 void tile512(
         }
     }
     for (int a = 0; a < R; a++)
-        for (int j = 0; j < J; j++) out[a * 2 + j] = _mm512_reduce_add_ps(acc[a][j]);
+        for (int j = 0; j < J; j++) out[a * 4 + j] = _mm512_reduce_add_ps(acc[a][j]);
 }
 
 TARGET512 static void rows_avx512(const float *w, const float *x, const float *b, float *y,
                                   long n, long m, long k, long r0, long r1)
 {
-    float out[8];
+    float out[16];
     for (long r = r0; r < r1;) {
         int R = r + 4 <= r1 ? 4 : 1;
         for (long j = 0; j < n;) {
-            int J = j + 2 <= n ? 2 : 1;
+            int J = j + 4 <= n ? 4 : j + 2 <= n ? 2 : 1;
             const float *wr = w + r * k, *xj = x + j * k;
-            if (R == 4 && J == 2) tile512(wr, xj, k, 4, 2, out);
+            /* constant arguments: each call below compiles to its own unrolled tile */
+            if (R == 4 && J == 4) tile512(wr, xj, k, 4, 4, out);
+            else if (R == 4 && J == 2) tile512(wr, xj, k, 4, 2, out);
             else if (R == 4) tile512(wr, xj, k, 4, 1, out);
+            else if (J == 4) tile512(wr, xj, k, 1, 4, out);
             else if (J == 2) tile512(wr, xj, k, 1, 2, out);
             else tile512(wr, xj, k, 1, 1, out);
             for (int a = 0; a < R; a++)
                 for (int jj = 0; jj < J; jj++)
-                    y[(j + jj) * m + r + a] = out[a * 2 + jj] + (b ? b[r + a] : 0.0f);
+                    y[(j + jj) * m + r + a] = out[a * 4 + jj] + (b ? b[r + a] : 0.0f);
             j += J;
         }
         r += R;
@@ -152,7 +156,9 @@ static _Atomic long blocks_done = 0;
 static _Atomic int helper_asleep = 0;
 static atomic_flag helper_busy = ATOMIC_FLAG_INIT; /* a caller is using the helper */
 static pthread_mutex_t mutex = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t wake_cond = PTHREAD_COND_INITIALIZER;
+static _Atomic long spin_until = 0; /* the helper spins until then (CLOCK_MONOTONIC ns) */
+static _Atomic unsigned long wakes = 0; /* calls of wake(): a sleeping helper gets up */
 static int helper_started = 0; /* only touched by the caller that holds helper_busy */
 static uint64_t generation = 0;
 #define SPIN_NS 200000L /* after a product: the next one of the same chunk comes within this */
@@ -186,22 +192,37 @@ static void run_blocks(uint64_t gen)
     }
 }
 
+/* Keep the helper spinning for at least ns more. */
+static void extend_spin(long ns)
+{
+    long t = now_ns() + ns, cur = atomic_load(&spin_until);
+    while (cur < t && !atomic_compare_exchange_weak(&spin_until, &cur, t)) {
+    }
+}
+
 static void *helper_main(void *arg)
 {
     uint64_t seen = 0, gen;
+    unsigned long seen_wakes = 0;
     (void)arg;
     for (;;) {
-        long t0 = now_ns();
-        while ((gen = atomic_load(&claim) >> GEN_SHIFT) == seen && now_ns() - t0 < SPIN_NS) _mm_pause();
+        while ((gen = atomic_load(&claim) >> GEN_SHIFT) == seen &&
+               now_ns() < atomic_load(&spin_until))
+            _mm_pause();
         if (gen == seen) {
             pthread_mutex_lock(&mutex);
             atomic_store(&helper_asleep, 1); /* seq_cst: the caller sees it or we see its claim */
-            while ((gen = atomic_load(&claim) >> GEN_SHIFT) == seen) pthread_cond_wait(&wake, &mutex);
+            while ((gen = atomic_load(&claim) >> GEN_SHIFT) == seen &&
+                   atomic_load(&wakes) == seen_wakes)
+                pthread_cond_wait(&wake_cond, &mutex);
             atomic_store(&helper_asleep, 0);
+            seen_wakes = atomic_load(&wakes);
             pthread_mutex_unlock(&mutex);
+            if (gen == seen) continue; /* woken ahead of a chunk: spin for its products */
         }
         seen = gen;
         run_blocks(gen);
+        extend_spin(SPIN_NS);
     }
     return NULL;
 }
@@ -213,7 +234,7 @@ static void after_fork_in_child(void)
     atomic_store(&helper_asleep, 0);
     atomic_flag_clear(&helper_busy);
     pthread_mutex_init(&mutex, NULL);
-    pthread_cond_init(&wake, NULL);
+    pthread_cond_init(&wake_cond, NULL);
 }
 
 static int start_helper(void)
@@ -254,14 +275,42 @@ static void product(const float *w, const float *x, const float *b, float *y, lo
     atomic_store(&claim, generation << GEN_SHIFT | (uint64_t)job.nblocks << COUNT_SHIFT);
     if (atomic_load(&helper_asleep)) {
         pthread_mutex_lock(&mutex);
-        pthread_cond_signal(&wake);
+        pthread_cond_signal(&wake_cond);
         pthread_mutex_unlock(&mutex);
     }
     run_blocks(generation);
     while (atomic_load(&blocks_done) < job.nblocks) _mm_pause(); /* blocks the helper took */
     atomic_flag_clear(&helper_busy);
 }
+/* Get the helper up and spinning for ns: a chunk's first product then finds it awake (from
+ * its condition variable, a sleeping thread takes ~50-100 us to run on a VM). */
+static void wake_helper(long ns)
+{
+    if (!atomic_flag_test_and_set(&helper_busy)) { /* else a product runs: it is awake */
+        int ok = start_helper();
+        atomic_flag_clear(&helper_busy);
+        if (!ok) return;
+    }
+    extend_spin(ns);
+    atomic_fetch_add(&wakes, 1);
+    if (atomic_load(&helper_asleep)) {
+        pthread_mutex_lock(&mutex);
+        pthread_cond_signal(&wake_cond);
+        pthread_mutex_unlock(&mutex);
+    }
+}
 #endif
+
+static PyObject *py_wake(PyObject *self, PyObject *args)
+{
+    long long ns;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "L", &ns)) return NULL;
+#ifdef HAVE_KERNELS
+    if (kernel != NULL) wake_helper((long)ns);
+#endif
+    Py_RETURN_NONE;
+}
 
 static PyObject *py_linear(PyObject *self, PyObject *args)
 {
@@ -301,6 +350,8 @@ static PyMethodDef methods[] = {
     {"linear", py_linear, METH_VARARGS,
      "linear(y, w, x, b, n, m, k, threads): y (n, m) = x (n, k) @ w (m, k).T + b (m,), "
      "contiguous float32 at these addresses (b may be 0); threads: 1, or 2 with a helper"},
+    {"wake", py_wake, METH_VARARGS,
+     "wake(ns): the helper spins for ns from now, ready for the products of a chunk"},
     {"kernel", py_kernel, METH_NOARGS, "the instruction set used ('avx512', 'avx2'), '' if none"},
     {NULL, NULL, 0, NULL},
 };

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 ENV_SWITCH = "AUDIOSEAL_LIVE_NATIVE_MATMUL"
 MAX_ROWS = 16  # frames x batch of a streaming chunk's product (a 20-100 ms chunk: 1-5)
 BIG_WEIGHT = 1 << 18  # elements (1 MB in float32): smaller weights stay in cache anyway
+# How long the helper spins for a chunk's products once woken: the official generator's first
+# product comes ~0.5 ms into its 20 ms step (a sleeping helper needs ~50-100 us to get up)
+WAKE_NS = 2_000_000
 
 OP = "audioseal_live::few_rows_linear"  # the op's name in a traced graph
 _local = threading.local()  # .threads: the override of threads(), per calling thread
@@ -83,11 +86,14 @@ def threads_for_products(n: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ops_on_one_thread() -> Iterator[None]:
+def ops_on_one_thread(wake: bool = False) -> Iterator[None]:
     """Torch's intra-op threads at one for this thread meanwhile (OpenMP and MKL keep the
     setting per thread), restored after; the products keep the count it had, so a step whose
-    small ops gain nothing from splitting still reads its big weights on two cores."""
+    small ops gain nothing from splitting still reads its big weights on two cores.
+    ``wake``: the step will run products; the helper gets up now (it spins for a while)."""
     before = torch.get_num_threads()
+    if wake and before > 1 and _ext is not None:
+        _ext.wake(WAKE_NS)  # the helper up before the chunk's first product needs it
     torch.set_num_threads(1)
     try:
         with threads_for_products(before):

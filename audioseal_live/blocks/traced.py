@@ -150,6 +150,7 @@ class StreamStep:
         self._held_epoch = -1
         self._spec: tuple[Hashable, ...] = ()
         self._one_thread: set[Hashable] = set()  # keys whose graph runs on one thread
+        self._products: set[Hashable] = set()  # ... whose graph has C products (blocks.gemv)
         self.traced_calls = 0
         self.eager_calls = 0
 
@@ -220,6 +221,8 @@ class StreamStep:
                 if single is not None and self._prefers_one_thread(key, single, inputs, flat):
                     self._graphs[key] = single
                     self._one_thread.add(key)
+            if self._graphs[key] is not None and _has_products(self._graphs[key]):
+                self._products.add(key)
         # The graph runs only on the state shapes it was traced with (its sizes are constants):
         # any other state (a stream not yet settled) goes on eagerly.
         if self._graphs[key] is not None and flat and spec == self._specs[key]:
@@ -230,7 +233,7 @@ class StreamStep:
     def _run(self, key: Hashable, inputs: tuple[Tensor, ...], state: list[Tensor]) -> Any:
         if key not in self._one_thread or torch.get_num_threads() == 1:
             return self._graphs[key](*inputs, *state)
-        with _intra_op_threads(1):
+        with gemv.ops_on_one_thread(wake=key in self._products):
             return self._graphs[key](*inputs, *state)
 
     @property
@@ -255,7 +258,7 @@ class StreamStep:
         (official cards, 20 ms chunks, 5 rounds: generator p50 2.7-4.1 vs 4.3-5.7 ms,
         detector 1.3-1.5 vs 1.7-2.5), where five timed calls each often picked wrong.
         """
-        if any(node.kind() == gemv.OP for node in single.graph.nodes()):
+        if _has_products(single):
             log.info("traced step: its big products in C on 2 cores, other ops on one")
             return True
         threads = torch.get_num_threads()
@@ -308,6 +311,10 @@ class StreamStep:
         finally:
             self._write(_unflatten(flat, spec))
         return graph
+
+
+def _has_products(graph: Any) -> bool:
+    return any(node.kind() == gemv.OP for node in graph.graph.nodes())
 
 
 @contextlib.contextmanager

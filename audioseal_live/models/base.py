@@ -110,7 +110,7 @@ class CardModel(StreamingRoot):
             and not torch.jit.is_tracing()  # a traced step sets its own threads
             and self._has_big_weights()
         ):
-            with gemv.ops_on_one_thread():
+            with gemv.ops_on_one_thread(wake=True):
                 yield
         else:
             yield
