@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     from audioseal_live_gui.app import app_icon, apply_theme, setup_logging
     from PySide6.QtWidgets import QApplication
 
-    from audioseal_live.engine.jackloop import FeederProcess, jack_dummy_server, speech
+    from audioseal_live.engine.demo import speech
+    from audioseal_live.engine.jackloop import FeederProcess, jack_dummy_server
 
     setup_logging(Path(tempfile.gettempdir()) / "audioseal-live-screenshot")
     with jack_dummy_server(rate=48000, period=256, realtime=True) as server:

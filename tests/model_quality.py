@@ -19,7 +19,8 @@ def _offline(message: tuple[int, ...]) -> tuple[int, float]:
     import torch
 
     from audioseal_live import AudioSeal
-    from audioseal_live.engine.jackloop import si_snr, speech
+    from audioseal_live.engine.demo import speech
+    from audioseal_live.engine.jackloop import si_snr
 
     gen, det = AudioSeal.load_generator(), AudioSeal.load_detector()
     x = torch.from_numpy(speech(3.0, 16000)).view(1, 1, -1)
@@ -53,7 +54,7 @@ def _shifted_detection() -> tuple[int, float, float]:
     import torch
 
     from audioseal_live import AudioSeal
-    from audioseal_live.engine.jackloop import speech
+    from audioseal_live.engine.demo import speech
 
     gen, det = AudioSeal.load_generator(), AudioSeal.load_detector()
     x = torch.from_numpy(speech(3.0, 16000)).view(1, 1, -1)

@@ -533,7 +533,7 @@ def test_detect_counts_only_the_samples_with_sound(tmp_path: Path) -> None:
     """embed keeps no mark in silence, so silence must not count against it: a file that is
     half digital silence read as P 0.48 (a detector without the message code then said
     'not marked')."""
-    from audioseal_live.engine.jackloop import speech
+    from audioseal_live.engine.demo import speech
 
     x = speech(6, 16000)
     x = np.concatenate([x, np.zeros(6 * 16000, np.float32)])

@@ -10,7 +10,8 @@ import pytest
 import torch
 from model_quality import bits_shortfall, quality_shortfall, shift_shortfall
 
-from audioseal_live.engine.jackloop import LoopResult, run_jack_loop, si_snr, speech
+from audioseal_live.engine.demo import speech
+from audioseal_live.engine.jackloop import LoopResult, run_jack_loop, si_snr
 from audioseal_live.engine.model import TorchDetector, TorchMarker
 from audioseal_live.engine.resample import SoxrResampler
 from audioseal_live.models.loader import default_model_dir

@@ -677,7 +677,8 @@ def model_decodes_bits() -> str:
 
 
 def _feed(server: Any, seconds: float) -> Any:
-    from audioseal_live.engine.jackloop import FeederProcess, speech
+    from audioseal_live.engine.demo import speech
+    from audioseal_live.engine.jackloop import FeederProcess
 
     return FeederProcess(server, speech(seconds + 2, server.rate), seconds)
 

@@ -160,7 +160,7 @@ def test_default_model_through_a_telephone_band_cut_anywhere_and_inverted() -> N
     bit head, which reads nothing in the telephone band; see the model card); the monitor,
     which knows the message, and `detect` given it, read the polarity from the message."""
     from audioseal_live import AudioSeal
-    from audioseal_live.engine.jackloop import speech
+    from audioseal_live.engine.demo import speech
     from audioseal_live.engine.model import TorchDetector
     from audioseal_live.engine.monitor import DetectorMonitor
     from audioseal_live.training.attacks import resample_roundtrip

@@ -282,6 +282,7 @@ static void product(const float *w, const float *x, const float *b, float *y, lo
     while (atomic_load(&blocks_done) < job.nblocks) _mm_pause(); /* blocks the helper took */
     atomic_flag_clear(&helper_busy);
 }
+
 /* Get the helper up and spinning for ns: a chunk's first product then finds it awake (from
  * its condition variable, a sleeping thread takes ~50-100 us to run on a VM). */
 static void wake_helper(long ns)

@@ -7,6 +7,9 @@ source into the input ring (as a mic callback would), then plays from the output
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +21,36 @@ from audioseal_live.errors import DeviceError
 log = logging.getLogger(__name__)
 
 
+def speech(seconds: float, rate: int) -> np.ndarray:
+    """Real speech from espeak-ng (looped to length), resampled to ``rate``, peak 0.5."""
+    import soundfile as sf
+    import soxr
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise FileNotFoundError("espeak-ng is not installed (Debian: apt-get install espeak-ng)")
+    text = (
+        "The quick brown fox jumps over the lazy dog. Audio watermarking hides a short "
+        "message in speech without changing how it sounds. This sentence is spoken by a "
+        "synthetic voice to test a real time engine through a virtual sound card. "
+        "Seven silver swans swam silently seaward, while twelve trumpets played a tune."
+    )
+    with tempfile.TemporaryDirectory() as d:
+        wav = Path(d) / "speech.wav"
+        subprocess.run([exe, "-s", "150", "-w", str(wav), text], check=True, capture_output=True)
+        x, sr = sf.read(wav, dtype="float32")
+    if x.ndim > 1:
+        x = x.mean(axis=1)
+    x = soxr.resample(x, sr, rate).astype(np.float32)
+    x *= 0.5 / max(1e-6, float(np.max(np.abs(x))))
+    reps = int(np.ceil(seconds * rate / x.shape[0]))
+    return np.tile(x, reps)[: int(seconds * rate)]
+
+
 def builtin_voice(rate: int, seconds: float = 12.0) -> np.ndarray:
     """espeak-ng speech if installed, else a synthetic vowel-like voice (glottal pulses
     through three formant resonators, with pitch glides and pauses)."""
     try:
-        from audioseal_live.engine.jackloop import speech
-
         return speech(seconds, rate)
     except Exception:
         log.info("espeak-ng unavailable; using the synthetic voice")

@@ -307,32 +307,6 @@ class Feeder:
         self.client.close()
 
 
-def speech(seconds: float, rate: int) -> np.ndarray:
-    """Real speech from espeak-ng (looped to length), resampled to ``rate``, peak 0.5."""
-    import soundfile as sf
-    import soxr
-
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise JackUnavailable("espeak-ng is not installed")
-    text = (
-        "The quick brown fox jumps over the lazy dog. Audio watermarking hides a short "
-        "message in speech without changing how it sounds. This sentence is spoken by a "
-        "synthetic voice to test a real time engine through a virtual sound card. "
-        "Seven silver swans swam silently seaward, while twelve trumpets played a tune."
-    )
-    with tempfile.TemporaryDirectory() as d:
-        wav = Path(d) / "speech.wav"
-        subprocess.run([exe, "-s", "150", "-w", str(wav), text], check=True, capture_output=True)
-        x, sr = sf.read(wav, dtype="float32")
-    if x.ndim > 1:
-        x = x.mean(axis=1)
-    x = soxr.resample(x, sr, rate).astype(np.float32)
-    x *= 0.5 / max(1e-6, float(np.max(np.abs(x))))
-    reps = int(np.ceil(seconds * rate / x.shape[0]))
-    return np.tile(x, reps)[: int(seconds * rate)]
-
-
 def si_snr(est: np.ndarray, ref: np.ndarray) -> float:
     ref = ref - ref.mean()
     est = est - est.mean()
@@ -389,6 +363,7 @@ def run_jack_loop(
     **config: Any,
 ) -> LoopResult:
     """Run the engine on the JACK dummy server's "system" device for ``seconds`` of speech."""
+    from audioseal_live.engine.demo import speech
     from audioseal_live.engine.engine import Engine, EngineConfig
 
     rate = server.rate
