@@ -51,7 +51,8 @@ def test_table_gives_the_traced_speed_up_round_by_round() -> None:
 
 def test_bench_live_prints_the_engine_figures_beside_an_idle_server() -> None:
     """`bench --live` on its own JACK dummy server: the engine's figures, then the same server
-    as long again with no engine (the same-run baseline for xruns on a shared machine)."""
+    as long again with no engine, idle and beside a busy thread (the same-run baselines for
+    xruns on a shared machine)."""
     import shutil
 
     import pytest
@@ -67,4 +68,6 @@ def test_bench_live_prints_the_engine_figures_beside_an_idle_server() -> None:
     assert 0 < float(fig["latency_measured_ms"]) <= float(fig["latency_budget_ms"])
     assert 0 < float(fig["ms_per_chunk_p50"]) <= float(fig["ms_per_chunk_p99"])
     assert fig["native_callback"] in ("True", "False") and float(fig["rss_end_mb"]) > 0
-    assert re.fullmatch(r"\d+ in 3 s with no engine \(CPU stolen: .+ s\)", fig["idle_server_xruns"])
+    for key, tail in (("idle", ""), ("loaded", ", one busy thread beside")):
+        text = fig[f"{key}_server_xruns"]
+        assert re.fullmatch(r"\d+ xruns in 3 s \(CPU stolen: .+ s\) with no engine" + tail, text)
