@@ -229,8 +229,16 @@ static void *helper_main(void *arg)
 
 static void after_fork_in_child(void)
 {
-    /* fork() copies only the calling thread: the child starts its own helper if it needs one */
+    /* fork() copies only the calling thread: the child starts its own helper if it needs one,
+     * and forgets a product another thread of the parent was in the middle of (its new
+     * helper would run the leftover blocks, into the parent's output, and count them into
+     * the child's next product: review) */
     helper_started = 0;
+    generation = 0;
+    atomic_store(&claim, 0);
+    atomic_store(&blocks_done, 0);
+    atomic_store(&spin_until, 0);
+    atomic_store(&wakes, 0);
     atomic_store(&helper_asleep, 0);
     atomic_flag_clear(&helper_busy);
     pthread_mutex_init(&mutex, NULL);

@@ -127,7 +127,8 @@ def _few_rows_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def _plain_bias(bias: Tensor, m: int) -> bool:
-    return bias.dtype == torch.float32 and bias.is_contiguous() and bias.numel() == m
+    # (m,) only: PyTorch broadcasts an (m, 1) bias along the rows, or refuses it
+    return bias.dtype == torch.float32 and bias.is_contiguous() and bias.shape == (m,)
 
 
 def _register() -> bool:
@@ -158,7 +159,7 @@ def applies(x2: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
         and weight.is_contiguous()
         and weight.device.type == "cpu"
         and x2.device.type == "cpu"
-        and (bias is None or bias.dtype == torch.float32)
+        and (bias is None or (bias.dtype == torch.float32 and bias.shape == weight.shape[:1]))
         and not (torch.is_grad_enabled() and _needs_grad(x2, weight, bias))
     )
 
