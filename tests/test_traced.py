@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,15 @@ from audioseal_live.models import OFFICIAL_CARDS, AudioSealDetector, AudioSealWM
 
 HOP = 320
 TOL = 1e-5
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """Torch's intra-op threads at 2 for the test (the machine may have more or fewer)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
 
 
 def torch_products(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -360,23 +371,17 @@ def test_a_graph_traced_on_one_thread_stays_on_one_when_threads_change() -> None
 
 
 def test_a_graph_with_c_products_runs_on_one_thread_untimed(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, two_threads: None
 ) -> None:
     """Its products take the second core; torch's own two threads beside them lost every
     interleaved round (blocks.traced._prefers_one_thread), so no timing decides it."""
     if not gemv.kernel():
         pytest.skip("no C products on this machine")
     monkeypatch.setattr(traced, "THREADS_MIN_GAIN", 0.0)  # a timing would keep 2 threads
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        torch.manual_seed(0)
-        gen = AudioSealWM(small_card("generator")).eval().requires_grad_(False)
-        step = StreamStep(gen, lambda x, m: (gen.get_watermark(x, message=m),))
-        msg = torch.tensor([[1, 0] * 8])
-        with torch.inference_mode(), gen.streaming(1):
-            for c in torch.from_numpy(audio(HOP * 4)).view(1, 1, -1).split(HOP, dim=-1):
-                step(c, msg)
-            assert step.single_threaded and step.traced_calls == 2
-    finally:
-        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    gen = AudioSealWM(small_card("generator")).eval().requires_grad_(False)
+    step = StreamStep(gen, lambda x, m: (gen.get_watermark(x, message=m),))
+    with torch.inference_mode(), gen.streaming(1):
+        for c in torch.from_numpy(audio(HOP * 4)).view(1, 1, -1).split(HOP, dim=-1):
+            step(c, torch.tensor([[1, 0] * 8]))
+        assert step.single_threaded and step.traced_calls == 2

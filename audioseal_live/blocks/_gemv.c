@@ -62,31 +62,6 @@ static inline __attribute__((always_inline)) TARGET512 void tile512(
         for (int j = 0; j < J; j++) out[a * 4 + j] = _mm512_reduce_add_ps(acc[a][j]);
 }
 
-TARGET512 static void rows_avx512(const float *w, const float *x, const float *b, float *y,
-                                  long n, long m, long k, long r0, long r1)
-{
-    float out[16];
-    for (long r = r0; r < r1;) {
-        int R = r + 4 <= r1 ? 4 : 1;
-        for (long j = 0; j < n;) {
-            int J = j + 4 <= n ? 4 : j + 2 <= n ? 2 : 1;
-            const float *wr = w + r * k, *xj = x + j * k;
-            /* constant arguments: each call below compiles to its own unrolled tile */
-            if (R == 4 && J == 4) tile512(wr, xj, k, 4, 4, out);
-            else if (R == 4 && J == 2) tile512(wr, xj, k, 4, 2, out);
-            else if (R == 4) tile512(wr, xj, k, 4, 1, out);
-            else if (J == 4) tile512(wr, xj, k, 1, 4, out);
-            else if (J == 2) tile512(wr, xj, k, 1, 2, out);
-            else tile512(wr, xj, k, 1, 1, out);
-            for (int a = 0; a < R; a++)
-                for (int jj = 0; jj < J; jj++)
-                    y[(j + jj) * m + r + a] = out[a * 4 + jj] + (b ? b[r + a] : 0.0f);
-            j += J;
-        }
-        r += R;
-    }
-}
-
 static inline __attribute__((always_inline)) TARGET2 float hsum256(__m256 v)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -114,31 +89,40 @@ static inline __attribute__((always_inline)) TARGET2 void tile256(
         for (int j = 0; j < J; j++) {
             float s = hsum256(acc[a][j]);
             for (long i = kv; i < k; i++) s += w[a * k + i] * x[j * k + i];
-            out[a * 2 + j] = s;
+            out[a * 4 + j] = s;
         }
 }
 
-TARGET2 static void rows_avx2(const float *w, const float *x, const float *b, float *y, long n,
-                              long m, long k, long r0, long r1)
-{
-    float out[8];
-    for (long r = r0; r < r1;) {
-        int R = r + 4 <= r1 ? 4 : 1;
-        for (long j = 0; j < n;) {
-            int J = j + 2 <= n ? 2 : 1;
-            const float *wr = w + r * k, *xj = x + j * k;
-            if (R == 4 && J == 2) tile256(wr, xj, k, 4, 2, out);
-            else if (R == 4) tile256(wr, xj, k, 4, 1, out);
-            else if (J == 2) tile256(wr, xj, k, 1, 2, out);
-            else tile256(wr, xj, k, 1, 1, out);
-            for (int a = 0; a < R; a++)
-                for (int jj = 0; jj < J; jj++)
-                    y[(j + jj) * m + r + a] = out[a * 2 + jj] + (b ? b[r + a] : 0.0f);
-            j += J;
-        }
-        r += R;
+/* A kernel: W's rows [r0, r1) in tiles of 4 (then 1), x's rows in tiles of up to XMAX (4 or
+ * 2, then 1); every TILE call has constant sizes, so each compiles to its own unrolled loop
+ * (the calls with 4 x rows pass XMAX: dead code where XMAX is 2). */
+#define ROWS_KERNEL(NAME, TARGET, TILE, XMAX)                                                  \
+    TARGET static void NAME(const float *w, const float *x, const float *b, float *y, long n,  \
+                            long m, long k, long r0, long r1)                                 \
+    {                                                                                          \
+        float out[16];                                                                         \
+        for (long r = r0; r < r1;) {                                                           \
+            int R = r + 4 <= r1 ? 4 : 1;                                                       \
+            for (long j = 0; j < n;) {                                                         \
+                int J = XMAX == 4 && j + 4 <= n ? 4 : j + 2 <= n ? 2 : 1;                      \
+                const float *wr = w + r * k, *xj = x + j * k;                                  \
+                if (R == 4 && J == 4) TILE(wr, xj, k, 4, XMAX, out);                           \
+                else if (R == 4 && J == 2) TILE(wr, xj, k, 4, 2, out);                         \
+                else if (R == 4) TILE(wr, xj, k, 4, 1, out);                                   \
+                else if (J == 4) TILE(wr, xj, k, 1, XMAX, out);                                \
+                else if (J == 2) TILE(wr, xj, k, 1, 2, out);                                   \
+                else TILE(wr, xj, k, 1, 1, out);                                               \
+                for (int a = 0; a < R; a++)                                                    \
+                    for (int jj = 0; jj < J; jj++)                                             \
+                        y[(j + jj) * m + r + a] = out[a * 4 + jj] + (b ? b[r + a] : 0.0f);    \
+                j += J;                                                                        \
+            }                                                                                  \
+            r += R;                                                                            \
+        }                                                                                      \
     }
-}
+
+ROWS_KERNEL(rows_avx512, TARGET512, tile512, 4)
+ROWS_KERNEL(rows_avx2, TARGET2, tile256, 2)
 
 static rows_fn kernel = NULL;
 static const char *kernel_name = "";
