@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -24,6 +25,10 @@ from audioseal_live.engine.resample import PolyphaseResampler
 from audioseal_live.engine.ring import RingBuffer
 from audioseal_live.engine.worker import Controls, Worker, chunk_samples_16k
 from audioseal_live.errors import AudioFileError, DeviceError, MessageError
+
+if TYPE_CHECKING:
+    from audioseal_live.engine.metrics import Detection
+    from audioseal_live.engine.monitor import DetectorMonitor
 
 MSG = (1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0)
 
@@ -773,6 +778,14 @@ def test_stop_signals_end_a_live_session_as_ctrl_c_does() -> None:
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def marked_second(mon: DetectorMonitor, seconds: float = 1.0) -> Detection:
+    """Feed the monitor ``seconds`` of a constant the fake detectors call marked, one step;
+    its detection after."""
+    mon.ring.write(np.full(round(48000 * seconds), 0.2, np.float32))
+    mon.step()
+    return mon.detection
+
+
 def test_monitor_never_locks_onto_a_polarity_read_off_the_message() -> None:
     """The network finds the mark in x and -x alike and the code's own check cannot tell:
     the polarity shown comes from the message, and stays marked as such (no lock on it)."""
@@ -801,9 +814,7 @@ def test_monitor_never_locks_onto_a_polarity_read_off_the_message() -> None:
     mon = DetectorMonitor(BothAlike(MSG), 48000, message=lambda: MSG)
     mon.reset()
     for _ in range(6):
-        mon.ring.write(np.full(48000, 0.2, np.float32))
-        mon.step()
-        d = mon.detection
+        d = marked_second(mon)
         assert d.match and d.inverted and d.polarity_from_message and mon.lock is None, d
 
 
@@ -843,19 +854,14 @@ def test_the_codes_polarity_check_overrules_a_lock_on_the_other_polarity() -> No
     mon = DetectorMonitor(FavoursInverted(MSG), 48000, message=lambda: MSG)
     mon.reset()
     for _ in range(3):  # undecided: shown as recorded, whatever the network scores
-        mon.ring.write(np.full(48000, 0.2, np.float32))
-        mon.step()
-        d = mon.detection
+        d = marked_second(mon)
         assert not d.inverted and d.bits == MSG and mon.lock is None, d
     code.inverted = True  # an earlier check: inverted (the bits then read complemented)
     for _ in range(8):
-        mon.ring.write(np.full(48000, 0.2, np.float32))
-        mon.step()
+        marked_second(mon)
     assert mon.lock is not None and mon.lock[0] == 1  # locked onto -x
     code.inverted = False  # the code's check: as recorded
-    mon.ring.write(np.full(4800, 0.2, np.float32))
-    mon.step()
-    d = mon.detection
+    d = marked_second(mon, 0.1)
     assert d.match and not d.inverted and d.bits == MSG, d
     assert mon.lock is None or mon.lock[0] == 0
 
@@ -898,9 +904,7 @@ def test_a_quiet_chain_is_not_called_inverted_and_weak_codes_show_no_bits() -> N
     mon = DetectorMonitor(Quiet(MSG), 48000, message=lambda: MSG)
     mon.reset()
     for _ in range(4):
-        mon.ring.write(np.full(48000, 0.2, np.float32))
-        mon.step()
-        d = mon.detection
+        d = marked_second(mon)
         assert not d.inverted and d.bits == MSG and d.match, d  # the code holds: as recorded
     code.sync = 3.0  # the code's window no longer holds it
     mon.ring.write(np.full(4800, 0.2, np.float32))
@@ -947,14 +951,11 @@ def test_a_noisy_pause_under_the_code_does_not_lose_the_lock_or_its_polarity() -
     mon.reset()
     code.inverted = False  # the code's check has decided: as recorded
     for _ in range(6):
-        mon.ring.write(np.full(48000, 0.2, np.float32))
-        mon.step()
+        marked_second(mon)
     assert mon.lock == (0, 0)
     level["p"] = 0.16  # the network loses it; the code does not
     for _ in range(5):  # 5 s, past the 2 s that unlock
-        mon.ring.write(np.full(48000, 0.2, np.float32))
-        mon.step()
-        d = mon.detection
+        d = marked_second(mon)
         assert not d.inverted and d.bits == MSG and d.match, d
     assert mon.lock == (0, 0) and code.inverted is False
     code.inverted = True  # a lock lost for good keeps a decided verdict through its reset
