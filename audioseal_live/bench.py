@@ -21,7 +21,7 @@ from audioseal_live.errors import SettingError
 SAMPLE_RATE = 16000
 DEFAULT_CHUNKS = (320, 640, 1600, 16000)
 OURS, OURS_BF16 = "audioseal-live", "audioseal-live bf16"
-# our streams through the traced step, as the real-time engine runs them (blocks.traced)
+# our streams entered with streaming(traced=True): traced steps, as the engine runs them
 OURS_TRACED = "audioseal-live traced"
 
 
@@ -123,6 +123,8 @@ def _streaming(model: Any, impl: str) -> Any:
     """The reference detector has no streaming(); its encoder does (without any state)."""
     if impl == OURS_BF16:
         return model.streaming(batch_size=1, matmul_dtype="bfloat16")
+    if impl == OURS_TRACED:
+        return model.streaming(batch_size=1, traced=True)
     if hasattr(model, "streaming"):
         return model.streaming(batch_size=1)
     return model.detector[0].streaming(batch_size=1)
@@ -132,23 +134,6 @@ def _step(kind: str, model: Any, msg: Any) -> Callable[[Any], Any]:
     if kind == "generator":
         return lambda x: model(x, sample_rate=SAMPLE_RATE, message=msg, alpha=1.0)
     return lambda x: model(x)
-
-
-def _traced_step(kind: str, model: Any, msg: Any, steps: dict[str, Any]) -> Any:
-    """The same computation as :func:`_step` through a StreamStep (kept in ``steps`` by kind,
-    so its graphs serve every round)."""
-    from audioseal_live.blocks.traced import StreamStep  # noqa: PLC0415
-
-    step = steps.get(kind)
-    if step is None:
-        model.requires_grad_(False)
-        if kind == "generator":
-            step = StreamStep(model, lambda x, m: (x + model.watermark_of(x, m),))
-        else:
-            step = StreamStep(model, lambda x: model(x), lambda: model.active_phases)
-        steps[kind] = step
-    step.drop()  # a new stream starts
-    return (lambda x: step(x, msg)) if kind == "generator" else step
 
 
 def run_bench(
@@ -179,7 +164,6 @@ def run_bench(
     audio = 0.1 * torch.randn(1, 1, int(seconds * SAMPLE_RATE), generator=gen)
     msg = torch.randint(0, 2, (1, 16), generator=gen)
     results: list[Timing] = []
-    traced_steps: dict[str, Any] = {}
     with torch.inference_mode():
         for kind in ("generator", "detector"):
             for chunk in chunks:
@@ -192,15 +176,13 @@ def run_bench(
                     for name, models in impls.items():
                         model = models[kind]
                         with _streaming(model, name):
-                            if name == OURS_TRACED:
-                                step = _traced_step(kind, model, msg, traced_steps)
-                            else:
-                                step = _step(kind, model, msg)
-                            # warm-up outside the timing (the traced step traces at its 2nd)
+                            step = _step(kind, model, msg)
+                            # warm-up outside the timing (a traced stream traces at its 2nd)
                             step(pieces[0])
                             step(pieces[1])
                             samples[name].append(_time_stream(step, pieces[2:]))
-                            one = name == OURS_TRACED and traced_steps[kind].single_threaded
+                            steps = getattr(model, "stream_steps", {}).values()
+                            one = any(s.single_threaded for s in steps)
                             used[name] = 1 if one else threads
                 for name, per_round in samples.items():
                     # The quietest round: other work on a shared machine only ever adds time.
@@ -238,12 +220,11 @@ def format_table(results: list[Timing]) -> str:
             head += f" {'per round':>11}"
     lines = [head, "-" * len(head)]
     # ms: chunk length; p50/mean: compute per chunk in ms, in the quietest of the alternating
-    # rounds; RTF: mean compute / chunk length; ours: the eager API (model(x) in streaming());
-    # traced: the same through blocks.traced, as the real-time engine runs its models (its
-    # monitor traces det.frame_outputs, without the per-call message read of det(x), and reads
-    # the message on its own schedule); thr: the intra-op threads it ran on (one unless more
-    # timed clearly faster: blocks.traced); per round: the traced speed-up in each round,
-    # lowest-highest (the table's columns take each implementation's quietest round)
+    # rounds; RTF: mean compute / chunk length; ours: the API, model(x) in streaming();
+    # traced: the same calls in streaming(traced=True) (blocks.traced, as the real-time engine
+    # runs its models); thr: the intra-op threads it ran on (one unless more timed clearly
+    # faster: blocks.traced); per round: the traced speed-up in each round, lowest-highest
+    # (the table's columns take each implementation's quietest round)
     for (model, chunk), r in ours.items():
         line = f"{model:<10} {chunk:>6} {chunk / 16:>5.0f} | "
         line += f"{r.ms_p50:>8.2f} {r.ms_mean:>6.2f} {r.rtf:>6.3f}"
@@ -317,6 +298,10 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16,
     )
     print(format_table(results))
+    print(
+        "ours: model(x) in model.streaming(); traced: the same in model.streaming(traced=True) "
+        "(a traced graph of the step from a shape's 2nd chunk on, as the engine runs)"
+    )
     if threads > 1:
         print(
             f"thr: threads the traced step ran on: one unless {threads} timed >= 10 % faster "

@@ -385,3 +385,80 @@ def test_a_graph_with_c_products_runs_on_one_thread_untimed(
         for c in torch.from_numpy(audio(HOP * 4)).view(1, 1, -1).split(HOP, dim=-1):
             step(c, torch.tensor([[1, 0] * 8]))
         assert step.single_threaded and step.traced_calls == 2
+
+
+def api_generator_run(gen: AudioSealWM, traced: bool) -> tuple[torch.Tensor, int]:
+    """The reference's streaming loop (no torch.no_grad(), parameters that require grad),
+    through a message change, a chunk size change, a reset and a ragged last chunk; the
+    traced calls it made."""
+    x = torch.from_numpy(audio(HOP * 30 + 123, seed=7)).view(1, 1, -1)
+    sizes = [HOP] * 6 + [2 * HOP] * 5 + [HOP] * 5 + [HOP] * 4 + [HOP * 4] + [HOP * 2 + 123]
+    a, b = torch.tensor([[1, 0] * 8]), torch.tensor([[0, 0, 1, 1] * 4])
+    outs, start, calls = [], 0, 0
+    with gen.streaming(batch_size=1, traced=traced):
+        for i, n in enumerate(sizes):
+            if i == 16:
+                gen.reset_streaming()
+            chunk = x[..., start : start + n]
+            outs.append(gen(chunk, sample_rate=16000, message=a if i < 8 else b, alpha=1.0))
+            start += n
+        calls = sum(s.traced_calls for s in gen.stream_steps.values())
+    assert not gen.stream_steps  # dropped with the stream
+    return torch.cat(outs, -1), calls
+
+
+def test_api_streaming_traced_equals_eager() -> None:
+    """streaming(traced=True) gives the eager stream's floats through every change of the
+    stream, traces without the caller's torch.no_grad(), and hands back no autograd graph."""
+    torch.manual_seed(3)
+    gen = AudioSealWM(small_card("generator")).eval()
+    eager, none = api_generator_run(gen, traced=False)
+    traced, calls = api_generator_run(gen, traced=True)
+    assert none == 0 and calls >= 10
+    assert not traced.requires_grad and eager.requires_grad  # eager keeps the reference's
+    assert all(p.requires_grad for p in gen.parameters())  # untouched by the trace
+    torch.testing.assert_close(traced, eager.detach(), atol=1e-6, rtol=0)
+
+
+def test_api_traced_detector_narrows_and_reads_like_eager() -> None:
+    """A traced detector stream through select_streams (a new layout: eager once, traced
+    again), with a direct frame_outputs() call in between that must see the live state."""
+    torch.manual_seed(4)
+    det = AudioSealDetector(small_card("detector").replace(sync_phases=4)).eval()
+    x = torch.from_numpy(audio(HOP * 2 * 14, seed=8)).view(1, 1, -1)
+    xx = torch.cat([x, -x])
+
+    def run(traced: bool) -> list[torch.Tensor]:
+        outs: list[torch.Tensor] = []
+        with torch.inference_mode(), det.streaming(batch_size=2, traced=traced):
+            for i, chunk in enumerate(xx.split(2 * HOP, -1)):
+                if i == 6:
+                    outs.extend(det.frame_outputs(chunk))  # eager, on the state the step held
+                    continue
+                if i == 8:
+                    det.select_streams([1], phases=[2])
+                outs.extend(det(chunk if i < 8 else chunk[1:]))
+            if traced:
+                assert det.stream_steps["forward"].traced_calls >= 8
+        return outs
+
+    for got, want in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_api_traced_stream_refuses_nan_and_goes_on() -> None:
+    torch.manual_seed(5)
+    gen = AudioSealWM(small_card("generator")).eval()
+    chunks = list(torch.from_numpy(audio(HOP * 8, seed=9)).view(1, 1, -1).split(HOP, -1))
+    msg = torch.tensor([[1] * 16])
+    with torch.inference_mode():
+        with gen.streaming(1):
+            clean = torch.cat([gen(c, message=msg) for c in chunks], -1)
+        with gen.streaming(1, traced=True):
+            got = []
+            for i, c in enumerate(chunks):
+                if i == 5:
+                    with pytest.raises(ValueError, match="NaN"):
+                        gen(torch.full_like(c, float("nan")), message=msg)
+                got.append(gen(c, message=msg))
+    torch.testing.assert_close(torch.cat(got, -1), clean, atol=1e-6, rtol=0)

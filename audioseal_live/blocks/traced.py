@@ -128,7 +128,7 @@ class StreamStep:
 
     ``layout`` returns what else the graph depends on (e.g. the detector's running phases);
     a change of it, like a change of input shapes, means an eager call and a new trace.
-    Inference only: the model's parameters must not require grad (``requires_grad_(False)``).
+    Inference only: the graph runs without autograd (run it under ``torch.no_grad()``).
     """
 
     def __init__(
@@ -140,6 +140,7 @@ class StreamStep:
         self.fn = fn
         self.layout = layout
         self.slots = carried_slots(model)
+        self._params = list(model.parameters())  # frozen while tracing (see _trace)
         self._graphs: dict[Hashable, Any] = {}  # key -> traced graph, or None: stay eager
         self._specs: dict[Hashable, tuple[Hashable, ...]] = {}  # key -> its state's layout
         self._seen: set[Hashable] = set()  # keys called once (eagerly)
@@ -297,7 +298,7 @@ class StreamStep:
             # The tracer warns about every Python-side shape decision: all of them are fixed
             # for a fixed input shape and layout, which is what the graph is keyed by. It also
             # says it is deprecated for torch.export, whose graphs run through Python again.
-            with torch.no_grad(), warnings.catch_warnings():
+            with torch.no_grad(), _frozen(self._params), warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
                 graph = torch.jit.trace(step, examples, check_trace=False)
@@ -315,6 +316,20 @@ class StreamStep:
 
 def _has_products(graph: Any) -> bool:
     return any(node.kind() == gemv.OP for node in graph.graph.nodes())
+
+
+@contextlib.contextmanager
+def _frozen(params: list[Tensor]) -> Iterator[None]:
+    """No parameter requires grad meanwhile: a trace records those it reads as constants,
+    which it refuses to do for tensors that require grad (the graph runs without autograd)."""
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
 
 
 @contextlib.contextmanager

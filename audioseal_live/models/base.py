@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 import torch
 from torch import Tensor
@@ -114,6 +114,26 @@ class CardModel(StreamingRoot):
                 yield
         else:
             yield
+
+    def _stepped(
+        self,
+        name: str,
+        fn: Callable[..., tuple[Tensor, ...]],
+        *inputs: Tensor,
+        layout: Callable[[], Hashable] = lambda: None,
+    ) -> tuple[Tensor, ...]:
+        """``fn(*inputs)``; in a stream entered with ``traced=True``, through that stream's
+        traced step ``name`` (blocks.traced), without autograd."""
+        steps = self.__dict__.get("_stream_steps")
+        if steps is None or torch.jit.is_tracing():
+            return fn(*inputs)
+        step = steps.get(name)
+        if step is None:
+            from audioseal_live.blocks.traced import StreamStep  # noqa: PLC0415
+
+            step = steps[name] = StreamStep(self, fn, layout)
+        with torch.no_grad():
+            return step(*inputs)
 
     def _has_big_weights(self) -> bool:
         big = self.__dict__.get("_big_weights")

@@ -64,12 +64,15 @@ class AudioSealDetector(CardModel):
 
     @contextmanager
     def streaming(
-        self, batch_size: int = 1, matmul_dtype: str | torch.dtype | None = None
+        self,
+        batch_size: int = 1,
+        matmul_dtype: str | torch.dtype | None = None,
+        traced: bool = False,
     ) -> Iterator[AudioSealDetector]:
         """As :meth:`StreamingRoot.streaming`; the inner batch is batch_size * phases."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        with super().streaming(batch_size * self.phases, matmul_dtype):
+        with super().streaming(batch_size * self.phases, matmul_dtype, traced):
             yield self
 
     def _on_stream_start(self) -> None:
@@ -152,6 +155,7 @@ class AudioSealDetector(CardModel):
 
     def phase_logits(self, x: Tensor, sample_rate: int | None = None) -> Tensor:
         """Raw per-sample outputs of every phase (B, P, 2 + nbits, T)."""
+        self.release_traced_state()
         self._check_input(x, sample_rate)
         out = self._run(self._delayed(x))
         return out.view(x.shape[0], len(self._active), *out.shape[1:])
@@ -182,6 +186,7 @@ class AudioSealDetector(CardModel):
         so that the delay lines stay in step.
         """
         if self.phases == 1 or not self.is_streaming:
+            self.release_traced_state()
             self._check_input(x, sample_rate)
             return self._run(x)
         return self.phase_logits(x, sample_rate)[:, 0]
@@ -198,22 +203,35 @@ class AudioSealDetector(CardModel):
         whole input (see ``models.message_code``), not with the bit head."""
         length = x.shape[-1] if isinstance(x, Tensor) else 0
         with self._ragged_end(x) as x:  # a stream's ragged last chunk (cut back below)
-            if self._fused_detection is not None and self.phases == 1:  # streaming, a code card
-                self._check_input(x, sample_rate)
-                out = self._run_folded(x, self._fused_detection)
-                return torch.softmax(out, dim=1)[..., :length], self._stream_message(x)
-            out = self.phase_logits(x, sample_rate)[..., :length]
-            if self.code is not None:
-                probs = torch.softmax(out[:, 0, :2], dim=1)
-                if self.is_streaming:
-                    return probs, self._stream_message(x)
-                read = self.code.read_offline(x)
-                z = read.z * self.code_polarity(x, read)[:, None]
-                return self.with_code_presence(probs, x), torch.sigmoid(z)
-            mean_logits = out[:, :, 2:].mean(dim=-1)  # (B, P, nbits)
-            best = most_confident_phase(mean_logits)
-            message = mean_logits[torch.arange(x.shape[0], device=x.device), best]
-            return torch.softmax(out[:, 0, :2], dim=1), torch.sigmoid(message)
+            if self.traced_streaming and x.shape[-1] == length:
+                self._check_input(x, sample_rate)  # (the graph checks only for NaN)
+                layout = self.__dict__.setdefault("_layout", lambda: self._active)
+                return self._stepped("forward", self._whole_outputs, x, layout=layout)
+            self.release_traced_state()  # the modules carry the state for an eager call
+            return self._outputs(x, sample_rate, length)
+
+    def _whole_outputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._outputs(x, None, x.shape[-1])
+
+    def _outputs(self, x: Tensor, sample_rate: int | None, length: int) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` of a chunk of whole hops (while streaming) that was ``length``
+        samples before padding."""
+        if self._fused_detection is not None and self.phases == 1:  # streaming, a code card
+            self._check_input(x, sample_rate)
+            out = self._run_folded(x, self._fused_detection)
+            return torch.softmax(out, dim=1)[..., :length], self._stream_message(x)
+        out = self.phase_logits(x, sample_rate)[..., :length]
+        if self.code is not None:
+            probs = torch.softmax(out[:, 0, :2], dim=1)
+            if self.is_streaming:
+                return probs, self._stream_message(x)
+            read = self.code.read_offline(x)
+            z = read.z * self.code_polarity(x, read)[:, None]
+            return self.with_code_presence(probs, x), torch.sigmoid(z)
+        mean_logits = out[:, :, 2:].mean(dim=-1)  # (B, P, nbits)
+        best = most_confident_phase(mean_logits)
+        message = mean_logits[torch.arange(x.shape[0], device=x.device), best]
+        return torch.softmax(out[:, 0, :2], dim=1), torch.sigmoid(message)
 
     def _stream_message(self, x: Tensor) -> Tensor:
         """While streaming: the message read over everything streamed so far (the folded

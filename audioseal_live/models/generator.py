@@ -135,16 +135,25 @@ class AudioSealWM(CardModel):
         length = x.shape[-1] if isinstance(x, Tensor) else 0
         with self._ragged_end(x) as x:
             self._check_input(x, sample_rate)
-            msg = None
-            if self.msg_processor is not None:
+            if self.msg_processor is None:
+                (wm,) = self._stepped("watermark", self._watermark_alone, x)
+            else:
                 msg = self._resolve_message(message, x.shape[0]).to(x.device)
-            return self.watermark_of(x, msg)[..., :length]
+                (wm,) = self._stepped("watermark", self._watermark_tuple, x, msg)
+            return wm[..., :length]
+
+    def _watermark_tuple(self, x: Tensor, message: Tensor) -> tuple[Tensor]:
+        return (self.watermark_of(x, message),)
+
+    def _watermark_alone(self, x: Tensor) -> tuple[Tensor]:
+        return (self.watermark_of(x, None),)
 
     def watermark_of(self, x: Tensor, message: Tensor | None) -> Tensor:
         """:meth:`get_watermark`'s arithmetic alone: ``x`` already checked, ``message`` a
         validated (B, nbits) tensor of 0/1. No Python-side decisions on tensor values, so a
         traced streaming step (blocks.traced) keeps the message as an input."""
         length = x.shape[-1]
+        self.release_traced_state()  # called directly in a traced stream: the modules' state
         self._start_recurrent(x)
         with self._chunk_threads(x):
             hidden = self.encoder(x)
