@@ -20,6 +20,7 @@ from audioseal_live.errors import SettingError
 
 SAMPLE_RATE = 16000
 DEFAULT_CHUNKS = (320, 640, 1600, 16000)
+MIN_TIMED = 8  # chunks timed per round at least, whatever the chunk size
 OURS, OURS_BF16 = "audioseal-live", "audioseal-live bf16"
 # our streams entered with streaming(traced=True): traced steps, as the engine runs them
 OURS_TRACED = "audioseal-live traced"
@@ -161,7 +162,9 @@ def run_bench(
         else:
             impls["audioseal 0.2.0"] = ref
     gen = torch.Generator().manual_seed(0)
-    audio = 0.1 * torch.randn(1, 1, int(seconds * SAMPLE_RATE), generator=gen)
+    # at least MIN_TIMED timed chunks of every size (4 s held two 1 s chunks after warm-up)
+    length = max(int(seconds * SAMPLE_RATE), (MIN_TIMED + 2) * max(chunks))
+    audio = 0.1 * torch.randn(1, 1, length, generator=gen)
     msg = torch.randint(0, 2, (1, 16), generator=gen)
     results: list[Timing] = []
     with torch.inference_mode():
@@ -274,7 +277,8 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or 2
     print(
         f"audioseal-live bench: {args.models} cards, streaming, {threads} CPU threads, "
-        f"{args.seconds:.0f} s of audio x {args.rounds} rounds per chunk size"
+        f"{args.seconds:g} s of audio (at least {MIN_TIMED + 2} chunks) x {args.rounds} rounds "
+        "per chunk size"
     )
     from audioseal_live.blocks import gemv  # noqa: PLC0415
 
@@ -330,7 +334,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=",".join(map(str, DEFAULT_CHUNKS)),
         help="chunk sizes in samples at 16 kHz (comma-separated)",
     )
-    p.add_argument("--seconds", type=float, default=4.0, help="audio per round")
+    p.add_argument(
+        "--seconds", type=float, default=4.0, help="audio per round (at least 10 chunks)"
+    )
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per chunk size\n")
     p.add_argument(
         "--threads",

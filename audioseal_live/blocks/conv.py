@@ -114,21 +114,28 @@ class StreamingConv1d(StreamingModule):
         return self._conv(x)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        """``self.conv(x)`` for a streaming chunk, through PyTorch's own CPU kernel (im2col +
-        GEMM) called directly, except for strided layers on big inputs (oneDNN's).
+        """``self.conv(x)`` for a streaming chunk: PyTorch's own CPU kernel (im2col + GEMM)
+        called directly, except where PyTorch's pick (oneDNN) is clearly faster.
 
-        With 2+ threads, or over 20,480 input values, PyTorch sends a stride-1 convolution
-        to oneDNN, which re-lays its weight out on every call; its own kernel was 1.5-3x
-        faster for every stride-1 layer of the official cards at 100 ms chunks (64->32 k3
-        over 802 frames: 228 vs 136 us; 1x1 16->32 over 1600: 103 vs 33 us; on this
-        project's 2-core AVX2 VM, 1 or 2 threads); strided ones were 15-25 % slower there.
-        Small inputs get that kernel from PyTorch anyway; called directly, each saves the
-        ~8 us of conv1d's dispatch (10 convolutions per 20 ms chunk of the default detector).
+        Up to 20,480 input values (every layer at 20 ms chunks) PyTorch picks that kernel
+        itself on one thread; called directly, each call saves the ~8 us of conv1d's dispatch
+        (10 convolutions per 20 ms chunk of the default detector). oneDNN takes strided layers
+        over that size (15-25 % faster there), layers with a kernel and several outputs over
+        131,072 values (a quarter second and more at 32 channels: 1.6-2.5x faster on this
+        project's AVX-512 VM, e.g. 32->16 k3 over 16,000 samples 990 vs 390 us; nearer 1x
+        below, within the noise in-model at 100-200 ms chunks), and any layer whose im2col
+        buffer would pass 4 MB (32->1 k7 over 16,000 samples: 1.8 ms vs 0.5 in-model).
+        Official generator, 1 s chunks, eager, interleaved A/B: p50 60.8 -> 53.8 ms.
         """
         conv = self.conv
         if _THNN_CONV2D is None or conv.dilation[0] != 1 or x.device.type != "cpu":
             return conv(x)
-        if x.dtype != torch.float32 or (self.stride > 1 and x.numel() > 20480):
+        kernel_size, values = conv.kernel_size[0], x.numel()
+        if x.dtype != torch.float32 or (
+            (self.stride > 1 and values > 20480)
+            or (kernel_size > 1 and values > 1 << 17 and conv.out_channels > 1)
+            or values * kernel_size > 1 << 20  # im2col values (4 MB)
+        ):
             return conv(x)
         weight = self._stream_weight4d()
         kernel, stride = [1, weight.shape[-1]], [1, self.stride]

@@ -176,7 +176,7 @@ class StreamingRoot(nn.Module):
         through a traced TorchScript graph of the step (blocks.traced, as the real-time engine
         runs its models): the same floats with most of the Python per chunk gone (official
         generator, 20 ms chunks: ~0.9 ms less per chunk). The call that traces takes longer
-        (~0.5 s for the official generator); outputs carry no autograd history.
+        (~0.4 s for the official generator); outputs carry no autograd history.
         """
         self._check_streamable()
         dtype = resolve_matmul_dtype(matmul_dtype)
