@@ -244,8 +244,7 @@ class StreamStep:
         (the stream does not advance): the first runs of a graph record shapes and then
         optimise it, and took 6-8x a step (official generator, 100 ms chunks: 61 and 47 ms,
         then 8): late chunks at a live stream's start, and a benchmark's first timings."""
-        runs = getattr(torch._C, "_jit_get_num_profiled_runs", lambda: 1)() + 1
-        for _ in range(runs):
+        for _ in range(warm_up_runs()):
             self._run(key, inputs, [t.clone() for t in flat])
 
     @property
@@ -323,6 +322,11 @@ class StreamStep:
         finally:
             self._write(_unflatten(flat, spec))
         return graph
+
+
+def warm_up_runs() -> int:
+    """How many runs TorchScript's profiling executor takes before a graph is optimised."""
+    return getattr(torch._C, "_jit_get_num_profiled_runs", lambda: 1)() + 1
 
 
 def _has_products(graph: Any) -> bool:
