@@ -462,3 +462,25 @@ def test_api_traced_stream_refuses_nan_and_goes_on() -> None:
                         gen(torch.full_like(c, float("nan")), message=msg)
                 got.append(gen(c, message=msg))
     torch.testing.assert_close(torch.cat(got, -1), clean, atol=1e-6, rtol=0)
+
+
+class DataDependent(StreamingRoot):
+    """A step that decides on a tensor's value in Python (a graph would freeze the choice)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if float(x.sum()) > 0 else x
+
+
+def test_a_step_the_tracer_cannot_record_stays_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model the tracer fails on (here: made to fail) goes on eagerly, outputs intact."""
+    root = DataDependent()
+    step = StreamStep(root, lambda x: (root(x),))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the tracer refuses this step")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    with root.streaming(1):
+        outs = [step(torch.full((1, 1, 4), float(v)))[0] for v in (1, -1, 1, -1, 1)]
+    assert [float(o[0, 0, 0]) for o in outs] == [2.0, -1.0, 2.0, -1.0, 2.0]
+    assert step.traced_calls == 0 and step.eager_calls == 5

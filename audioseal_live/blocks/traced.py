@@ -319,6 +319,9 @@ class StreamStep:
         except _LayoutChanged as exc:
             log.info("stream state changes layout from call to call (%s): staying eager", exc)
             graph = None
+        except Exception:  # a model the tracer cannot record: it still streams, eagerly
+            log.warning("could not trace the streaming step: staying eager", exc_info=True)
+            graph = None
         finally:
             self._write(_unflatten(flat, spec))
         return graph
