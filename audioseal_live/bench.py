@@ -286,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"products with big weights at 1-16 frames: C ({gemv.kernel()}, blocks.gemv), "
             f"on 2 cores where a traced step runs its other ops on one"
+            + (", and its small convolutions split on 2" if gemv.conv_kernel() else "")
         )
     else:
         why = "switched off" if os.environ.get(gemv.ENV_SWITCH) == "0" else "no C extension here"

@@ -1,12 +1,14 @@
-"""The C products of blocks.gemv equal PyTorch's, on one thread and with the helper, from
-several threads at once, and inside a traced streaming step."""
+"""The C products and split convolutions of blocks.gemv equal PyTorch's, on one thread and
+with the helper, from several threads at once, and inside a traced streaming step."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -141,6 +143,7 @@ def test_the_eager_stream_runs_its_ops_on_one_thread_and_its_products_on_two(
     class Spy:
         kernel = staticmethod(ext.kernel)
         wake = staticmethod(ext.wake)
+        conv = staticmethod(ext.conv)
 
         @staticmethod
         def linear(*args: int) -> None:
@@ -166,8 +169,11 @@ def test_the_eager_stream_runs_its_ops_on_one_thread_and_its_products_on_two(
         assert set(seen) == {(1, 1)}
     finally:
         torch.set_num_threads(threads)
+    # Each product row's sum is the same code whichever thread ran it; the convolutions ran
+    # in halves (blocks.gemv.conv1d: MKL's sgemm in other shapes than PyTorch's own kernel's)
+    # on two, so the last bits may differ.
     for a, b in zip(two, one, strict=True):
-        assert torch.equal(a, b)  # each row's sum is the same code whichever thread ran it
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
 @needs_kernel
@@ -199,6 +205,7 @@ def test_the_helper_is_woken_only_for_steps_with_c_products(
     class Spy:
         kernel = staticmethod(ext.kernel)
         linear = staticmethod(ext.linear)
+        conv = staticmethod(ext.conv)
 
         @staticmethod
         def wake(ns: int) -> None:
@@ -287,3 +294,93 @@ def test_a_bias_of_another_shape_gets_torch_semantics() -> None:
     w, x, b = torch.randn(16, 16), torch.randn(16, 16), torch.randn(16, 1)
     assert not gemv.applies(x, w.repeat(1024, 1), b)
     close(torch.ops.audioseal_live.few_rows_linear(x, w, b), F.linear(x, w, b))
+
+
+needs_conv = pytest.mark.skipif(not gemv.conv_kernel(), reason="no split convolutions here")
+
+
+@contextlib.contextmanager
+def awake_helper() -> Iterator[None]:
+    """Products on two threads with the helper up (as in a step with big products): the
+    convolutions then give it half of each."""
+    with gemv.threads_for_products(2):
+        gemv.few_rows_linear(torch.randn(1, 512), torch.randn(1024, 512))  # starts it
+        gemv._ext.wake(50_000_000)  # spinning for 50 ms: the calls below find it awake
+        yield
+
+
+@needs_conv
+@pytest.mark.parametrize("helper", [False, True])
+@pytest.mark.parametrize(
+    ("batch", "cin", "cout", "kernel", "stride", "frames"),
+    [
+        (1, 1, 32, 7, 1, 320),  # the first layer
+        (1, 32, 1, 7, 1, 320),  # the last: one output channel
+        (1, 32, 16, 3, 1, 320),  # frames split in halves
+        (1, 64, 128, 8, 4, 40),  # strided
+        (1, 256, 128, 3, 1, 8),  # few frames: output channels split
+        (2, 16, 33, 5, 3, 31),  # a batch, odd sizes
+        (1, 128, 7, 1, 1, 1),  # one frame, pointwise
+        (1, 64, 1, 3, 1, 5),  # one output channel, few frames: an empty half
+    ],
+)
+def test_split_convolutions_equal_torch(
+    helper: bool, batch: int, cin: int, cout: int, kernel: int, stride: int, frames: int
+) -> None:
+    g = torch.Generator().manual_seed(cin * cout + kernel)
+    x = torch.randn(batch, cin, (frames - 1) * stride + kernel + stride - 1, generator=g)
+    w = torch.randn(cout, cin, kernel, generator=g)
+    b = torch.randn(cout, generator=g)
+    w2 = w.reshape(cout, -1).contiguous()
+    with awake_helper() if helper else contextlib.nullcontext():
+        for bias in (b, None):
+            y = gemv.conv1d(x, w2, bias, kernel, stride)
+            assert y.shape == (batch, cout, frames) and y.is_contiguous()
+            close(y, F.conv1d(x, w, bias, stride))
+
+
+@needs_conv
+def test_split_convolutions_from_several_threads_at_once() -> None:
+    """One caller at a time shares a convolution with the helper; the others meanwhile run
+    theirs alone: every result is right."""
+    g = torch.Generator().manual_seed(5)
+    cases = [
+        (torch.randn(1, 32, 322, generator=g), torch.randn(16, 32, 3, generator=g), 1),
+        (torch.randn(1, 64, 164, generator=g), torch.randn(128, 64, 8, generator=g), 4),
+    ]
+    wants = [F.conv1d(x, w, None, s) for x, w, s in cases]
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        x, w, s = cases[i % 2]
+        with gemv.threads_for_products(2):
+            for _ in range(200):
+                y = gemv.conv1d(x, w.reshape(len(w), -1).contiguous(), None, w.shape[-1], s)
+                if float((y - wants[i % 2]).abs().max()) > 1e-4:
+                    errors.append(f"thread {i}")
+                    return
+
+    with awake_helper():
+        pool = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    assert not errors
+
+
+@needs_conv
+def test_only_models_with_big_products_split_their_convolutions() -> None:
+    """The helper is up only for steps with big products: a small model's convolutions stay
+    PyTorch's (the op's call would cost more than the split saves)."""
+    from audioseal_live import AudioSeal
+
+    torch.manual_seed(0)
+    official = AudioSealWM(OFFICIAL_CARDS["audioseal_wm_streaming"]).eval()
+    for gen, splits in ((AudioSeal.load_generator(), False), (official, True)):
+        with torch.inference_mode(), gen.streaming(1, traced=True):
+            for c in (0.1 * torch.randn(1, 1, 320 * 4)).split(320, dim=-1):
+                gen(c, message=torch.tensor([[1, 0] * 8]))
+            graphs = list(gen.stream_steps["watermark"]._graphs.values())
+        kinds = {node.kind() for g in graphs if g is not None for node in g.graph.nodes()}
+        assert (gemv.CONV_OP in kinds) == splits

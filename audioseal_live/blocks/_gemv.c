@@ -20,6 +20,7 @@
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(_WIN32)
 #define HAVE_KERNELS 1
+#include <dlfcn.h>
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -129,9 +130,11 @@ static const char *kernel_name = "";
 
 /* ---- the helper thread ---- */
 typedef struct {
+    int conv; /* 0: rows of a few-row product; 1: a part of a convolution (run_conv_part) */
     const float *w, *x, *b;
     float *y;
     long n, m, k, block, nblocks;
+    long cin, t, kernel, stride, frames; /* the convolution's (m: out channels) */
 } job_t;
 
 static job_t job;
@@ -161,6 +164,69 @@ static long now_ns(void)
 #define COUNT_SHIFT 20
 #define FIELD 0xfffffULL
 
+/* ---- convolutions as im2col + sgemm, split over two threads ----
+ * A streaming chunk's small convolutions (2-5 MFLOP each at 20 ms) run on one core while the
+ * helper waits for the next big product: split in two, each half (its frames, or its output
+ * channels when there are few frames) is one im2col and one sgemm of PyTorch's own BLAS
+ * (MKL, looked up in the loaded libtorch_cpu: blas_init), which computes every output the
+ * same way whichever thread runs it. Dimensions go to the Fortran sgemm_ as 64-bit integers:
+ * little-endian, an LP64 build reads their low half and an ILP64 one the whole. */
+typedef void (*sgemm_fn)(const char *, const char *, const int64_t *, const int64_t *,
+                         const int64_t *, const float *, const float *, const int64_t *,
+                         const float *, const int64_t *, const float *, float *,
+                         const int64_t *);
+typedef int (*set_threads_fn)(int);
+static sgemm_fn sgemm = NULL;
+static set_threads_fn blas_local_threads = NULL;
+static _Thread_local float *im2col_buf = NULL;
+static _Thread_local size_t im2col_cap = 0;
+
+/* y rows [o0, o1) x frames [f0, f1) = bias + W @ im2col(x), for the convolution j */
+static void conv_block(const job_t *j, long o0, long o1, long f0, long f1)
+{
+    const long cin = j->cin, t = j->t, kk = j->kernel, s = j->stride, nf = f1 - f0;
+    const long ck = cin * kk, frames = j->frames;
+    size_t need = (size_t)(ck * nf);
+    float *cols, one = 1.0f, beta = j->b ? 1.0f : 0.0f;
+    int64_t M = nf, N = o1 - o0, K = ck, lda = nf, ldb = ck, ldc = frames;
+    int before;
+    if (M <= 0 || N <= 0) return; /* an empty half (one output channel, few frames) */
+    if (need > im2col_cap) {
+        float *p = realloc(im2col_buf, need * sizeof(float));
+        if (!p) abort(); /* a few hundred kB: nothing sensible to do without it */
+        im2col_buf = p;
+        im2col_cap = need;
+    }
+    cols = im2col_buf; /* (C_in * K, nf) row-major: cols[(c * K + k) * nf + j] */
+    for (long c = 0; c < cin; c++)
+        for (long k = 0; k < kk; k++) {
+            const float *src = j->x + c * t + f0 * s + k;
+            float *dst = cols + (c * kk + k) * nf;
+            if (s == 1) memcpy(dst, src, (size_t)nf * sizeof(float));
+            else for (long i = 0; i < nf; i++) dst[i] = src[i * s];
+        }
+    if (j->b)
+        for (long o = o0; o < o1; o++)
+            for (long f = f0; f < f1; f++) j->y[o * frames + f] = j->b[o];
+    /* column-major: y^T (frames x C_out, block) = cols^T (nf x CK) @ W^T (CK x C_out) */
+    before = blas_local_threads(1);
+    sgemm("N", "N", &M, &N, &K, &one, cols, &lda, j->w + o0 * ck, &ldb, &beta,
+          j->y + o0 * frames + f0, &ldc);
+    blas_local_threads(before);
+}
+
+static void run_conv_part(const job_t *j, long part)
+{
+    long frames = j->frames, m = j->m;
+    if (frames >= 32) { /* split the frames: each thread copies only its own columns */
+        long half = frames / 2;
+        conv_block(j, 0, m, part ? half : 0, part ? frames : half);
+    } else { /* few frames: split the output channels */
+        long half = m / 2;
+        conv_block(j, part ? half : 0, part ? m : half, 0, frames);
+    }
+}
+
 /* Run the current product's unclaimed blocks, if it is still generation gen. */
 static void run_blocks(uint64_t gen)
 {
@@ -169,9 +235,13 @@ static void run_blocks(uint64_t gen)
         if ((c >> GEN_SHIFT) != gen || (c & FIELD) >= ((c >> COUNT_SHIFT) & FIELD)) return;
         if (!atomic_compare_exchange_weak(&claim, &c, c + 1)) continue;
         /* A claimed block keeps its product from finishing, so job stays as it is. */
-        long r0 = (long)(c & FIELD) * job.block;
-        long r1 = r0 + job.block < job.m ? r0 + job.block : job.m;
-        kernel(job.w, job.x, job.b, job.y, job.n, job.m, job.k, r0, r1);
+        if (job.conv) {
+            run_conv_part(&job, (long)(c & FIELD));
+        } else {
+            long r0 = (long)(c & FIELD) * job.block;
+            long r1 = r0 + job.block < job.m ? r0 + job.block : job.m;
+            kernel(job.w, job.x, job.b, job.y, job.n, job.m, job.k, r0, r1);
+        }
         atomic_fetch_add(&blocks_done, 1);
     }
 }
@@ -258,6 +328,7 @@ static void product(const float *w, const float *x, const float *b, float *y, lo
     }
     block = ((m / 16) + 3) & ~3L; /* ~16 blocks, whole 4-row tiles */
     if (block < 16) block = 16;
+    job.conv = 0;
     job.w = w; job.x = x; job.b = b; job.y = y;
     job.n = n; job.m = m; job.k = k; job.block = block;
     job.nblocks = (m + block - 1) / block;
@@ -272,6 +343,32 @@ static void product(const float *w, const float *x, const float *b, float *y, lo
     }
     run_blocks(generation);
     while (atomic_load(&blocks_done) < job.nblocks) _mm_pause(); /* blocks the helper took */
+    atomic_flag_clear(&helper_busy);
+}
+
+/* y (C_out, frames) = bias + conv1d(x (C_in, t), W (C_out, C_in * K)), stride s; in two
+ * parts, the second for the helper if it is awake (a sleeping one is not woken for this: the
+ * call would wait longer than the part takes). */
+static void conv(const float *w, const float *x, const float *b, float *y, long cin, long t,
+                 long kk, long s, long frames, long m, int threads)
+{
+    int shared = 0;
+    job_t mine = {1, w, x, b, y, 0, m, 0, 0, 2, cin, t, kk, s, frames};
+    if (threads >= 2 && !atomic_flag_test_and_set(&helper_busy)) {
+        shared = helper_started && !atomic_load(&helper_asleep);
+        if (!shared) atomic_flag_clear(&helper_busy);
+    }
+    if (!shared) { /* alone, in one piece (job belongs to the helper's user) */
+        conv_block(&mine, 0, m, 0, frames);
+        return;
+    }
+    job = mine;
+    atomic_store(&blocks_done, 0);
+    generation = (generation + 1) & 0xffffffULL;
+    if (generation == 0) generation = 1;
+    atomic_store(&claim, generation << GEN_SHIFT | (uint64_t)2 << COUNT_SHIFT);
+    run_blocks(generation);
+    while (atomic_load(&blocks_done) < 2) _mm_pause(); /* the part the helper took */
     atomic_flag_clear(&helper_busy);
 }
 
@@ -328,6 +425,72 @@ static PyObject *py_linear(PyObject *self, PyObject *args)
     return NULL;
 }
 
+/* Look up sgemm_ and MKL's per-thread thread count in the loaded library at ``path`` (the
+ * BLAS PyTorch calls), and check the convolution against a plain loop. */
+static PyObject *py_blas_init(PyObject *self, PyObject *args)
+{
+    const char *path;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+#ifdef HAVE_KERNELS
+    if (sgemm == NULL) {
+        void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+        sgemm_fn g = lib ? (sgemm_fn)dlsym(lib, "sgemm_") : NULL;
+        set_threads_fn n = lib ? (set_threads_fn)dlsym(lib, "MKL_Set_Num_Threads_Local") : NULL;
+        if (g && n) {
+            /* 3 -> 2 channels, kernel 3, stride 2, 9 samples: 4 frames */
+            float x[27], w[18], b[2] = {0.5f, -1.0f}, y[8], want[8];
+            job_t j = {1, w, x, b, y, 0, 2, 0, 0, 2, 3, 9, 3, 2, 4};
+            int ok = 1;
+            for (int i = 0; i < 27; i++) x[i] = (float)((i * 7) % 11) - 5.0f;
+            for (int i = 0; i < 18; i++) w[i] = (float)((i * 5) % 7) - 3.0f;
+            for (int o = 0; o < 2; o++)
+                for (int f = 0; f < 4; f++) {
+                    float acc = b[o];
+                    for (int c = 0; c < 3; c++)
+                        for (int k = 0; k < 3; k++) acc += w[o * 9 + c * 3 + k] * x[c * 9 + f * 2 + k];
+                    want[o * 4 + f] = acc;
+                }
+            sgemm = g;
+            blas_local_threads = n;
+            conv_block(&j, 0, 2, 0, 4);
+            for (int i = 0; i < 8; i++) ok &= y[i] == want[i]; /* small integers: exact */
+            if (!ok) sgemm = NULL, blas_local_threads = NULL;
+        }
+    }
+    return PyBool_FromLong(sgemm != NULL);
+#else
+    (void)path;
+    Py_RETURN_FALSE;
+#endif
+}
+
+static PyObject *py_conv(PyObject *self, PyObject *args)
+{
+    Py_ssize_t y, w, x, b, cin, t, k, s, frames, m;
+    int threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnni", &y, &w, &x, &b, &cin, &t, &k, &s, &frames, &m,
+                          &threads))
+        return NULL;
+    if (cin < 1 || k < 1 || s < 1 || frames < 1 || m < 1 || (frames - 1) * s + k > t || !y ||
+        !w || !x) {
+        PyErr_SetString(PyExc_ValueError, "empty convolution, short input or null pointer");
+        return NULL;
+    }
+#ifdef HAVE_KERNELS
+    if (sgemm != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        conv((const float *)w, (const float *)x, (const float *)b, (float *)y, (long)cin,
+             (long)t, (long)k, (long)s, (long)frames, (long)m, threads);
+        Py_END_ALLOW_THREADS
+        Py_RETURN_NONE;
+    }
+#endif
+    PyErr_SetString(PyExc_RuntimeError, "no BLAS: blas_init() first");
+    return NULL;
+}
+
 static PyObject *py_kernel(PyObject *self, PyObject *noargs)
 {
     (void)self;
@@ -346,6 +509,12 @@ static PyMethodDef methods[] = {
     {"wake", py_wake, METH_VARARGS,
      "wake(ns): the helper spins for ns from now, ready for the products of a chunk"},
     {"kernel", py_kernel, METH_NOARGS, "the instruction set used ('avx512', 'avx2'), '' if none"},
+    {"blas_init", py_blas_init, METH_VARARGS,
+     "blas_init(path): use the sgemm_ of the loaded library at path for conv(); True if usable"},
+    {"conv", py_conv, METH_VARARGS,
+     "conv(y, w, x, b, cin, t, k, stride, frames, m, threads): y (m, frames) = b + conv1d of "
+     "x (cin, t) with w (m, cin * k), contiguous float32 (b may be 0); threads: 1, or 2 with "
+     "the helper if it is awake"},
     {NULL, NULL, 0, NULL},
 };
 

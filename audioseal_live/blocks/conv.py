@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audioseal_live.blocks import gemv
 from audioseal_live.blocks.streaming import StreamingModule, linear
 
 PAD_MODES = ("constant", "reflect", "replicate", "zeros")
@@ -97,8 +98,8 @@ class StreamingConv1d(StreamingModule):
         self._check_batch(x)
         if x.shape[-1] == 0:  # an empty chunk (zero hops) changes nothing
             return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
-        if self.padding_total == 0 and self.stride == 1:
-            return self._conv(x)  # pointwise in time: nothing to carry over
+        if self.padding_total == 0 and self.stride == 1:  # pointwise in time: nothing to carry
+            return self._conv_split(x) if self._splits(x) else self._conv(x)
         if self._cache is None:
             # First chunk: the same left padding as offline (zeros for the official cards).
             x = pad1d(x, self.padding_total, 0, self.pad_mode)
@@ -109,9 +110,27 @@ class StreamingConv1d(StreamingModule):
             self._cache = x
             return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
         self._cache = x[..., n_frames * self.stride :]
+        if self._splits(x):
+            return self._conv_split(x)
         if n_frames * 16 <= self._patch_size:
             return self._conv_as_matmul(x)
         return self._conv(x)
+
+    def _splits(self, x: torch.Tensor) -> bool:
+        """Whether this chunk's convolution runs in halves on two cores (blocks.gemv.conv1d:
+        where a step's big products have a helper thread, which waits meanwhile)."""
+        return (
+            self._split_convs
+            and self.conv.dilation[0] == 1
+            and gemv.conv_applies(x, self.conv.weight)
+        )
+
+    def _conv_split(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._weights.get(("2d", False))
+        if w is None:  # (out, in * k), once per stream
+            w = self.conv.weight.detach().reshape(self.conv.out_channels, -1).contiguous()
+            self._weights[("2d", False)] = w
+        return gemv.conv1d(x, w, self.conv.bias, self.conv.kernel_size[0], self.stride)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         """``self.conv(x)`` for a streaming chunk: PyTorch's own CPU kernel (im2col + GEMM)
@@ -167,14 +186,19 @@ class StreamingConv1d(StreamingModule):
 
 
 def conv_transpose_overlap_add(
-    x: torch.Tensor, weight: torch.Tensor, stride: int, weight_t: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int,
+    weight_t: torch.Tensor | None = None,
+    split: bool = False,
 ) -> torch.Tensor:
     """F.conv_transpose1d without bias, as one matmul and an overlap-add.
 
     PyTorch's CPU transposed convolution (slow_conv_transpose2d) takes milliseconds for the
     few frames of a streaming chunk; the same product as a single GEMM takes microseconds.
     ``weight_t`` is the weight as (Cout*K, Cin), contiguous, if the caller keeps one (it may
-    be a low-precision copy; the result keeps x's dtype).
+    be a low-precision copy; the result keeps x's dtype). ``split``: the product may run in
+    halves on two cores (blocks.gemv.conv1d, as a pointwise convolution).
     """
     cin, cout, kernel = weight.shape
     if weight_t is not None:  # its rows set the output channels (e.g. a 1x1 conv folded in)
@@ -185,11 +209,18 @@ def conv_transpose_overlap_add(
     parts = kernel // stride
     if weight_t is None:
         weight_t = weight.reshape(cin, cout * kernel).t()
-    # (B, T, Cin) @ (Cin, Cout*K) → (B, T, Cout, parts, stride)
-    z = linear(x.transpose(1, 2), weight_t)
-    if parts == 1:  # kernel == stride: frames do not overlap, nothing to add up
-        return z.view(batch, frames, cout, stride).transpose(1, 2).reshape(batch, cout, -1)
-    z = z.view(batch, frames, cout, parts, stride).permute(0, 2, 3, 1, 4)
+    if split and weight_t.is_contiguous() and gemv.conv_applies(x, weight_t):
+        # as a pointwise convolution on two cores (blocks.gemv.conv1d): (B, Cout*K, T)
+        zt = gemv.conv1d(x, weight_t, None, 1)
+        if parts == 1:
+            return zt.view(batch, cout, stride, frames).transpose(2, 3).reshape(batch, cout, -1)
+        z = zt.view(batch, cout, parts, stride, frames).transpose(3, 4)
+    else:
+        # (B, T, Cin) @ (Cin, Cout*K) → (B, T, Cout, parts, stride)
+        z = linear(x.transpose(1, 2), weight_t)
+        if parts == 1:  # kernel == stride: frames do not overlap, nothing to add up
+            return z.view(batch, frames, cout, stride).transpose(1, 2).reshape(batch, cout, -1)
+        z = z.view(batch, frames, cout, parts, stride).permute(0, 2, 3, 1, 4)
     y = x.new_zeros(batch, cout, (frames + parts - 1) * stride)
     for p in range(parts):  # part p of frame t lands at (t + p) * stride
         y[..., p * stride : (p + frames) * stride] += z[:, :, p].reshape(
@@ -255,7 +286,7 @@ class StreamingConvTranspose1d(StreamingModule):
         weight_t = self._stream_weight(
             "t", lambda: w.reshape(w.shape[0], -1).t(), x.shape[0] * x.shape[-1]
         )
-        y = conv_transpose_overlap_add(x, w, self.stride, weight_t)
+        y = conv_transpose_overlap_add(x, w, self.stride, weight_t, self._split_convs)
         if self._partial is not None:
             y[..., : self.padding_total] += self._partial
         self._partial = y[..., n_ready:]

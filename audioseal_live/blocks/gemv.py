@@ -1,4 +1,5 @@
-"""The products of a one-frame streaming chunk with a big float32 weight, in C (``_gemv.c``).
+"""The products of a one-frame streaming chunk with a big float32 weight, in C (``_gemv.c``);
+and, in such a step, its small convolutions split over the same two cores (below).
 
 At 20 ms chunks the official-size generator multiplies ~50 MB of weights by one frame per
 chunk: a gemv per layer, bound by how fast the weights come from memory. PyTorch's CPU wheels
@@ -146,6 +147,99 @@ def _register() -> bool:
 
 _LIBS: list[torch.library.Library] = []
 _ready = _register()
+
+
+# ---- small convolutions on two cores -------------------------------------------------------
+# A 20 ms step of the official generator spends ~0.7 ms in convolutions of 1-5 MFLOP each (the
+# high-rate layers), on one core while the helper waits for the next big product. Where the
+# helper is awake, ``conv1d`` splits each in two (frames, or output channels) and runs one
+# half on it: im2col and the BLAS PyTorch itself uses (MKL's sgemm_, found in the loaded
+# libtorch_cpu), so each output is computed as on one thread. 1.5-1.9x per layer in isolation.
+CONV_OP = "audioseal_live::conv1d"
+# Inputs up to this many values (a quarter second at 32 channels): bigger ones are oneDNN's,
+# which is faster there (blocks.conv), and would keep megabytes of im2col per thread.
+CONV_MAX_INPUT = 1 << 17
+
+
+def _blas_ready() -> bool:
+    if _ext is None or not hasattr(_ext, "blas_init"):
+        return False
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:
+        return bool(os.path.exists(lib) and _ext.blas_init(lib))
+    except Exception:  # an unexpected build of PyTorch: its own convolutions then
+        return False
+
+
+def _conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, kernel: int, stride: int) -> Tensor:
+    # The op's CPU kernel: x (B, C_in, T), weight (C_out, C_in * kernel), like F.conv1d.
+    ok = (
+        x.dtype == weight.dtype == torch.float32
+        and x.dim() == 3
+        and weight.dim() == 2
+        and x.shape[1] * kernel == weight.shape[1]
+        and x.shape[2] >= kernel
+        and x.is_contiguous()
+        and weight.is_contiguous()
+        and (bias is None or _plain_bias(bias, len(weight)))
+    )
+    if not ok or not _blas or _ext is None:
+        w = weight.view(weight.shape[0], x.shape[1], kernel)
+        return F.conv1d(x, w, bias, stride)
+    batch, cin, t = x.shape
+    m = weight.shape[0]
+    frames = (t - kernel) // stride + 1
+    y = x.new_empty(batch, m, frames)
+    b = 0 if bias is None else bias.data_ptr()
+    sizes = (cin, t, kernel, stride, frames, m, threads())
+    for i in range(batch):
+        _ext.conv(y[i].data_ptr(), weight.data_ptr(), x[i].data_ptr(), b, *sizes)
+    return y
+
+
+def _register_conv() -> bool:
+    if not _blas:
+        return False
+    namespace, name = CONV_OP.split("::")
+    if hasattr(getattr(torch.ops, namespace), name):
+        return True
+    lib = torch.library.Library(namespace, "FRAGMENT")
+    lib.define(f"{name}(Tensor x, Tensor weight, Tensor? bias, int kernel, int stride) -> Tensor")
+    lib.impl(name, _conv1d, "CPU")
+    _LIBS.append(lib)
+    return True
+
+
+_blas = _blas_ready()
+_conv_ready = _register_conv()
+
+
+def conv_kernel() -> bool:
+    """Whether :func:`conv1d` can split convolutions here (the C extension found a BLAS)."""
+    return _conv_ready
+
+
+def conv_applies(x: Tensor, weight: Tensor) -> bool:
+    """Whether a streaming convolution of ``x`` with this (small) weight goes to
+    :func:`conv1d`: where its products would use the helper, in float32 on the CPU (the
+    caller checks that its model's big products keep the helper awake)."""
+    return (
+        _conv_ready
+        and threads() > 1
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and weight.numel() < BIG_WEIGHT
+        and x.numel() <= CONV_MAX_INPUT
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    )
+
+
+def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, kernel: int, stride: int = 1) -> Tensor:
+    """``F.conv1d`` (no padding or dilation) with ``weight`` as (C_out, C_in * kernel),
+    contiguous; in halves on two cores where the helper is awake (see above)."""
+    op = torch.ops.audioseal_live.conv1d
+    return op(x.contiguous(), weight, None if bias is None else bias.contiguous(), kernel, stride)
 
 
 def applies(x2: Tensor, weight: Tensor, bias: Tensor | None) -> bool:

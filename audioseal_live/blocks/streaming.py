@@ -82,6 +82,7 @@ class StreamingModule(nn.Module):
         self._streaming_batch: int | None = None
         self._matmul_dtype = torch.float32
         self._weights: dict[tuple[str, bool], torch.Tensor] = {}
+        self._split_convs = False  # set by the streaming root (StreamingRoot.streaming)
 
     @property
     def is_streaming(self) -> bool:
@@ -153,6 +154,11 @@ class StreamingRoot(nn.Module):
     def _check_streamable(self) -> None:
         """Raise NotImplementedError where a model cannot stream exactly (non-causal cards)."""
 
+    def _splits_convolutions(self) -> bool:
+        """Whether this model's streaming convolutions may run in halves on two cores
+        (blocks.gemv.conv1d): where its big products keep a helper thread awake anyway."""
+        return False
+
     @property
     def is_streaming(self) -> bool:
         # A flag that streaming() (the only way in) keeps: walking every submodule instead
@@ -185,8 +191,10 @@ class StreamingRoot(nn.Module):
         if self.is_streaming:
             raise RuntimeError("this model is already streaming; leave the first block first")
         modules = self._streaming_modules()
+        split = self._splits_convolutions()
         for m in modules:
             m._start_streaming(batch_size, dtype)
+            m._split_convs = split
         self.__dict__["_streaming_now"] = True
         self.__dict__["_stream_batch"] = batch_size  # what reset_streaming() goes back to
         self.__dict__["_batch_now"] = batch_size  # what the modules expect (select_streams)
