@@ -377,10 +377,15 @@ def test_only_models_with_big_products_split_their_convolutions() -> None:
 
     torch.manual_seed(0)
     official = AudioSealWM(OFFICIAL_CARDS["audioseal_wm_streaming"]).eval()
-    for gen, splits in ((AudioSeal.load_generator(), False), (official, True)):
-        with torch.inference_mode(), gen.streaming(1, traced=True):
-            for c in (0.1 * torch.randn(1, 1, 320 * 4)).split(320, dim=-1):
-                gen(c, message=torch.tensor([[1, 0] * 8]))
-            graphs = list(gen.stream_steps["watermark"]._graphs.values())
-        kinds = {node.kind() for g in graphs if g is not None for node in g.graph.nodes()}
-        assert (gemv.CONV_OP in kinds) == splits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a second core for the helper (one torch thread: none)
+    try:
+        for gen, splits in ((AudioSeal.load_generator(), False), (official, True)):
+            with torch.inference_mode(), gen.streaming(1, traced=True):
+                for c in (0.1 * torch.randn(1, 1, 320 * 4)).split(320, dim=-1):
+                    gen(c, message=torch.tensor([[1, 0] * 8]))
+                graphs = list(gen.stream_steps["watermark"]._graphs.values())
+            kinds = {node.kind() for g in graphs if g is not None for node in g.graph.nodes()}
+            assert (gemv.CONV_OP in kinds) == splits
+    finally:
+        torch.set_num_threads(threads)
