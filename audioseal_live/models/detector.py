@@ -205,10 +205,12 @@ class AudioSealDetector(CardModel):
         with self._ragged_end(x) as x:  # a stream's ragged last chunk (cut back below)
             if self.traced_streaming and x.shape[-1] == length:
                 self._check_input(x, sample_rate)  # (the graph checks only for NaN)
-                layout = self.__dict__.setdefault("_layout", lambda: self._active)
-                return self._stepped("forward", self._whole_outputs, x, layout=layout)
+                return self._stepped("forward", self._whole_outputs, x, layout=self._phases_running)
             self.release_traced_state()  # the modules carry the state for an eager call
             return self._outputs(x, sample_rate, length)
+
+    def _phases_running(self) -> tuple[int, ...]:
+        return self._active  # a traced step's layout: its graphs are per set of phases
 
     def _whole_outputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._outputs(x, None, x.shape[-1])
