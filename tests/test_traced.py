@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -486,3 +487,29 @@ def test_a_step_the_tracer_cannot_record_stays_eager(monkeypatch: pytest.MonkeyP
         outs = [step(torch.full((1, 1, 4), float(v)))[0] for v in (1, -1, 1, -1, 1)]
     assert [float(o[0, 0, 0]) for o in outs] == [2.0, -1.0, 2.0, -1.0, 2.0]
     assert step.traced_calls == 0 and step.eager_calls == 5
+
+
+def test_a_slow_step_stays_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that takes longer than EAGER_ENOUGH_S twice (here: made to) is not traced: its
+    Python is noise there; a fast shape of the same stream still is."""
+    torch.manual_seed(0)
+    gen = AudioSealWM(small_card("generator")).eval()
+    msg = torch.tensor([[1, 0] * 8])
+    slow_size = 2 * HOP
+    real = gen.watermark_of
+
+    def watermark_of(x: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        if x.shape[-1] == slow_size and not torch.jit.is_tracing():
+            time.sleep(1.5 * traced.EAGER_ENOUGH_S)
+        return real(x, m)
+
+    monkeypatch.setattr(gen, "watermark_of", watermark_of)
+    x = torch.from_numpy(audio(HOP * 20, seed=11)).view(1, 1, -1)
+    with torch.inference_mode(), gen.streaming(1, traced=True):
+        for c in x[..., : 4 * slow_size].split(slow_size, dim=-1):
+            gen(c, message=msg)
+        step = gen.stream_steps["watermark"]
+        assert step.traced_calls == 0 and step.eager_calls == 4
+        for c in x[..., 4 * slow_size :].split(HOP, dim=-1):
+            gen(c, message=msg)
+        assert step.traced_calls == 12 - 2

@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 # official detector's 42-82 ms vs 4.6). The official cards' 100 ms steps gain 10-20 % on 2.
 THREADS_MIN_GAIN = 1.1
 THREAD_TRIALS = 5
+# A shape whose first two eager steps both took longer than this stays eager: a graph saves
+# ~1 ms of Python per step, and at 1 s chunks the official generator's graph ran slower than
+# its eager step (42.5 vs 36.9 ms; its copies and elementwise ops 2-4x the eager ones).
+EAGER_ENOUGH_S = 0.025
 
 Slot = tuple[Any, str]  # (object, attribute) that holds carried state
 
@@ -143,7 +147,7 @@ class StreamStep:
         self._params = list(model.parameters())  # frozen while tracing (see _trace)
         self._graphs: dict[Hashable, Any] = {}  # key -> traced graph, or None: stay eager
         self._specs: dict[Hashable, tuple[Hashable, ...]] = {}  # key -> its state's layout
-        self._seen: set[Hashable] = set()  # keys called once (eagerly)
+        self._seen: dict[Hashable, float] = {}  # keys called once (eagerly): seconds it took
         self._held: list[Tensor] | None = None  # state while the graph runs the stream
         self._held_key: Hashable = None
         # the model's stream epoch when the state was taken: a reset since makes it stale
@@ -200,12 +204,17 @@ class StreamStep:
             self.traced_calls += 1
             return tuple(outs[:n])
         self.release()
+        t0 = time.perf_counter()
         outs = self.fn(*inputs)
+        spent = time.perf_counter() - t0
         self.eager_calls += 1
         if key not in self._graphs and key not in self._seen:
             # Trace a shape once it repeats: a file's short last chunk is not worth 0.2 s.
-            self._seen.add(key)
+            self._seen[key] = spent
             return outs
+        if key not in self._graphs and min(spent, self._seen[key]) > EAGER_ENOUGH_S:
+            log.info("a step of %.0f ms: its Python is noise, staying eager", 1e3 * spent)
+            self._graphs[key] = None
         if self._graphs.get(key, True) is None:  # traced before: its state changes layout
             return outs
         flat, spec = _flatten(self._read())
