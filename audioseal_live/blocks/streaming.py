@@ -182,7 +182,8 @@ class StreamingRoot(nn.Module):
         through a traced TorchScript graph of the step (blocks.traced, as the real-time engine
         runs its models): the same floats with most of the Python per chunk gone (official
         generator, 20 ms chunks: ~0.9 ms less per chunk). The call that traces takes longer
-        (~0.4 s for the official generator); outputs carry no autograd history.
+        (~0.4 s for the official generator); outputs carry no autograd history. Shapes whose
+        eager step takes over 25 ms (long chunks) stay eager (blocks.traced.EAGER_ENOUGH_S).
         """
         self._check_streamable()
         dtype = resolve_matmul_dtype(matmul_dtype)
