@@ -313,6 +313,25 @@ static int start_helper(void)
     return ok;
 }
 
+/* Post job (written by the caller, who holds helper_busy) as a new generation, run the blocks
+ * the helper does not claim, wait for those it did, and let the helper go. ``wake``: signal a
+ * sleeping helper (else the caller runs every block itself). */
+static void run_shared(int wake)
+{
+    atomic_store(&blocks_done, 0);
+    generation = (generation + 1) & 0xffffffULL;
+    if (generation == 0) generation = 1; /* the helper starts having seen 0 */
+    atomic_store(&claim, generation << GEN_SHIFT | (uint64_t)job.nblocks << COUNT_SHIFT);
+    if (wake && atomic_load(&helper_asleep)) {
+        pthread_mutex_lock(&mutex);
+        pthread_cond_signal(&wake_cond);
+        pthread_mutex_unlock(&mutex);
+    }
+    run_blocks(generation);
+    while (atomic_load(&blocks_done) < job.nblocks) _mm_pause(); /* blocks the helper took */
+    atomic_flag_clear(&helper_busy);
+}
+
 static void product(const float *w, const float *x, const float *b, float *y, long n, long m,
                     long k, int threads)
 {
@@ -332,18 +351,7 @@ static void product(const float *w, const float *x, const float *b, float *y, lo
     job.w = w; job.x = x; job.b = b; job.y = y;
     job.n = n; job.m = m; job.k = k; job.block = block;
     job.nblocks = (m + block - 1) / block;
-    atomic_store(&blocks_done, 0);
-    generation = (generation + 1) & 0xffffffULL;
-    if (generation == 0) generation = 1; /* the helper starts having seen 0 */
-    atomic_store(&claim, generation << GEN_SHIFT | (uint64_t)job.nblocks << COUNT_SHIFT);
-    if (atomic_load(&helper_asleep)) {
-        pthread_mutex_lock(&mutex);
-        pthread_cond_signal(&wake_cond);
-        pthread_mutex_unlock(&mutex);
-    }
-    run_blocks(generation);
-    while (atomic_load(&blocks_done) < job.nblocks) _mm_pause(); /* blocks the helper took */
-    atomic_flag_clear(&helper_busy);
+    run_shared(1);
 }
 
 /* y (C_out, frames) = bias + conv1d(x (C_in, t), W (C_out, C_in * K)), stride s; in two
@@ -363,13 +371,7 @@ static void conv(const float *w, const float *x, const float *b, float *y, long 
         return;
     }
     job = mine;
-    atomic_store(&blocks_done, 0);
-    generation = (generation + 1) & 0xffffffULL;
-    if (generation == 0) generation = 1;
-    atomic_store(&claim, generation << GEN_SHIFT | (uint64_t)2 << COUNT_SHIFT);
-    run_blocks(generation);
-    while (atomic_load(&blocks_done) < 2) _mm_pause(); /* the part the helper took */
-    atomic_flag_clear(&helper_busy);
+    run_shared(0);
 }
 
 /* Get the helper up and spinning for ns: a chunk's first product then finds it awake (from
