@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import torch
@@ -132,21 +132,21 @@ def _plain_bias(bias: Tensor, m: int) -> bool:
     return bias.dtype == torch.float32 and bias.is_contiguous() and bias.shape == (m,)
 
 
-def _register() -> bool:
-    if _ext is None:
-        return False
-    namespace, name = OP.split("::")
+def _register(op: str, args: str, kernel: Callable[..., Tensor]) -> None:
+    """Define the PyTorch operator ``op`` (``namespace::name``) with CPU kernel ``kernel``."""
+    namespace, name = op.split("::")
     if hasattr(getattr(torch.ops, namespace), name):  # this module imported again
-        return True
-    lib = torch.library.Library(namespace, "DEF")
-    lib.define(f"{name}(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
-    lib.impl(name, _few_rows_linear, "CPU")
+        return
+    lib = torch.library.Library(namespace, "FRAGMENT")
+    lib.define(f"{name}({args}) -> Tensor")
+    lib.impl(name, kernel, "CPU")
     _LIBS.append(lib)  # the registration lasts as long as its Library object
-    return True
 
 
 _LIBS: list[torch.library.Library] = []
-_ready = _register()
+_ready = _ext is not None
+if _ready:
+    _register(OP, "Tensor x, Tensor weight, Tensor? bias", _few_rows_linear)
 
 
 # ---- small convolutions on two cores -------------------------------------------------------
@@ -197,21 +197,10 @@ def _conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, kernel: int, stride:
     return y
 
 
-def _register_conv() -> bool:
-    if not _blas:
-        return False
-    namespace, name = CONV_OP.split("::")
-    if hasattr(getattr(torch.ops, namespace), name):
-        return True
-    lib = torch.library.Library(namespace, "FRAGMENT")
-    lib.define(f"{name}(Tensor x, Tensor weight, Tensor? bias, int kernel, int stride) -> Tensor")
-    lib.impl(name, _conv1d, "CPU")
-    _LIBS.append(lib)
-    return True
-
-
 _blas = _blas_ready()
-_conv_ready = _register_conv()
+_conv_ready = _blas
+if _conv_ready:
+    _register(CONV_OP, "Tensor x, Tensor weight, Tensor? bias, int kernel, int stride", _conv1d)
 
 
 def conv_kernel() -> bool:
@@ -231,7 +220,7 @@ def conv_applies(x: Tensor, weight: Tensor) -> bool:
         and x.device.type == "cpu"
         and weight.numel() < BIG_WEIGHT
         and x.numel() <= CONV_MAX_INPUT
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not (torch.is_grad_enabled() and _needs_grad(x, weight))
     )
 
 
