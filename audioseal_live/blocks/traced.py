@@ -231,9 +231,9 @@ class StreamStep:
                 if single is not None and self._prefers_one_thread(key, single, inputs, flat):
                     self._graphs[key] = single
                     self._one_thread.add(key)
-            if self._graphs[key] is not None and _has_products(self._graphs[key]):
-                self._products.add(key)
             if self._graphs[key] is not None:
+                if _has_products(self._graphs[key]):
+                    self._products.add(key)
                 self._warm(key, inputs, flat)
         # The graph runs only on the state shapes it was traced with (its sizes are constants):
         # any other state (a stream not yet settled) goes on eagerly.
