@@ -8,7 +8,8 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -28,6 +29,14 @@ def test_the_module_is_built_where_ci_requires_it() -> None:
     if os.environ.get("AUDIOSEAL_LIVE_REQUIRE_NATIVE") != "1":
         pytest.skip("only where AUDIOSEAL_LIVE_REQUIRE_NATIVE=1 (CI)")
     assert gemv.kernel() in ("avx512", "avx2")
+
+
+def spy_on_ext(monkeypatch: pytest.MonkeyPatch, **replaced: Callable[..., object]) -> None:
+    """blocks.gemv's C extension as it is, but for the functions ``replaced``."""
+    ext = gemv._ext
+    names = ("kernel", "linear", "wake", "conv")
+    spy = types.SimpleNamespace(**{n: getattr(ext, n) for n in names} | replaced)
+    monkeypatch.setattr(gemv, "_ext", spy)
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -140,15 +149,9 @@ def test_the_eager_stream_runs_its_ops_on_one_thread_and_its_products_on_two(
     seen: list[tuple[int, int]] = []
     ext = gemv._ext
 
-    class Spy:
-        kernel = staticmethod(ext.kernel)
-        wake = staticmethod(ext.wake)
-        conv = staticmethod(ext.conv)
-
-        @staticmethod
-        def linear(*args: int) -> None:
-            seen.append((args[-1], torch.get_num_threads()))
-            ext.linear(*args)
+    def linear(*args: int) -> None:
+        seen.append((args[-1], torch.get_num_threads()))
+        ext.linear(*args)
 
     torch.manual_seed(0)
     gen = AudioSealWM(OFFICIAL_CARDS["audioseal_wm_streaming"]).eval()
@@ -157,7 +160,7 @@ def test_the_eager_stream_runs_its_ops_on_one_thread_and_its_products_on_two(
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        monkeypatch.setattr(gemv, "_ext", Spy)
+        spy_on_ext(monkeypatch, linear=linear)
         with torch.inference_mode(), gen.streaming(1):
             two = [gen(c, message=msg) for c in x.split(320, dim=-1)]
         assert torch.get_num_threads() == 2
@@ -200,18 +203,7 @@ def test_the_helper_is_woken_only_for_steps_with_c_products(
     from audioseal_live import AudioSeal
 
     wakes: list[int] = []
-    ext = gemv._ext
-
-    class Spy:
-        kernel = staticmethod(ext.kernel)
-        linear = staticmethod(ext.linear)
-        conv = staticmethod(ext.conv)
-
-        @staticmethod
-        def wake(ns: int) -> None:
-            wakes.append(ns)
-
-    monkeypatch.setattr(gemv, "_ext", Spy)
+    spy_on_ext(monkeypatch, wake=wakes.append)
     monkeypatch.setattr(traced, "THREADS_MIN_GAIN", float("inf"))  # one-thread graphs
     torch.manual_seed(0)
     if model == "default":
